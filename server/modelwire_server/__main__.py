@@ -1,0 +1,3 @@
+from modelwire_server.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""``modelwire-server serve``: start the server from a config file, flags and environment."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import logging
+import os
+import signal
+import sys
+
+SERVER_MODULES = ("torch", "transformers", "yaml", "grpc_health", "grpc_reflection")
+INSTALL_HINT = (
+    "modelwire-server needs the server extra, which is not installed: "
+    "pip install 'modelwire[server]' (from a checkout: pip install '.[server]')"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelwire-server", description="Modelwire gRPC model server"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve models over gRPC")
+    serve.add_argument("--config", help="YAML file listing the models (default: the tiny preset)")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 50051)")
+    serve.add_argument("--preset", choices=["tiny"], help="serve a built-in offline preset")
+    serve.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR")
+    return parser
+
+
+def missing_server_modules() -> list[str]:
+    return [m for m in SERVER_MODULES if importlib.util.find_spec(m) is None]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if missing_server_modules():
+        print(INSTALL_HINT, file=sys.stderr)
+        return 2
+    from modelwire_server.config import ConfigError, resolve
+
+    try:
+        config = resolve(
+            config_file=args.config, host=args.host, port=args.port, preset=args.preset
+        )
+    except ConfigError as exc:
+        print(f"modelwire-server: {exc}", file=sys.stderr)
+        return 2
+    level = (args.log_level or os.environ.get("MODELWIRE_LOG_LEVEL") or config.log_level).upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(_serve(config))
+    except OSError as exc:
+        print(f"modelwire-server: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _serve(config: object) -> int:
+    from modelwire_server.server import ModelwireServer
+
+    server = ModelwireServer(config)  # type: ignore[arg-type]
+    port = await server.start()
+    # Printed on stdout so that scripts (and tests) starting us on port 0 learn the port.
+    print(f"modelwire-server listening on {server.config.host}:{port}", flush=True)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.stop()))
+    await server.wait()
+    return 0

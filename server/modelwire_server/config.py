@@ -1,0 +1,244 @@
+"""Server configuration: a YAML file, overridden by MODELWIRE_* variables and flags.
+
+Every key is checked at start: an unknown key or a bad value stops the server with a
+sentence naming it, never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TASKS = (
+    "sentiment-analysis",
+    "zero-shot-classification",
+    "text-generation",
+    "fill-mask",
+    "ner",
+    "question-answering",
+    "summarization",
+    "translation",
+    "feature-extraction",
+    "image-to-text",
+    "object-detection",
+    "image-classification",
+    "automatic-speech-recognition",
+    "audio-classification",
+    "text-to-speech",
+    "image-text-to-text",
+)
+TASK_ALIASES = {"text-classification": "sentiment-analysis", "token-classification": "ner"}
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+PRESETS = ("tiny",)
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the operator."""
+
+
+@dataclass
+class ModelConfig:
+    """One served model."""
+
+    name: str
+    task: str
+    source: str
+    revision: str | None = None
+    default: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    # One-shot tasks: the dynamic batcher.
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 1024
+    # Per-request limits.
+    max_inputs: int = 256
+    max_input_chars: int = 100_000
+    # Generation: the running set's token budget, waiting queue and output caps.
+    max_batch_tokens: int = 16_384
+    max_waiting: int = 256
+    max_new_tokens: int = 4096
+    default_max_new_tokens: int = 256
+    preset: bool = False
+
+
+@dataclass
+class ServerConfig:
+    """The whole server."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    models: list[ModelConfig] = field(default_factory=list)
+    preset: str | None = None
+    max_message_bytes: int = 64 * 1024 * 1024
+    grace_period_s: float = 30.0
+    log_level: str = "INFO"
+
+
+_SERVER_KEYS = {f.name for f in dataclasses.fields(ServerConfig)} - {"models"}
+_MODEL_FIELDS = {f.name: f for f in dataclasses.fields(ModelConfig)}
+_MODEL_KEYS = set(_MODEL_FIELDS) - {"preset"}
+
+
+def _check_type(where: str, value: Any, kind: type | tuple[type, ...]) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{where} must be a {getattr(kind, '__name__', kind)}, not a boolean")
+    if not isinstance(value, kind):
+        name = getattr(kind, "__name__", str(kind))
+        raise ConfigError(f"{where} must be a {name}, got {value!r}")
+    return value
+
+
+def _model_from_dict(index: int, raw: Any) -> ModelConfig:
+    where = f"models[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping with name, task and source")
+    unknown = sorted(set(raw) - _MODEL_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where} has unknown key {unknown[0]!r}; known keys: {', '.join(sorted(_MODEL_KEYS))}"
+        )
+    for required in ("name", "task", "source"):
+        if required not in raw:
+            raise ConfigError(f"{where} is missing {required!r}")
+    values: dict[str, Any] = {}
+    types = {"str": str, "bool": bool, "int": int, "float": float, "str | None": str}
+    for key, value in raw.items():
+        kind = types[str(_MODEL_FIELDS[key].type)]
+        values[key] = _check_type(f"{where}.{key}", value, kind)
+    model = ModelConfig(**values)
+    validate_model(model, where)
+    return model
+
+
+def validate_model(model: ModelConfig, where: str) -> None:
+    """Check one model's values (also used for ModelService.LoadModel)."""
+    model.task = TASK_ALIASES.get(model.task, model.task)
+    if model.task not in TASKS:
+        raise ConfigError(f"{where}.task {model.task!r} is not one of: {', '.join(TASKS)}")
+    if not model.name.strip():
+        raise ConfigError(f"{where}.name must not be empty")
+    if not model.source.strip():
+        raise ConfigError(f"{where}.source must not be empty")
+    if not _DEVICE.match(model.device):
+        raise ConfigError(f"{where}.device {model.device!r} must be auto, cpu, cuda or cuda:N")
+    if model.dtype not in DTYPES:
+        raise ConfigError(f"{where}.dtype {model.dtype!r} must be one of {', '.join(DTYPES)}")
+    for key in (
+        "max_batch_size",
+        "max_queue",
+        "max_inputs",
+        "max_input_chars",
+        "max_batch_tokens",
+        "max_waiting",
+        "max_new_tokens",
+        "default_max_new_tokens",
+    ):
+        if getattr(model, key) < 1:
+            raise ConfigError(f"{where}.{key} must be at least 1")
+    if model.max_wait_ms < 0:
+        raise ConfigError(f"{where}.max_wait_ms must not be negative")
+    if model.default_max_new_tokens > model.max_new_tokens:
+        raise ConfigError(f"{where}.default_max_new_tokens must not exceed max_new_tokens")
+
+
+def parse_config(raw: Any, origin: str = "config") -> ServerConfig:
+    """Build a ServerConfig from parsed YAML, refusing unknown keys and bad values."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin} must be a YAML mapping with a 'models' list")
+    unknown = sorted(set(raw) - _SERVER_KEYS - {"models"})
+    if unknown:
+        raise ConfigError(
+            f"{origin} has unknown key {unknown[0]!r}; known keys: "
+            f"{', '.join(sorted(_SERVER_KEYS | {'models'}))}"
+        )
+    config = ServerConfig()
+    for key in ("host", "log_level", "preset"):
+        if key in raw:
+            setattr(config, key, _check_type(key, raw[key], str))
+    for key in ("port", "max_message_bytes"):
+        if key in raw:
+            setattr(config, key, _check_type(key, raw[key], int))
+    if "grace_period_s" in raw:
+        config.grace_period_s = _check_type("grace_period_s", raw["grace_period_s"], float)
+    models = raw.get("models", [])
+    if not isinstance(models, list):
+        raise ConfigError("models must be a list")
+    config.models = [_model_from_dict(i, m) for i, m in enumerate(models)]
+    validate_server(config)
+    return config
+
+
+def validate_server(config: ServerConfig) -> None:
+    if not 0 <= config.port <= 65535:
+        raise ConfigError(f"port {config.port} must be between 0 and 65535")
+    if config.preset is not None and config.preset not in PRESETS:
+        raise ConfigError(f"preset {config.preset!r} is not one of: {', '.join(PRESETS)}")
+    names = [m.name for m in config.models]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"model name {dupes[0]!r} is used more than once")
+    for task in TASKS:
+        defaults = [m.name for m in config.models if m.task == task and m.default]
+        if len(defaults) > 1:
+            raise ConfigError(f"task {task!r} has several default models: {', '.join(defaults)}")
+
+
+def load_config_file(path: str | Path) -> ServerConfig:
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    return parse_config(raw, origin=str(path))
+
+
+def resolve(
+    *,
+    config_file: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    preset: str | None = None,
+    environ: dict[str, str] | None = None,
+) -> ServerConfig:
+    """The file, then MODELWIRE_* variables, then flags; no models means the tiny preset."""
+    env = os.environ if environ is None else environ
+    config_file = config_file or env.get("MODELWIRE_CONFIG") or None
+    config = load_config_file(config_file) if config_file else ServerConfig()
+    if "MODELWIRE_HOST" in env:
+        config.host = env["MODELWIRE_HOST"]
+    if "MODELWIRE_PORT" in env:
+        try:
+            config.port = int(env["MODELWIRE_PORT"])
+        except ValueError:
+            raise ConfigError(f"MODELWIRE_PORT {env['MODELWIRE_PORT']!r} is not a number") from None
+    if "MODELWIRE_PRESET" in env:
+        config.preset = env["MODELWIRE_PRESET"]
+    if "MODELWIRE_LOG_LEVEL" in env:
+        config.log_level = env["MODELWIRE_LOG_LEVEL"]
+    if host is not None:
+        config.host = host
+    if port is not None:
+        config.port = port
+    if preset is not None:
+        config.preset = preset
+    if not config.models and config.preset is None:
+        config.preset = "tiny"
+    validate_server(config)
+    return config

@@ -1,0 +1,174 @@
+"""Model registry: model name → loaded model and its task runner, with load state."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from modelwire_server import tasks
+from modelwire_server.config import ModelConfig
+from modelwire_server.errors import InvalidArgument, NotFound, Unavailable, Unimplemented
+from modelwire_server.tasks.base import TaskRunner
+from modelwire_server.worker import WorkerPool
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ModelState(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    UNLOADING = "unloading"
+
+
+@dataclass
+class ModelEntry:
+    """One configured model and where it is in its life."""
+
+    config: ModelConfig
+    state: ModelState = ModelState.LOADING
+    failure: str = ""
+    runner: TaskRunner | None = None
+    device: str = ""
+    dtype: str = ""
+    load_seconds: float = 0.0
+    rpcs: list[str] = field(default_factory=list)
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+    if requested == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[requested]
+
+
+class Registry:
+    """Loads configured models and finds the runner for each request."""
+
+    def __init__(
+        self,
+        configs: list[ModelConfig],
+        workers: WorkerPool,
+        *,
+        prepare_source: Callable[[ModelConfig], None] | None = None,
+        preset: str | None = None,
+    ) -> None:
+        self.entries: dict[str, ModelEntry] = {c.name: ModelEntry(c) for c in configs}
+        self.workers = workers
+        self.preset = preset
+        self._prepare_source = prepare_source
+        self.loading_done = asyncio.Event()
+
+    # -- loading ---------------------------------------------------------------------
+
+    async def load_all(self) -> None:
+        """Load every model in order; a failure marks that model FAILED and goes on."""
+        total = len(self.entries)
+        for n, entry in enumerate(list(self.entries.values()), start=1):
+            log.info("loading model %d/%d: %s (%s)", n, total, entry.config.name, entry.config.task)
+            await self.load(entry)
+        ready = sum(e.state is ModelState.READY for e in self.entries.values())
+        log.info("loading done: %d of %d models ready", ready, total)
+        self.loading_done.set()
+
+    async def load(self, entry: ModelEntry) -> None:
+        config, started = entry.config, time.monotonic()
+        entry.state, entry.rpcs = ModelState.LOADING, tasks.rpcs_of(config.task)
+        try:
+            cls = tasks.runner_class(config.task)
+            if cls is None:
+                raise Unimplemented(f"the {config.task} task is not implemented by this server yet")
+            device = resolve_device(config.device)
+            dtype = resolve_dtype(config.dtype, device)
+            entry.device, entry.dtype = str(device), str(dtype).removeprefix("torch.")
+            if self._prepare_source is not None:
+                await asyncio.to_thread(self._prepare_source, config)
+            runner = cls(config, device, dtype, self.workers.get(str(device)))
+            await asyncio.to_thread(runner.load)
+            await runner.start()
+            await runner.worker.run(runner.warmup)
+        except Exception as exc:
+            entry.state, entry.failure = ModelState.FAILED, _describe(exc)
+            log.error("model %s failed to load: %s", config.name, entry.failure)
+            return
+        entry.runner, entry.state = runner, ModelState.READY
+        entry.load_seconds = time.monotonic() - started
+        log.info("model %s ready on %s in %.1fs", config.name, entry.device, entry.load_seconds)
+
+    async def close(self) -> None:
+        for entry in self.entries.values():
+            if entry.runner is not None:
+                await entry.runner.close()
+
+    # -- lookup ----------------------------------------------------------------------
+
+    @property
+    def any_ready(self) -> bool:
+        return any(e.state is ModelState.READY for e in self.entries.values())
+
+    def get(self, name: str) -> ModelEntry:
+        entry = self.entries.get(name)
+        if entry is None:
+            raise NotFound(f"no model named {name!r} is loaded")
+        return entry
+
+    def default_for(self, task: str) -> ModelEntry | None:
+        candidates = [e for e in self.entries.values() if e.config.task == task]
+        for entry in candidates:
+            if entry.config.default:
+                return entry
+        return candidates[0] if candidates else None
+
+    def runner_for(self, rpc: str, model: str) -> TaskRunner:
+        """The runner that serves ``rpc`` for ``model`` (empty: the task's default)."""
+        serving = tasks.RPC_TASKS[rpc]
+        if model:
+            entry = self.get(model)
+            if entry.config.task not in serving:
+                raise InvalidArgument(
+                    "model",
+                    f"model {model!r} is a {entry.config.task} model; {rpc} needs a "
+                    f"{' or '.join(serving)} model",
+                )
+        else:
+            found = next((e for t in serving if (e := self.default_for(t)) is not None), None)
+            if found is None:
+                if all(tasks.runner_class(t) is None for t in serving):
+                    raise Unimplemented(f"{rpc} is not implemented by this server yet")
+                raise NotFound(f"no {' or '.join(serving)} model is loaded; name one in 'model'")
+            entry = found
+        return self._ready_runner(entry, rpc)
+
+    @staticmethod
+    def _ready_runner(entry: ModelEntry, rpc: str) -> TaskRunner:
+        name = entry.config.name
+        if entry.state is ModelState.LOADING:
+            raise Unavailable(f"model {name!r} is still loading")
+        if entry.state is ModelState.UNLOADING:
+            raise Unavailable(f"model {name!r} is being unloaded")
+        if entry.state is ModelState.FAILED or entry.runner is None:
+            if tasks.runner_class(entry.config.task) is None:
+                raise Unimplemented(
+                    f"{rpc} ({entry.config.task}) is not implemented by this server yet"
+                )
+            raise Unavailable(f"model {name!r} failed to load: {entry.failure}")
+        return entry.runner
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line reason for a failed load, without a traceback."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,135 @@
+"""The grpc.aio server: services, health, reflection, loading and graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from modelwire.v1 import inference_service_pb2, model_service_pb2
+from modelwire.v1 import inference_service_pb2_grpc as inference_grpc
+from modelwire.v1 import model_service_pb2_grpc as model_grpc
+
+from modelwire_server import preset as preset_models
+from modelwire_server.config import ModelConfig, ServerConfig
+from modelwire_server.interceptors import RequestInterceptor
+from modelwire_server.registry import Registry
+from modelwire_server.servicers.inference import InferenceServicer
+from modelwire_server.servicers.models import ModelServicer
+from modelwire_server.worker import WorkerPool
+
+log = logging.getLogger(__name__)
+
+INFERENCE_SERVICE = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+PRESET_WARNING = (
+    "serving the built-in offline 'tiny' preset: random-weight models whose outputs are "
+    "MEANINGLESS; pass --config FILE to serve real models"
+)
+
+
+def preset_configs(name: str) -> list[ModelConfig]:
+    """ModelConfigs for every model of a built-in preset (built on first load)."""
+    return [
+        ModelConfig(
+            name=m.name, task=m.task, source=f"preset:{m.name}", default=m.default, preset=True
+        )
+        for m in preset_models.all_models()
+    ]
+
+
+def prepare_source(config: ModelConfig) -> None:
+    """Build a preset model into the cache (seconds, offline) and point at it."""
+    if config.preset and config.source.startswith("preset:"):
+        config.source = str(preset_models.ensure_model(config.source.removeprefix("preset:")))
+
+
+class ModelwireServer:
+    """One server process: start(), then wait(); stop() drains and ends it."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        models = list(config.models)
+        if config.preset:
+            models += preset_configs(config.preset)
+        self.workers = WorkerPool()
+        self.registry = Registry(
+            [dataclasses.replace(m) for m in models],
+            self.workers,
+            prepare_source=prepare_source,
+            preset=config.preset,
+        )
+        self.health = health.aio.HealthServicer()
+        limit = config.max_message_bytes
+        self.server = grpc.aio.server(
+            interceptors=[RequestInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        inference_grpc.add_InferenceServiceServicer_to_server(
+            InferenceServicer(self.registry), self.server
+        )
+        model_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.registry), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (INFERENCE_SERVICE, MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self.server,
+        )
+        self.port = 0
+        self._loading: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> int:
+        """Bind, start answering (health NOT_SERVING), and load models in the background."""
+        address = f"{self.config.host}:{self.config.port}"
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot bind {address}")
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._set_inference_health(serving=False)
+        await self.server.start()
+        if self.config.preset:
+            log.warning(PRESET_WARNING)
+        log.info("listening on %s:%d", self.config.host, self.port)
+        self._loading = asyncio.create_task(self._load())
+        return self.port
+
+    async def _load(self) -> None:
+        await self.registry.load_all()
+        await self._set_inference_health(serving=self.registry.any_ready)
+        if not self.registry.any_ready:
+            log.error("no model could be loaded: health stays NOT_SERVING")
+
+    async def _set_inference_health(self, *, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else (health_pb2.HealthCheckResponse.NOT_SERVING)
+        )
+        await self.health.set(INFERENCE_SERVICE, status)
+
+    async def wait_until_loaded(self) -> None:
+        await self.registry.loading_done.wait()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING at once, refuse new calls, let running ones finish."""
+        if self._stopped.is_set():
+            return
+        grace = self.config.grace_period_s if grace is None else grace
+        await self._set_inference_health(serving=False)
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+        await self.registry.close()
+        self.workers.close()
+        self._stopped.set()
+
+    async def wait(self) -> None:
+        await self._stopped.wait()

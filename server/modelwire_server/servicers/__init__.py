@@ -1,0 +1,1 @@
+"""gRPC servicers: protobuf ⇄ plain Python values only; no model code here."""

@@ -1,0 +1,147 @@
+"""The contract every task module follows.
+
+A runner owns one loaded model. ``load`` reads weights (in a thread, off the event
+loop), ``warmup`` runs one tiny input on the device worker, and the runner's typed
+async methods (one per RPC it serves) are what the servicer calls with plain Python
+values. One-shot runners put each input through a DynamicBatcher whose batch function
+(``run_batch``: preprocess → forward → postprocess) runs on the device worker.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+import torch
+
+from modelwire_server.batcher import DynamicBatcher
+from modelwire_server.config import ModelConfig
+from modelwire_server.errors import InvalidArgument
+from modelwire_server.worker import DeviceWorker
+
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
+
+
+class TaskRunner(ABC):
+    """One loaded model serving one task."""
+
+    task: ClassVar[str]
+    rpcs: ClassVar[tuple[str, ...]]
+
+    def __init__(
+        self, config: ModelConfig, device: torch.device, dtype: torch.dtype, worker: DeviceWorker
+    ) -> None:
+        self.config = config
+        self.device = device
+        self.dtype = dtype
+        self.worker = worker
+        self.model: Any = None
+
+    @abstractmethod
+    def load(self) -> None:
+        """Read the model (blocking; runs in a loader thread)."""
+
+    @abstractmethod
+    def warmup(self) -> None:
+        """Run one small input (blocking; runs on the device worker)."""
+
+    async def start(self) -> None:  # noqa: B027 - an optional hook
+        """Start loop-side machinery (batchers, engines) once loaded."""
+
+    async def close(self) -> None:  # noqa: B027 - an optional hook
+        """Stop loop-side machinery; in-flight calls end."""
+
+    @property
+    def architecture(self) -> str:
+        archs = getattr(getattr(self.model, "config", None), "architectures", None)
+        return (archs or [type(self.model).__name__])[0]
+
+    @property
+    def context_length(self) -> int | None:
+        return None
+
+    def pretrained_kwargs(self) -> dict[str, Any]:
+        """Arguments every from_pretrained call of this model shares."""
+        kwargs: dict[str, Any] = {"trust_remote_code": self.config.trust_remote_code}
+        if self.config.revision:
+            kwargs["revision"] = self.config.revision
+        return kwargs
+
+    def place(self, model: Any) -> Any:
+        """Move a loaded model to its device and dtype, in inference mode."""
+        return model.to(device=self.device, dtype=self.dtype).eval()
+
+
+class BatchedTask(TaskRunner, Generic[ItemT, ResultT]):
+    """A one-shot task whose inputs from concurrent requests share forward passes."""
+
+    batcher: DynamicBatcher[ItemT, ResultT]
+
+    @abstractmethod
+    def run_batch(self, items: list[ItemT]) -> Sequence[ResultT | BaseException]:
+        """Preprocess, forward and postprocess a batch (on the device worker)."""
+
+    async def start(self) -> None:
+        self.batcher = DynamicBatcher(
+            self.worker,
+            self.run_batch,
+            max_batch_size=self.config.max_batch_size,
+            max_wait_ms=self.config.max_wait_ms,
+            max_queue=self.config.max_queue,
+            name=self.config.name,
+        )
+
+    async def close(self) -> None:
+        await self.batcher.close()
+
+    def warmup(self) -> None:
+        results = self.run_batch([self.warmup_item()])
+        if isinstance(results[0], BaseException):
+            raise results[0]
+
+    @abstractmethod
+    def warmup_item(self) -> ItemT:
+        """A small valid input."""
+
+
+def check_text_inputs(inputs: Sequence[str], config: ModelConfig, field: str = "inputs") -> None:
+    """The per-request limits every text task shares."""
+    if not inputs:
+        raise InvalidArgument(field, "must hold at least one input")
+    if len(inputs) > config.max_inputs:
+        raise InvalidArgument(
+            field, f"has {len(inputs)} inputs; this model takes at most {config.max_inputs}"
+        )
+    for i, text in enumerate(inputs):
+        if not text.strip():
+            raise InvalidArgument(f"{field}[{i}]", "must not be empty")
+        if len(text) > config.max_input_chars:
+            raise InvalidArgument(
+                f"{field}[{i}]",
+                f"has {len(text)} characters; the limit is {config.max_input_chars}",
+            )
+
+
+def encoder_max_length(tokenizer: Any, model_config: Any) -> int | None:
+    """The longest input an encoder takes: the tokenizer's limit or its position table."""
+    limits = []
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and tok_max < 1_000_000:
+        limits.append(tok_max)
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        # RoBERTa-style models reserve padding_idx + 1 positions.
+        offset = 2 if getattr(model_config, "model_type", "") in ("roberta", "xlm-roberta") else 0
+        limits.append(positions - offset)
+    return min(limits) if limits else None
+
+
+def read_json(path: Path) -> Any | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
