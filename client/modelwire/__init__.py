@@ -1,3 +1,95 @@
-"""Modelwire: a typed asyncio client for the Modelwire gRPC model server."""
+"""Modelwire: a typed asyncio client for the Modelwire gRPC model server.
+
+    from modelwire import AsyncClient
+
+    async with AsyncClient("127.0.0.1:50051") as client:
+        [result] = await client.classify_text("I love this!")
+        print(result.top.label, result.top.score)
+
+The SDK depends on grpcio, protobuf and grpcio-status only.
+"""
+
+from modelwire._chat import ChatMessageLike
+from modelwire._client import NOT_GIVEN, AsyncClient, NotGiven
+from modelwire._errors import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    FieldViolation,
+    InternalServerError,
+    ModelwireError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    RequestCancelledError,
+    UnavailableError,
+    UnimplementedError,
+)
+from modelwire._generation import GenerateParams
+from modelwire._streaming import GenerateStream
+from modelwire._types import (
+    ChatMessage,
+    Classification,
+    Embedding,
+    FinishReason,
+    GenerationChunk,
+    GenerationResult,
+    HealthStatus,
+    ImagePart,
+    LabelScore,
+    ModelInfo,
+    ModelState,
+    ResultList,
+    SequenceResult,
+    Token,
+    Tokenization,
+    TopLogprob,
+    Usage,
+)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "NOT_GIVEN",
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "ChatMessage",
+    "ChatMessageLike",
+    "Classification",
+    "Embedding",
+    "FieldViolation",
+    "FinishReason",
+    "GenerateParams",
+    "GenerateStream",
+    "GenerationChunk",
+    "GenerationResult",
+    "HealthStatus",
+    "ImagePart",
+    "InternalServerError",
+    "LabelScore",
+    "ModelInfo",
+    "ModelState",
+    "ModelwireError",
+    "NotFoundError",
+    "NotGiven",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RequestCancelledError",
+    "ResultList",
+    "SequenceResult",
+    "Token",
+    "Tokenization",
+    "TopLogprob",
+    "UnavailableError",
+    "UnimplementedError",
+    "Usage",
+    "__version__",
+]
