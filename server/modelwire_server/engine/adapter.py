@@ -1,0 +1,137 @@
+"""The model-facing side of the engine: prefill and decode for one kind of model.
+
+The engine loop only knows this small protocol. A causal LM is one adapter; an
+encoder-decoder (encoder output computed at prefill) and an image-text-to-text model
+(pixel values at prefill) are others, with the same loop around them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from transformers import DynamicCache
+
+from modelwire_server.engine.kvcache import PaddedCache
+
+
+class BatchState(Protocol):
+    """The per-row model state of the running batch (KV cache and masks)."""
+
+    @property
+    def rows(self) -> int: ...
+
+    def select(self, index: torch.Tensor) -> None: ...
+
+    def merge(self, other: Any) -> None: ...
+
+    def rollback(self) -> None: ...
+
+    def tokens_in_use(self) -> int: ...
+
+    def slots(self) -> int: ...
+
+
+@dataclass(slots=True)
+class PrefillInput:
+    """One prompt to prefill; ``extras`` carries model inputs such as pixel values."""
+
+    prompt_ids: list[int]
+    want_prompt_logits: bool = False
+    extras: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class PrefillOutput:
+    """``logits[i]`` is the next-token distribution after prompt ``i`` (float32, ``[N, V]``);
+    ``prompt_logits[i]`` the logits at every prompt position, when asked."""
+
+    logits: torch.Tensor
+    state: BatchState
+    prompt_logits: list[torch.Tensor | None]
+
+
+class ModelAdapter(Protocol):
+    vocab_size: int
+    max_context: int | None
+    device: torch.device
+
+    def prefill(self, inputs: list[PrefillInput]) -> PrefillOutput: ...
+
+    def decode(self, state: BatchState, tokens: torch.Tensor) -> torch.Tensor:
+        """Run one token per row (``tokens`` is ``[R]``), grow ``state``, return ``[R, V]``."""
+        ...
+
+
+class CausalState(PaddedCache):
+    """A causal LM's batch state is just its padded self-attention cache."""
+
+    def slots(self) -> int:
+        return self.rows * self.width
+
+
+def model_context_length(config: Any) -> int | None:
+    """The longest sequence the model's positions allow, where the config says."""
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(text, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+class CausalLMAdapter:
+    """Decoder-only models (GPT-2, Llama, ...) with a ``DynamicCache``."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device | str) -> None:
+        self.model = model
+        self.device = torch.device(device)
+        config = model.config.get_text_config(decoder=True)
+        self.vocab_size = int(config.vocab_size)
+        self.max_context = model_context_length(model.config)
+
+    @torch.inference_mode()
+    def prefill(self, inputs: list[PrefillInput]) -> PrefillOutput:
+        width = max(len(i.prompt_ids) for i in inputs)
+        ids = torch.zeros((len(inputs), width), dtype=torch.long)
+        mask = torch.zeros((len(inputs), width), dtype=torch.long)
+        for row, item in enumerate(inputs):
+            n = len(item.prompt_ids)
+            ids[row, width - n :] = torch.tensor(item.prompt_ids, dtype=torch.long)
+            mask[row, width - n :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        # Padding positions get 0: they are masked out, and real tokens count from 0.
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        want_all = any(i.want_prompt_logits for i in inputs)
+        cache = DynamicCache()
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=0 if want_all else 1,
+        )
+        logits = out.logits[:, -1, :].float()
+        prompt_logits: list[torch.Tensor | None] = [None] * len(inputs)
+        if want_all:
+            for row, item in enumerate(inputs):
+                if item.want_prompt_logits:
+                    n = len(item.prompt_ids)
+                    prompt_logits[row] = out.logits[row, width - n :, :].float()
+        return PrefillOutput(logits, CausalState(cache, mask), prompt_logits)
+
+    @torch.inference_mode()
+    def decode(self, state: BatchState, tokens: torch.Tensor) -> torch.Tensor:
+        assert isinstance(state, CausalState)
+        step_mask = state.mask_for_step()
+        out = self.model(
+            input_ids=tokens.to(self.device).view(-1, 1),
+            attention_mask=step_mask,
+            position_ids=state.positions().view(-1, 1),
+            cache=state.cache,
+            use_cache=True,
+        )
+        state.commit_step(step_mask)
+        return out.logits[:, -1, :].float()

@@ -1,0 +1,482 @@
+"""The generation engine: continuous batching over one model on one device.
+
+Threading contract:
+- ``submit``, ``cancel``, ``has_work``, ``wait_for_work`` and ``stats`` may be called
+  from any thread; they touch only the waiting queue and flags, under ``_lock``.
+- ``step`` runs on one worker thread only (the device worker). It owns the running
+  batch, calls the model, and calls the sinks. It never holds ``_lock`` while calling
+  a sink or the model, so ``submit`` is never blocked behind a forward pass.
+
+Ending a request: every request gets ``PromptInfo`` first, then per sequence its
+deltas and one ``Finished``; or ``Failed`` at any point, after which nothing follows.
+``cancel`` ends each open sequence with ``Finished(CANCELLED)`` at the next step (its
+rows leave the batch and their cache is freed then). A passed ``deadline`` ends the
+request with ``Failed(DeadlineExceeded)``; ``time_limit_ms`` (counted from submit)
+ends each open sequence with ``Finished(TIME_LIMIT)`` and the text it has so far.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from modelwire_server.engine import sampler
+from modelwire_server.engine.adapter import (
+    BatchState,
+    CausalLMAdapter,
+    ModelAdapter,
+    PrefillInput,
+)
+from modelwire_server.engine.beam import BeamSearch
+from modelwire_server.engine.detokenizer import byte_fallback_ids
+from modelwire_server.engine.errors import DeadlineExceeded, QueueFull, ResourceExhausted
+from modelwire_server.engine.sequence import (
+    BeamRow,
+    RequestGroup,
+    Row,
+    StreamRow,
+    prompt_info,
+)
+from modelwire_server.engine.tokens import TokenTexts
+from modelwire_server.engine.types import (
+    Failed,
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    Sink,
+    TokenInfo,
+)
+from modelwire_server.engine.validation import Limits, prepare
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Handle:
+    """What ``submit`` returns; pass it to ``cancel``."""
+
+    request_id: str
+    group: RequestGroup = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    running_rows: int
+    running_requests: int
+    waiting: int
+    cache_tokens: int  # real tokens held in the KV cache
+    cache_slots: int  # rows x columns, padding included
+    reserved_tokens: int  # budget held by admitted requests
+    last_decode_rows: int
+    max_decode_rows: int  # most rows any decode step ran (proves batching)
+    steps: int
+    generated_tokens: int
+
+
+def eos_token_ids(generation_config: Any, model: Any, tokenizer: Any) -> frozenset[int]:
+    for source in (generation_config, getattr(model, "config", None), tokenizer):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        if value is not None:
+            return frozenset([value] if isinstance(value, int) else value)
+    return frozenset()
+
+
+class GenerationEngine:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        device: torch.device | str,
+        generation_config: Any | None,
+        max_batch_tokens: int,
+        max_waiting: int,
+        max_new_tokens_cap: int,
+        default_max_new_tokens: int,
+        adapter: ModelAdapter | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.adapter: ModelAdapter = adapter or CausalLMAdapter(model, self.device)
+        self.tokenizer = tokenizer
+        self.generation_config = generation_config
+        self.limits = Limits(
+            vocab_size=self.adapter.vocab_size,
+            max_context=self.adapter.max_context,
+            max_new_tokens_cap=max_new_tokens_cap,
+            default_max_new_tokens=default_max_new_tokens,
+            max_batch_tokens=max_batch_tokens,
+            eos_ids=eos_token_ids(generation_config, model, tokenizer),
+        )
+        self.max_waiting = max_waiting
+        self._texts = TokenTexts(tokenizer)
+        self._byte_ids = byte_fallback_ids(tokenizer)
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._waiting: deque[RequestGroup] = deque()
+        self._cancel_pending = False
+        # Worker-thread state: the running rows and their batched model state.
+        self._rows: list[Row] = []
+        self._state: BatchState | None = None
+        self._prefilling: list[RequestGroup] = []
+        self._reserved = 0
+        self._steps = self._generated = self._last_rows = self._max_rows = 0
+
+    # ---- any thread -------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest, sink: Sink) -> Handle:
+        """Queue a request; raise ``InvalidRequest`` or ``QueueFull`` at once."""
+        prepared = prepare(request, self.limits, self.generation_config)
+        seed = prepared.sampling.seed
+        if seed is None:
+            seed = secrets.randbits(62)  # leaves room for seed + i
+        group = RequestGroup(prepared, sink, self.limits.vocab_size, seed)
+        with self._lock:
+            if len(self._waiting) >= self.max_waiting:
+                raise QueueFull(f"{len(self._waiting)} requests are already waiting")
+            self._waiting.append(group)
+            self._work.notify_all()
+        return Handle(request.request_id, group)
+
+    def cancel(self, handle: Handle) -> None:
+        """Ask for the request to end; it does at the start of the next step."""
+        with self._lock:
+            handle.group.cancel_requested = True
+            self._cancel_pending = True
+            self._work.notify_all()
+
+    def has_work(self) -> bool:
+        with self._lock:
+            return bool(self._waiting or self._rows or self._cancel_pending)
+
+    def wait_for_work(self, timeout: float | None = None) -> bool:
+        """Block until there is something for ``step`` to do (or ``timeout``)."""
+        with self._work:
+            return self._work.wait_for(
+                lambda: bool(self._waiting or self._rows or self._cancel_pending), timeout
+            )
+
+    def stats(self) -> EngineStats:
+        state = self._state
+        with self._lock:
+            waiting = len(self._waiting)
+        rows = list(self._rows)
+        return EngineStats(
+            running_rows=len(rows),
+            running_requests=len({id(r.group) for r in rows}),
+            waiting=waiting,
+            cache_tokens=state.tokens_in_use() if state is not None and rows else 0,
+            cache_slots=state.slots() if state is not None and rows else 0,
+            reserved_tokens=self._reserved,
+            last_decode_rows=self._last_rows,
+            max_decode_rows=self._max_rows,
+            steps=self._steps,
+            generated_tokens=self._generated,
+        )
+
+    # ---- worker thread ----------------------------------------------------------
+
+    def step(self) -> None:
+        """One iteration: reap, admit + prefill, one decode step for every row."""
+        self._steps += 1
+        try:
+            self._reap_waiting()
+            self._reap_running()
+            groups = self._admit()
+            if groups:
+                self._prefill(groups)
+            if self._rows:
+                self._decode()
+        except Exception as exc:  # a bug must not wedge the server: fail what is in flight
+            log.exception("generation step failed")
+            self._fail_rows(exc)
+
+    def _verdict(self, group: RequestGroup, now: float) -> FinishReason | Exception | None:
+        deadline = group.prepared.request.deadline
+        if deadline is not None and now >= deadline:
+            return DeadlineExceeded("the request's deadline passed")
+        if group.cancel_requested:
+            return FinishReason.CANCELLED
+        if group.time_limit_at is not None and now >= group.time_limit_at:
+            return FinishReason.TIME_LIMIT
+        return None
+
+    def _reap_waiting(self) -> None:
+        now = time.monotonic()
+        ended: list[tuple[RequestGroup, FinishReason | Exception]] = []
+        with self._lock:
+            self._cancel_pending = False
+            keep: deque[RequestGroup] = deque()
+            for group in self._waiting:
+                verdict = self._verdict(group, now)
+                if verdict is None:
+                    keep.append(group)
+                else:
+                    ended.append((group, verdict))
+            self._waiting = keep
+        for group, verdict in ended:
+            if isinstance(verdict, Exception):
+                group.emit(Failed(verdict))
+                continue
+            group.emit(prompt_info(group, None))
+            for index in range(group.prepared.sampling.n):
+                seed = None if group.prepared.is_beam else group.seed + index
+                group.emit(Finished(index, verdict, "", [], group.usage(0), seed))
+
+    def _reap_running(self) -> None:
+        now = time.monotonic()
+        verdicts = {}
+        for row in self._rows:
+            if row.group not in verdicts:
+                verdicts[row.group] = self._verdict(row.group, now)
+        ended = {g: v for g, v in verdicts.items() if v is not None}
+        for group, verdict in ended.items():
+            if isinstance(verdict, Exception):
+                self._fail(group, verdict)
+            elif group.beam is not None:
+                self._finish_beams(group, verdict)
+            else:
+                for row in self._rows:
+                    if row.group is group and isinstance(row, StreamRow):
+                        row.finish(verdict)
+                self._release(group)
+        if ended:
+            self._remove_groups(set(ended))
+
+    def _admit(self) -> list[RequestGroup]:
+        admitted = []
+        with self._lock:
+            while self._waiting:
+                cost = self._waiting[0].prepared.cost
+                if self._reserved + cost > self.limits.max_batch_tokens:
+                    break
+                self._reserved += cost
+                admitted.append(self._waiting.popleft())
+        return admitted
+
+    # ---- prefill and decode -------------------------------------------------------
+
+    def _prefill(self, groups: list[RequestGroup]) -> None:
+        self._prefilling = groups
+        self._prefill_and_join(groups)
+        self._prefilling = []
+
+    def _prefill_and_join(self, groups: list[RequestGroup]) -> None:
+        now = time.monotonic()
+        inputs = []
+        for group in groups:
+            group.admitted_at = now
+            group.prepare_tensors(self.device)
+            options = group.prepared.request.options
+            echo_logprobs = options.echo_prompt_tokens and options.logprobs
+            inputs.append(PrefillInput(group.prompt_ids, want_prompt_logits=echo_logprobs))
+        try:
+            out = self.adapter.prefill(inputs)
+        except torch.OutOfMemoryError:
+            self._free_device_memory()
+            for group in groups:
+                self._fail(group, ResourceExhausted("out of device memory during prefill"))
+            return
+        rows: list[Row] = []
+        index: list[int] = []
+        for i, group in enumerate(groups):
+            self._send_prompt_info(group, out.prompt_logits[i])
+            new = self._make_rows(group)
+            rows += new
+            index += [i] * len(new)
+        order = torch.tensor(index, dtype=torch.long, device=self.device)
+        out.state.select(order)
+        kept, sources = self._advance(rows, out.logits.index_select(0, order))
+        if kept:
+            self._join(out.state, kept, sources)
+
+    def _send_prompt_info(self, group: RequestGroup, logits: torch.Tensor | None) -> None:
+        options = group.prepared.request.options
+        tokens = None
+        if options.echo_prompt_tokens:
+            top = options.top_logprobs if options.logprobs else 0
+            tokens = self._texts.prompt_infos(group.prompt_ids, logits, top)
+        group.emit(prompt_info(group, tokens))
+
+    def _make_rows(self, group: RequestGroup) -> list[Row]:
+        prepared = group.prepared
+        rows: list[Row]
+        if prepared.is_beam:
+            s = prepared.sampling
+            group.beam = BeamSearch(
+                num_beams=s.num_beams,
+                max_new_tokens=prepared.max_new_tokens,
+                length_penalty=s.length_penalty,
+                early_stopping=s.early_stopping,
+                eos_ids=sorted(prepared.eos_ids | prepared.stop_ids),
+            )
+            rows = [BeamRow(group, k, self.device) for k in range(s.num_beams)]
+        else:
+            rows = [
+                StreamRow(group, i, self.device, self.tokenizer, self._byte_ids)
+                for i in range(prepared.sampling.n)
+            ]
+        group.open_rows = len(rows)
+        return rows
+
+    def _join(self, state: BatchState, rows: list[Row], sources: list[int]) -> None:
+        if sources != list(range(state.rows)):
+            state.select(torch.tensor(sources, dtype=torch.long))
+        if self._state is None or not self._rows:
+            self._state = state
+        else:
+            self._state.merge(state)
+        self._rows += rows
+
+    def _decode(self) -> None:
+        logits = self._forward_decode()
+        if logits is None:
+            return
+        self._last_rows = len(self._rows)
+        self._max_rows = max(self._max_rows, self._last_rows)
+        kept, sources = self._advance(self._rows, logits)
+        assert self._state is not None
+        if sources != list(range(len(self._rows))):
+            self._state.select(torch.tensor(sources, dtype=torch.long))
+        self._rows = kept
+
+    def _forward_decode(self) -> torch.Tensor | None:
+        """Run the decode forward pass; on OOM, fail the youngest request and retry."""
+        while self._rows and self._state is not None:
+            tokens = torch.tensor([r.pending for r in self._rows], dtype=torch.long)
+            try:
+                return self.adapter.decode(self._state, tokens)
+            except torch.OutOfMemoryError:
+                self._state.rollback()
+                self._free_device_memory()
+                victim = max({r.group for r in self._rows}, key=lambda g: g.admitted_at or 0.0)
+                rid = victim.prepared.request.request_id
+                log.warning("out of device memory; failing request %s", rid)
+                self._fail(victim, ResourceExhausted("out of device memory during decoding"))
+                self._remove_groups({victim})
+        return None
+
+    # ---- token selection and bookkeeping ----------------------------------------
+
+    def _advance(self, rows: list[Row], logits: torch.Tensor) -> tuple[list[Row], list[int]]:
+        """Choose each row's next token and emit; return surviving rows and their sources."""
+        selection = sampler.select(logits, rows)  # type: ignore[arg-type]
+        kept: list[Row] = []
+        sources: list[int] = []
+        beams: dict[RequestGroup, list[int]] = {}
+        for i, row in enumerate(rows):
+            if isinstance(row, StreamRow):
+                token = selection.tokens[i]
+                info = self._texts.info(token, selection.chosen_logprobs[i], selection.top.get(i))
+                if row.accept(token, info):
+                    if row.group.open_rows == 0:
+                        self._release(row.group)
+                else:
+                    kept.append(row)
+                    sources.append(i)
+            else:
+                beams.setdefault(row.group, []).append(i)
+        for group, index in beams.items():
+            self._beam_step(group, [rows[i] for i in index], index, selection, kept, sources)
+        self._generated += len(rows)
+        return kept, sources
+
+    def _beam_step(
+        self,
+        group: RequestGroup,
+        rows: list[Row],
+        index: list[int],
+        selection: sampler.Selection,
+        kept: list[Row],
+        sources: list[int],
+    ) -> None:
+        assert group.beam is not None
+        if group.first_token_at is None:
+            group.first_token_at = time.monotonic()
+        options = group.prepared.request.options
+        raw = selection.raw_logprobs
+
+        def info(source: int, token: int) -> TokenInfo:
+            r = index[source]
+            logprob = float(raw[r, token]) if options.logprobs and raw is not None else None
+            return self._texts.info(token, logprob, selection.top.get(r))
+
+        step = group.beam.step(selection.scores[index], info)
+        if step.done:
+            self._finish_beams(group, None)
+            return
+        counts = [rows[s].counts for s in step.sources]
+        for k, row in enumerate(rows):
+            if counts[k] is not None:
+                row.counts = counts[k].clone()  # type: ignore[union-attr]
+                row.count(step.tokens[k])
+            row.pending = step.tokens[k]
+            kept.append(row)
+            sources.append(index[step.sources[k]])
+
+    def _finish_beams(self, group: RequestGroup, reason: FinishReason | None) -> None:
+        assert group.beam is not None
+        prepared = group.prepared
+        n = prepared.sampling.n
+        results = group.beam.results(n) if reason is not FinishReason.CANCELLED else []
+        for i in range(n):
+            hyp = results[i] if i < len(results) else None
+            tokens = hyp.tokens if hyp else []
+            why = reason
+            if why is None:
+                ends_eos = bool(tokens) and tokens[-1] in (prepared.eos_ids | prepared.stop_ids)
+                why = FinishReason.EOS if ends_eos else FinishReason.LENGTH
+            text = self._beam_text(group, tokens, why)
+            infos = hyp.infos if hyp else []
+            group.emit(Finished(i, why, text, infos, group.usage(len(tokens)), None))
+        group.open_rows = 0
+        self._release(group)
+
+    def _beam_text(self, group: RequestGroup, tokens: list[int], reason: FinishReason) -> str:
+        options = group.prepared.request.options
+        include = group.prepared.request.stopping.include_stop_in_output
+        if reason is FinishReason.EOS and not include:
+            tokens = tokens[:-1]
+        skip = options.skip_special_tokens
+        prompt_text = self.tokenizer.decode(group.prompt_ids, skip_special_tokens=skip)
+        full = self.tokenizer.decode(group.prompt_ids + tokens, skip_special_tokens=skip)
+        return full[len(prompt_text) :]
+
+    # ---- failure and cleanup ------------------------------------------------------
+
+    def _release(self, group: RequestGroup) -> None:
+        if not group.released:
+            group.released = True
+            self._reserved -= group.prepared.cost
+
+    def _fail(self, group: RequestGroup, error: Exception) -> None:
+        group.emit(Failed(error))
+        group.open_rows = 0
+        self._release(group)
+
+    def _remove_groups(self, groups: set[RequestGroup]) -> None:
+        keep = [i for i, r in enumerate(self._rows) if r.group not in groups]
+        if len(keep) == len(self._rows):
+            return
+        if self._state is not None and keep:
+            self._state.select(torch.tensor(keep, dtype=torch.long))
+        self._rows = [self._rows[i] for i in keep]
+        if not self._rows:
+            self._state = None
+
+    def _fail_rows(self, error: Exception) -> None:
+        for group in {r.group for r in self._rows} | set(self._prefilling):
+            self._fail(group, error)
+        self._rows = []
+        self._state = None
+        self._prefilling = []
+
+    def _free_device_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

@@ -1,0 +1,109 @@
+"""A batch of left-padded KV-cache rows on the transformers 5 ``Cache`` layer API.
+
+Every row's real tokens end at the last column, so one decode step appends one column
+for all rows. Rows of different lengths are aligned by padding on the left and masking
+the padding out with the 2D attention mask; positions are passed explicitly, so no
+row's position depends on its padding. When rows leave, columns that became padding
+for every remaining row are cut off again.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import Cache, DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+
+def _layers(cache: Cache) -> list[DynamicLayer]:
+    layers = list(cache.layers)
+    for layer in layers:
+        # Sliding-window and linear-attention layers keep a different number of
+        # columns than the mask describes, so padding arithmetic would be wrong.
+        if type(layer) is not DynamicLayer:
+            raise TypeError(f"unsupported cache layer {type(layer).__name__}")
+    return layers
+
+
+class PaddedCache:
+    """A ``DynamicCache`` whose rows are left-padded, plus their attention mask.
+
+    ``mask`` is ``[rows, width]`` (1 = real token). ``grows`` is False for caches whose
+    width never changes after prefill (the cross-attention cache of an encoder-decoder).
+    """
+
+    def __init__(self, cache: DynamicCache, mask: torch.Tensor, *, grows: bool = True) -> None:
+        self.cache = cache
+        self.mask = mask
+        self.grows = grows
+
+    @property
+    def rows(self) -> int:
+        return int(self.mask.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.mask.shape[1])
+
+    def positions(self) -> torch.Tensor:
+        """Position of the next token of each row: its count of real tokens."""
+        return self.mask.sum(dim=1)
+
+    def tokens_in_use(self) -> int:
+        return int(self.mask.sum())
+
+    def mask_for_step(self) -> torch.Tensor:
+        """The mask covering the cache plus one new column, as a decode step needs."""
+        ones = torch.ones((self.rows, 1), dtype=self.mask.dtype, device=self.mask.device)
+        return torch.cat([self.mask, ones], dim=1)
+
+    def commit_step(self, step_mask: torch.Tensor) -> None:
+        """Adopt the mask of a decode step whose forward pass has appended its column."""
+        self.mask = step_mask
+
+    def rollback(self) -> None:
+        """Cut layers back to the mask's width after a forward pass failed midway."""
+        for layer in _layers(self.cache):
+            if layer.keys is not None and layer.keys.shape[-2] > self.width:
+                layer.keys = layer.keys[..., : self.width, :]
+                layer.values = layer.values[..., : self.width, :]
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep rows ``index`` (in that order; repeats copy a row) and trim dead columns."""
+        index = index.to(self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.mask = self.mask[index]
+        self._trim()
+
+    def _trim(self) -> None:
+        if self.rows == 0 or not self.grows:
+            return
+        live = self.mask.any(dim=0).nonzero()
+        first = int(live[0]) if live.numel() else self.width
+        if first == 0:
+            return
+        for layer in _layers(self.cache):
+            if layer.keys is not None and layer.keys.numel():
+                layer.keys = layer.keys[..., first:, :]
+                layer.values = layer.values[..., first:, :]
+        self.mask = self.mask[:, first:]
+
+    def merge(self, other: PaddedCache) -> None:
+        """Append ``other``'s rows after ours, left-padding whichever is narrower."""
+        width = max(self.width, other.width)
+        mine, theirs = _layers(self.cache), _layers(other.cache)
+        if len(mine) != len(theirs):
+            raise ValueError("caches have different numbers of layers")
+        for a, b in zip(mine, theirs, strict=True):
+            a.keys = torch.cat([_pad_left(a.keys, width), _pad_left(b.keys, width)], dim=0)
+            a.values = torch.cat([_pad_left(a.values, width), _pad_left(b.values, width)], dim=0)
+        self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(other.mask, width)], dim=0)
+
+
+def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Pad the sequence axis (-2 for KV ``[B, H, L, D]``, -1 for a mask ``[B, L]``)."""
+    if t.dim() == 2:
+        missing = width - t.shape[-1]
+        return F.pad(t, (missing, 0)) if missing else t
+    missing = width - t.shape[-2]
+    return F.pad(t, (0, 0, missing, 0)) if missing else t

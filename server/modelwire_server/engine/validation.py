@@ -1,0 +1,149 @@
+"""Checking a request against the model and the engine's limits, once, at submit.
+
+A request that passes is turned into ``Prepared``: concrete values the step loop uses
+without further checks. Every refusal names the request field (proto dotted path).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from modelwire_server.engine.errors import InvalidRequest
+from modelwire_server.engine.types import GenerationRequest, ResolvedSampling
+
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    vocab_size: int
+    max_context: int | None
+    max_new_tokens_cap: int
+    default_max_new_tokens: int
+    max_batch_tokens: int
+    eos_ids: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    request: GenerationRequest
+    sampling: ResolvedSampling
+    max_new_tokens: int
+    min_new_tokens: int
+    eos_ids: frozenset[int]  # empty with ignore_eos
+    stop_ids: frozenset[int]
+    rows: int  # engine rows: num_beams for beam search, else n
+    cost: int  # reserved batch tokens: rows * (prompt + max_new_tokens)
+
+    @property
+    def is_beam(self) -> bool:
+        return self.sampling.num_beams > 1
+
+
+def _require(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise InvalidRequest(field, message)
+
+
+def _check_ids(ids: Any, vocab: int, field: str) -> None:
+    bad = [i for i in ids if not 0 <= int(i) < vocab]
+    _require(not bad, field, f"token ids {bad[:5]} are outside the vocabulary (0..{vocab - 1})")
+
+
+def _check_sampling(s: ResolvedSampling, vocab: int) -> None:
+    _require(math.isfinite(s.temperature) and s.temperature >= 0, "sampling.temperature", ">= 0")
+    _require(s.top_k >= 0, "sampling.top_k", "must be >= 0 (0 = off)")
+    _require(0 < s.top_p <= 1, "sampling.top_p", "must be in (0, 1]")
+    _require(0 <= s.min_p <= 1, "sampling.min_p", "must be in [0, 1]")
+    _require(0 < s.typical_p <= 1, "sampling.typical_p", "must be in (0, 1]")
+    _require(s.repetition_penalty > 0, "sampling.repetition_penalty", "must be > 0")
+    for name in ("presence_penalty", "frequency_penalty"):
+        _require(-2 <= getattr(s, name) <= 2, f"sampling.{name}", "must be in [-2, 2]")
+    _require(s.seed is None or 0 <= s.seed < 2**63, "sampling.seed", "must be in [0, 2**63)")
+    _require(s.num_beams >= 1, "sampling.num_beams", "must be >= 1")
+    _require(s.n >= 1, "sampling.n", "must be >= 1")
+    if s.num_beams > 1:
+        _require(s.n <= s.num_beams, "sampling.n", "with beam search, n must be <= num_beams")
+    _check_ids(s.logit_bias.keys(), vocab, "sampling.logit_bias")
+    _require(
+        all(math.isfinite(v) and -100 <= v <= 100 for v in s.logit_bias.values()),
+        "sampling.logit_bias",
+        "biases must be in [-100, 100]",
+    )
+
+
+def _max_new_tokens(request: GenerationRequest, limits: Limits) -> int:
+    prompt = len(request.prompt_ids)
+    room = limits.max_context - prompt if limits.max_context is not None else None
+    asked = request.stopping.max_new_tokens
+    if asked is None:
+        value = limits.default_max_new_tokens
+        return min(value, room) if room is not None else value
+    _require(asked >= 1, "stopping.max_new_tokens", "must be >= 1")
+    _require(
+        asked <= limits.max_new_tokens_cap,
+        "stopping.max_new_tokens",
+        f"{asked} is over this server's cap of {limits.max_new_tokens_cap}",
+    )
+    _require(
+        room is None or asked <= room,
+        "stopping.max_new_tokens",
+        f"prompt ({prompt}) + max_new_tokens ({asked}) exceeds the context ({limits.max_context})",
+    )
+    return asked
+
+
+def prepare(request: GenerationRequest, limits: Limits, generation_config: Any) -> Prepared:
+    """Validate ``request`` and resolve its parameters; raise ``InvalidRequest``."""
+    prompt = len(request.prompt_ids)
+    _require(prompt > 0, "prompt", "the prompt has no tokens")
+    _check_ids(request.prompt_ids, limits.vocab_size, "prompt")
+    if limits.max_context is not None:
+        _require(
+            prompt < limits.max_context,
+            "prompt",
+            f"the prompt has {prompt} tokens; the model's context is {limits.max_context}",
+        )
+    sampling = request.sampling.resolve(generation_config)
+    _check_sampling(sampling, limits.vocab_size)
+    stopping, options = request.stopping, request.options
+    max_new = _max_new_tokens(request, limits)
+    _require(
+        0 <= stopping.min_new_tokens <= max_new,
+        "stopping.min_new_tokens",
+        "must be in [0, max_new_tokens]",
+    )
+    _require(all(stopping.stop), "stopping.stop", "stop strings must not be empty")
+    _check_ids(stopping.stop_token_ids, limits.vocab_size, "stopping.stop_token_ids")
+    _require(
+        stopping.time_limit_ms is None or stopping.time_limit_ms > 0,
+        "stopping.time_limit_ms",
+        "must be > 0",
+    )
+    _require(
+        0 <= options.top_logprobs <= MAX_TOP_LOGPROBS,
+        "options.top_logprobs",
+        f"must be in [0, {MAX_TOP_LOGPROBS}]",
+    )
+    beam = sampling.num_beams > 1
+    _require(not (beam and stopping.stop), "stopping.stop", "not supported with beam search")
+    rows = sampling.num_beams if beam else sampling.n
+    cost = rows * (prompt + max_new)
+    _require(
+        cost <= limits.max_batch_tokens,
+        "stopping.max_new_tokens",
+        f"{rows} x (prompt {prompt} + max_new_tokens {max_new}) tokens exceed this server's "
+        f"batch budget of {limits.max_batch_tokens}",
+    )
+    return Prepared(
+        request=request,
+        sampling=sampling,
+        max_new_tokens=max_new,
+        min_new_tokens=stopping.min_new_tokens,
+        eos_ids=frozenset() if stopping.ignore_eos else limits.eos_ids,
+        stop_ids=frozenset(stopping.stop_token_ids),
+        rows=rows,
+        cost=cost,
+    )
