@@ -24,6 +24,8 @@ def chat_messages(name: str, messages: Sequence[ChatMessageLike]) -> common_pb2.
 
 
 def _message(name: str, message: ChatMessageLike) -> common_pb2.ChatMessage:
+    role: object
+    content: object
     if isinstance(message, ChatMessage):
         role, content = message.role, message.content
     elif isinstance(message, Mapping):

@@ -244,8 +244,9 @@ class AsyncClient:
         """
         request = generate_request(prompt, messages, model, params)
         metadata, sent_id = self._call_metadata(request_id)
+        deadline = self._timeout(timeout)
         stubs = self._transport.stubs(self.max_retries)
-        call = stubs.inference.Generate(request, timeout=self._timeout(timeout), metadata=metadata)
+        call = stubs.inference.Generate(request, timeout=deadline, metadata=metadata)
         return GenerateStream(call, sent_request_id=sent_id)
 
     async def generate(
@@ -361,17 +362,15 @@ class AsyncClient:
     ) -> tuple[_Response, str]:
         """Run one unary call; return its response and the request id the server echoed."""
         metadata, sent_id = self._call_metadata(request_id)
+        deadline = self._timeout(timeout)
         rpc = pick(self._transport.stubs(self.max_retries))
         call = rpc(
-            request,
-            timeout=self._timeout(timeout),
-            metadata=metadata,
-            wait_for_ready=wait_for_ready or None,
+            request, timeout=deadline, metadata=metadata, wait_for_ready=wait_for_ready or None
         )
         try:
             response = await call
         except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error, sent_request_id=sent_id) from error
+            raise from_rpc_error(error, fallback_request_id=sent_id) from error
         echoed = echoed_request_id(await call.initial_metadata(), await call.trailing_metadata())
         return response, echoed or sent_id
 

@@ -147,16 +147,18 @@ def echoed_request_id(*metadatas: Iterable[tuple[str, str | bytes]] | None) -> s
     return None
 
 
-def from_rpc_error(error: grpc.aio.AioRpcError, *, sent_request_id: str | None) -> APIError:
+def from_rpc_error(error: grpc.aio.AioRpcError, *, fallback_request_id: str | None) -> APIError:
     """Map a failed call to the SDK exception for its status.
 
     The request id is the one the server echoed; a call that never reached the server
-    has none, and then the id this client sent is the best name for it.
+    has none, and then ``fallback_request_id`` (the id sent, or one echoed earlier on a
+    stream) is the best name for it.
     """
     code = error.code()
     message = error.details() or code.name
     request_id = (
-        echoed_request_id(error.initial_metadata(), error.trailing_metadata()) or sent_request_id
+        echoed_request_id(error.initial_metadata(), error.trailing_metadata())
+        or fallback_request_id
     )
     cls = _BY_CODE.get(code, APIStatusError)
     if cls is BadRequestError:
@@ -178,7 +180,7 @@ def _rich_status(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:
     # helper works on it. A status whose rich copy disagrees with the plain one is a server
     # bug; the plain status still says what happened, so the details are dropped.
     try:
-        return rpc_status.from_call(error)
+        return rpc_status.from_call(error)  # type: ignore[arg-type]  # duck-typed grpc.Call
     except ValueError:
         return None
 
@@ -202,4 +204,4 @@ def _retry_after(status: status_pb2.Status | None) -> float | None:
     retry_info = _unpacked(status, error_details_pb2.RetryInfo)
     if retry_info is None or not retry_info.HasField("retry_delay"):
         return None
-    return retry_info.retry_delay.ToTimedelta().total_seconds()
+    return float(retry_info.retry_delay.ToTimedelta().total_seconds())

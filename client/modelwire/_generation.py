@@ -163,7 +163,9 @@ def _logit_bias(value: Mapping[int, float] | None) -> dict[int, float]:
     if not isinstance(value, Mapping):
         raise ValueError("`logit_bias` must be a mapping of token id to bias")
     for token_id, bias in value.items():
-        check.integer("logit_bias key", token_id, minimum=0)
+        if isinstance(token_id, bool) or not isinstance(token_id, int):
+            raise ValueError(f"`logit_bias` keys must be int token ids, got {token_id!r}")
+        check.integer(f"logit_bias[{token_id}] key", token_id, minimum=0)
         check.number(f"logit_bias[{token_id}]", bias)
     return dict(value)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from types import TracebackType
-from typing import Self
+from typing import Self, cast
 
 import grpc
 
@@ -53,7 +53,7 @@ class GenerateStream:
             response = await self._call.read()
         except grpc.aio.AioRpcError as error:
             self._closed = True
-            raise from_rpc_error(error, sent_request_id=self._sent_request_id) from error
+            raise from_rpc_error(error, fallback_request_id=self.request_id) from error
         except asyncio.CancelledError:
             # close() from another task makes a pending read raise CancelledError; that
             # is the end of the stream, unless this task itself is being cancelled.
@@ -67,7 +67,7 @@ class GenerateStream:
             raise StopAsyncIteration
         if self._echoed_request_id is None:
             self._learn_request_id(await self._call.initial_metadata())
-        chunk = generation_chunk(response)
+        chunk = generation_chunk(cast(generate_pb2.GenerateResponse, response))
         self._accumulator.add(chunk)
         return chunk
 

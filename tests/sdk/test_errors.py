@@ -137,7 +137,7 @@ def test_inconsistent_rich_status_keeps_the_plain_one() -> None:
         details="bad",
     )
 
-    mapped = from_rpc_error(error, sent_request_id="sent")
+    mapped = from_rpc_error(error, fallback_request_id="sent")
 
     assert isinstance(mapped, BadRequestError)
     assert mapped.field_violations == []
