@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 import uuid
@@ -26,6 +27,8 @@ from modelwire_server import errors
 log = logging.getLogger("modelwire_server.access")
 
 REQUEST_ID = "x-request-id"
+# The current call's request id, for handlers that pass it on (e.g. to the engine's logs).
+current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 _CODES: list[tuple[type[errors.ModelwireError], grpc.StatusCode]] = [
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -116,6 +119,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
 def _wrap_unary(behavior: Callable[..., Any], rid: str, method: str) -> Callable[..., Any]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.monotonic()
+        current_request_id.set(rid)
         context.set_trailing_metadata(((REQUEST_ID, rid),))
         try:
             response = await behavior(request, context)
@@ -135,6 +139,7 @@ def _wrap_unary(behavior: Callable[..., Any], rid: str, method: str) -> Callable
 def _wrap_stream(behavior: Callable[..., Any], rid: str, method: str) -> Callable[..., Any]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started = time.monotonic()
+        current_request_id.set(rid)
         context.set_trailing_metadata(((REQUEST_ID, rid),))
         sent_headers = False
         try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -11,10 +13,13 @@ from modelwire.v1 import inference_service_pb2 as pb
 from modelwire.v1 import inference_service_pb2_grpc as pb_grpc
 
 from modelwire_server.errors import InvalidArgument
+from modelwire_server.interceptors import current_request_id
 from modelwire_server.registry import Registry
+from modelwire_server.servicers import generation
 from modelwire_server.tasks.base import TaskRunner
 from modelwire_server.tasks.embedding import EmbeddingTask
 from modelwire_server.tasks.text_classification import TextClassificationTask
+from modelwire_server.tasks.text_generation import TextGenerationTask
 
 R = TypeVar("R", bound=TaskRunner)
 
@@ -99,6 +104,21 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             ]
         )
 
+    async def Generate(
+        self, request: generate_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[generate_pb2.GenerateResponse]:
+        runner = self._runner("Generate", request.model, TextGenerationTask)
+        async for message in generation.generate(
+            runner, request, context, current_request_id.get()
+        ):
+            yield message
+
+    async def Tokenize(
+        self, request: generate_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> generate_pb2.TokenizeResponse:
+        runner = self._runner("Tokenize", request.model, TextGenerationTask)
+        return await asyncio.to_thread(generation.tokenize_pb, runner, request)
+
 
 def _not_yet(rpc: str) -> Any:
     """A method for an RPC whose task is not built yet: the registry answers for it."""
@@ -111,22 +131,10 @@ def _not_yet(rpc: str) -> Any:
     return method
 
 
-def _not_yet_stream(rpc: str) -> Any:
-    async def method(self: InferenceServicer, request: Any, context: Any) -> Any:
-        self.registry.runner_for(rpc, request.model)
-        raise AssertionError(f"{rpc}: a model was found but no handler exists")
-        yield generate_pb2.GenerateResponse()  # pragma: no cover - makes this a generator
-
-    method.__name__ = rpc
-    return method
-
-
 for _rpc in (
-    "Tokenize", "ClassifyZeroShot", "FillMask", "RecognizeEntities", "AnswerQuestion",
+    "ClassifyZeroShot", "FillMask", "RecognizeEntities", "AnswerQuestion",
     "Summarize", "Translate", "ClassifyImage", "DetectObjects", "CaptionImage",
     "TranscribeAudio", "ClassifyAudio", "SynthesizeSpeech",
 ):  # fmt: skip
     if _rpc not in InferenceServicer.__dict__:
         setattr(InferenceServicer, _rpc, _not_yet(_rpc))
-if "Generate" not in InferenceServicer.__dict__:
-    InferenceServicer.Generate = _not_yet_stream("Generate")  # type: ignore[method-assign]

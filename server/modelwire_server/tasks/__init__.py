@@ -14,6 +14,7 @@ from modelwire_server.tasks.base import TaskRunner
 RUNNERS: dict[str, str] = {
     "sentiment-analysis": "text_classification:TextClassificationTask",
     "feature-extraction": "embedding:EmbeddingTask",
+    "text-generation": "text_generation:TextGenerationTask",
 }
 
 # RPC → the tasks whose models can serve it; the first task's default model serves

@@ -1,0 +1,234 @@
+"""Generate and Tokenize: protobuf ⇄ the engine's plain types, and the event stream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import grpc
+from google.protobuf import duration_pb2
+from modelwire.v1 import common_pb2, generate_pb2
+
+from modelwire_server import errors
+from modelwire_server.engine import types as et
+from modelwire_server.engine.errors import EngineError
+from modelwire_server.streams import EventBuffer, merge_deltas
+from modelwire_server.tasks.text_generation import ChatTurn, TextGenerationTask, domain_error
+
+_FINISH = {
+    et.FinishReason.LENGTH: common_pb2.FINISH_REASON_LENGTH,
+    et.FinishReason.EOS: common_pb2.FINISH_REASON_EOS,
+    et.FinishReason.STOP_SEQUENCE: common_pb2.FINISH_REASON_STOP_SEQUENCE,
+    et.FinishReason.TIME_LIMIT: common_pb2.FINISH_REASON_TIME_LIMIT,
+    et.FinishReason.CANCELLED: common_pb2.FINISH_REASON_CANCELLED,
+}
+_SAMPLING_FIELDS = (
+    "temperature", "top_k", "top_p", "min_p", "typical_p", "repetition_penalty",
+    "presence_penalty", "frequency_penalty", "seed", "num_beams", "length_penalty", "n",
+)  # fmt: skip
+
+
+def _opt(message: object, name: str) -> object | None:
+    return getattr(message, name) if message.HasField(name) else None  # type: ignore[attr-defined]
+
+
+def sampling_params(msg: common_pb2.SamplingParameters) -> et.SamplingParams:
+    values = {name: _opt(msg, name) for name in _SAMPLING_FIELDS}
+    return et.SamplingParams(**values, logit_bias=dict(msg.logit_bias))  # type: ignore[arg-type]
+
+
+def stopping_params(msg: common_pb2.StoppingParameters) -> et.StoppingParams:
+    return et.StoppingParams(
+        max_new_tokens=_opt(msg, "max_new_tokens"),  # type: ignore[arg-type]
+        min_new_tokens=msg.min_new_tokens,
+        stop=list(msg.stop),
+        stop_token_ids=list(msg.stop_token_ids),
+        ignore_eos=msg.ignore_eos,
+        include_stop_in_output=msg.include_stop_in_output,
+        time_limit_ms=_opt(msg, "time_limit_ms"),  # type: ignore[arg-type]
+    )
+
+
+def output_options(msg: generate_pb2.GenerateOptions) -> et.OutputOptions:
+    skip = _opt(msg, "skip_special_tokens")
+    return et.OutputOptions(
+        logprobs=msg.logprobs,
+        top_logprobs=msg.top_logprobs,
+        echo_prompt_tokens=msg.echo_prompt_tokens,
+        skip_special_tokens=True if skip is None else bool(skip),
+    )
+
+
+def chat_turns(messages: common_pb2.ChatMessages) -> list[ChatTurn]:
+    if not messages.messages:
+        raise errors.InvalidArgument("messages", "must hold at least one message")
+    return [
+        ChatTurn(m.role, [p.image.data if p.HasField("image") else p.text for p in m.content])
+        for m in messages.messages
+    ]
+
+
+def token_pb(token: et.TokenInfo) -> generate_pb2.Token:
+    message = generate_pb2.Token(id=token.id, text=token.text, special=token.special)
+    if token.logprob is not None:
+        message.logprob = token.logprob
+    message.top_logprobs.extend(
+        generate_pb2.TopLogprob(id=i, text=text, logprob=lp) for i, text, lp in token.top
+    )
+    return message
+
+
+def _duration(seconds: float | None) -> duration_pb2.Duration | None:
+    if seconds is None:
+        return None
+    duration = duration_pb2.Duration()
+    duration.FromTimedelta(timedelta(seconds=seconds))
+    return duration
+
+
+def usage_pb(usage: et.Usage) -> generate_pb2.Usage:
+    return generate_pb2.Usage(
+        prompt_tokens=usage.prompt_tokens,
+        generated_tokens=usage.generated_tokens,
+        queue_time=_duration(usage.queue_time_s),
+        time_to_first_token=_duration(usage.time_to_first_token_s),
+        total_time=_duration(usage.total_time_s),
+    )
+
+
+def event_pb(event: et.Event, *, beam: bool) -> generate_pb2.GenerateResponse:
+    if isinstance(event, et.PromptInfo):
+        return generate_pb2.GenerateResponse(
+            prompt_token_count=event.prompt_tokens,
+            prompt_tokens=[token_pb(t) for t in event.tokens or ()],
+        )
+    if isinstance(event, et.Delta):
+        return generate_pb2.GenerateResponse(
+            index=event.index, text=event.text, tokens=[token_pb(t) for t in event.tokens]
+        )
+    assert isinstance(event, et.Finished)
+    message = generate_pb2.GenerateResponse(
+        index=event.index, finish_reason=_FINISH[event.reason], usage=usage_pb(event.usage)
+    )
+    if event.seed is not None:
+        message.seed = event.seed
+    if beam:  # beams stream nothing before their final message: it carries it all
+        message.text = event.text
+        message.tokens.extend(token_pb(t) for t in event.tokens)
+    return message
+
+
+def fold_finish(
+    messages: list[generate_pb2.GenerateResponse],
+) -> list[generate_pb2.GenerateResponse]:
+    """Put a sequence's finish onto its delta just before, to save a message."""
+    out: list[generate_pb2.GenerateResponse] = []
+    for message in messages:
+        last = out[-1] if out else None
+        if (
+            message.finish_reason
+            and last is not None
+            and not last.finish_reason
+            and not last.HasField("prompt_token_count")
+            and last.index == message.index
+            and not message.text
+        ):
+            last.finish_reason = message.finish_reason
+            last.usage.CopyFrom(message.usage)
+            if message.HasField("seed"):
+                last.seed = message.seed
+            continue
+        out.append(message)
+    return out
+
+
+async def prompt_ids(
+    runner: TextGenerationTask, request: generate_pb2.GenerateRequest
+) -> list[int]:
+    which = request.WhichOneof("input")
+    if which == "prompt":
+        if not request.prompt:
+            raise errors.InvalidArgument("prompt", "must not be empty")
+        if len(request.prompt) > runner.config.max_input_chars:
+            raise errors.InvalidArgument(
+                "prompt",
+                f"has {len(request.prompt)} characters; the limit is "
+                f"{runner.config.max_input_chars}",
+            )
+        ids = await asyncio.to_thread(runner.encode_prompt, request.prompt)
+    elif which == "messages":
+        ids = await asyncio.to_thread(runner.encode_chat, chat_turns(request.messages))
+    else:
+        raise errors.InvalidArgument("prompt", "set either prompt or messages")
+    keep = _opt(request.options, "truncate_prompt_tokens")
+    if keep is not None:
+        if keep < 1:
+            raise errors.InvalidArgument("options.truncate_prompt_tokens", "must be at least 1")
+        ids = ids[-keep:]  # type: ignore[index]
+    if not ids:
+        raise errors.InvalidArgument("prompt", "tokenizes to no tokens")
+    return ids
+
+
+async def generate(
+    runner: TextGenerationTask,
+    request: generate_pb2.GenerateRequest,
+    context: grpc.aio.ServicerContext,
+    request_id: str,
+) -> AsyncIterator[generate_pb2.GenerateResponse]:
+    remaining = context.time_remaining()
+    gen_request = et.GenerationRequest(
+        prompt_ids=await prompt_ids(runner, request),
+        sampling=sampling_params(request.sampling),
+        stopping=stopping_params(request.stopping),
+        options=output_options(request.options),
+        request_id=request_id,
+        deadline=None if remaining is None else time.monotonic() + remaining,
+    )
+    buffer = EventBuffer(asyncio.get_running_loop())
+    handle = runner.submit(gen_request, buffer)
+    prepared = handle.group.prepared
+    expected, beam = prepared.sampling.n, prepared.is_beam
+    finished: set[int] = set()
+    try:
+        while len(finished) < expected:
+            events = merge_deltas(await buffer.take())
+            for event in events:
+                if isinstance(event, et.Failed):
+                    raise _as_domain(event.error)
+                if isinstance(event, et.Finished):
+                    finished.add(event.index)
+            for message in fold_finish([event_pb(e, beam=beam) for e in events]):
+                yield message
+    finally:
+        if len(finished) < expected:
+            # The client went away (or an error ended the call): stop computing for it.
+            runner.cancel(handle)
+
+
+def _as_domain(error: Exception) -> Exception:
+    return domain_error(error) if isinstance(error, EngineError) else error
+
+
+def tokenize_pb(
+    runner: TextGenerationTask, request: generate_pb2.TokenizeRequest
+) -> generate_pb2.TokenizeResponse:
+    which = request.WhichOneof("input")
+    if which is None:
+        raise errors.InvalidArgument("text", "set either text or messages")
+    add_special = _opt(request, "add_special_tokens")
+    add_prompt = _opt(request, "add_generation_prompt")
+    result = runner.tokenize(
+        request.text if which == "text" else None,
+        chat_turns(request.messages) if which == "messages" else None,
+        add_special_tokens=True if add_special is None else bool(add_special),
+        add_generation_prompt=True if add_prompt is None else bool(add_prompt),
+    )
+    return generate_pb2.TokenizeResponse(
+        token_ids=result.ids,
+        tokens=result.tokens,
+        offsets=[generate_pb2.Offset(start=s, end=e) for s, e in result.offsets],
+        text=result.text,
+    )

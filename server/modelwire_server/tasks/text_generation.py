@@ -1,0 +1,187 @@
+"""text-generation: decoder-only models behind the generation engine.
+
+The runner loads the model and tokenizer, turns prompts and chat messages into token
+ids, and drives the engine: while it has work, one ``engine.step`` at a time runs on
+the device worker, so one-shot tasks on the same device interleave between steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from modelwire_server import errors
+from modelwire_server.engine import errors as engine_errors
+from modelwire_server.engine.engine import GenerationEngine, Handle
+from modelwire_server.engine.types import GenerationRequest, Sink
+from modelwire_server.tasks.base import TaskRunner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    """A chat message as the servicer hands it over: role and ordered parts."""
+
+    role: str
+    parts: Sequence[str | bytes]  # text, or encoded image bytes
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    ids: list[int]
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+    text: str
+
+
+def domain_error(exc: engine_errors.EngineError) -> errors.ModelwireError:
+    """The engine's errors as the interceptor knows them."""
+    if isinstance(exc, engine_errors.InvalidRequest):
+        return errors.InvalidArgument(exc.field, exc.message)
+    if isinstance(exc, engine_errors.QueueFull):
+        return errors.ResourceExhausted(f"generation queue is full: {exc}", retry_after_s=1.0)
+    if isinstance(exc, engine_errors.ResourceExhausted):
+        return errors.ResourceExhausted(str(exc))
+    if isinstance(exc, engine_errors.DeadlineExceeded):
+        return errors.DeadlineExceeded(str(exc))
+    return errors.ModelwireError(str(exc))
+
+
+class TextGenerationTask(TaskRunner):
+    task = "text-generation"
+    rpcs = ("Generate", "Tokenize")
+
+    def load(self) -> None:
+        source, kwargs = self.config.source, self.pretrained_kwargs()
+        self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        self.model = self.place(AutoModelForCausalLM.from_pretrained(source, **kwargs))
+        self.engine = self.make_engine()
+
+    def make_engine(self) -> GenerationEngine:
+        return GenerationEngine(
+            self.model,
+            self.tokenizer,
+            device=self.device,
+            generation_config=getattr(self.model, "generation_config", None),
+            max_batch_tokens=self.config.max_batch_tokens,
+            max_waiting=self.config.max_waiting,
+            max_new_tokens_cap=self.config.max_new_tokens,
+            default_max_new_tokens=self.config.default_max_new_tokens,
+        )
+
+    @property
+    def context_length(self) -> int | None:
+        return self.engine.limits.max_context
+
+    @property
+    def generation_config(self) -> Any:
+        return self.engine.generation_config
+
+    # -- driving the engine ------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._driver = asyncio.create_task(self._drive(), name=f"engine-{self.config.name}")
+
+    async def close(self) -> None:
+        self._driver.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._driver
+
+    async def _drive(self) -> None:
+        while True:
+            if not self.engine.has_work():
+                self._wake.clear()
+                if not self.engine.has_work():
+                    await self._wake.wait()
+            # One step per worker job: other models' batches get the device in between.
+            await self.worker.run(self.engine.step)
+
+    def submit(self, request: GenerationRequest, sink: Sink) -> Handle:
+        try:
+            handle = self.engine.submit(request, sink)
+        except engine_errors.EngineError as exc:
+            raise domain_error(exc) from None
+        self._wake.set()
+        return handle
+
+    def cancel(self, handle: Handle) -> None:
+        self.engine.cancel(handle)
+        self._wake.set()
+
+    def warmup(self) -> None:
+        """Generate two tokens end to end (on the worker: steps run inline)."""
+        done: list[object] = []
+        request = GenerationRequest(prompt_ids=self.encode_prompt("Hello")[-8:] or [0])
+        request.stopping.max_new_tokens = 2
+        request.stopping.ignore_eos = True
+        self.engine.submit(request, done.append)
+        for _ in range(16):
+            if not self.engine.has_work():
+                break
+            self.engine.step()
+
+    # -- prompts -----------------------------------------------------------------------
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return list(self.tokenizer(prompt)["input_ids"])
+
+    def render_chat(self, turns: Sequence[ChatTurn], *, add_generation_prompt: bool) -> str:
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise errors.InvalidArgument(
+                "messages", f"model {self.config.name!r} has no chat template; send a prompt"
+            )
+        messages = []
+        for i, turn in enumerate(turns):
+            if not turn.role:
+                raise errors.InvalidArgument(f"messages[{i}].role", "must not be empty")
+            for j, part in enumerate(turn.parts):
+                if isinstance(part, bytes):
+                    raise errors.InvalidArgument(
+                        f"messages[{i}].content[{j}].image",
+                        f"model {self.config.name!r} is not an image-text-to-text model",
+                    )
+            messages.append({"role": turn.role, "content": "".join(map(str, turn.parts))})
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=add_generation_prompt, tokenize=False
+            )
+        except Exception as exc:  # a template may reject roles or orderings
+            raise errors.InvalidArgument(
+                "messages", f"the chat template refused them: {exc}"
+            ) from None
+
+    def encode_chat(self, turns: Sequence[ChatTurn]) -> list[int]:
+        text = self.render_chat(turns, add_generation_prompt=True)
+        # The template already holds BOS and the like.
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def tokenize(
+        self,
+        text: str | None,
+        turns: Sequence[ChatTurn] | None,
+        *,
+        add_special_tokens: bool,
+        add_generation_prompt: bool,
+    ) -> Tokenized:
+        if turns is not None:
+            text = self.render_chat(turns, add_generation_prompt=add_generation_prompt)
+            add_special_tokens = False
+        assert text is not None
+        encoded = self.tokenizer(
+            text, add_special_tokens=add_special_tokens, return_offsets_mapping=True
+        )
+        ids = list(encoded["input_ids"])
+        return Tokenized(
+            ids=ids,
+            tokens=self.tokenizer.convert_ids_to_tokens(ids),
+            offsets=[tuple(o) for o in encoded["offset_mapping"]],
+            text=text,
+        )
