@@ -34,7 +34,7 @@ def _main_thread_only(fn: Callable[..., Any], what: str) -> Callable[..., Any]:
     return guard
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def references_forbidden_in_server() -> Iterator[None]:
     import transformers
     import transformers.pipelines
@@ -55,7 +55,9 @@ def references_forbidden_in_server() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def preset_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def preset_cache(
+    tmp_path_factory: pytest.TempPathFactory, references_forbidden_in_server: None
+) -> Iterator[Path]:
     """A fresh preset cache for the session (MODELWIRE_CACHE), so builds are tested too."""
     cache = Path(
         os.environ.get("MODELWIRE_TEST_CACHE") or tmp_path_factory.mktemp("modelwire-cache")

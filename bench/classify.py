@@ -1,0 +1,139 @@
+"""ClassifyText throughput: the server under concurrency vs in-process pipeline().
+
+256 concurrent single-input ClassifyText calls through the SDK against a server
+subprocess, compared with transformers' pipeline("sentiment-analysis") in this process
+over the same inputs, batched (batch_size 32) and one at a time. Same model (a
+BERT-base-shaped random model built like the preset), same torch thread count, all
+warmed up, runs interleaved, median of 3. Prints raw numbers and ratios.
+
+    python bench/classify.py [--requests 256] [--threads 2] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = (
+    "the a movie film plot actor acting was is were great terrible boring brilliant "
+    "slow fast funny sad music score scenes ending story characters director camera "
+    "loved hated enjoyed watched again never always really quite truly utterly"
+).split()
+
+
+def make_inputs(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(WORDS, k=rng.randint(8, 24))) for _ in range(n)]
+
+
+def build_model(root: Path) -> Path:
+    from modelwire_server.preset.text import build_bert_classifier
+
+    path = root / "bert-base-random"
+    build_bert_classifier(
+        path, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072
+    )
+    return path
+
+
+def start_server(model: Path, threads: int) -> tuple[subprocess.Popen[str], str]:
+    config = model.parent / "bench.yaml"
+    config.write_text(
+        f"models:\n  - name: bench\n    task: sentiment-analysis\n    source: {model}\n"
+        "    max_batch_size: 32\n    max_wait_ms: 5\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MODELWIRE_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelwire_server", "serve", "--config", str(config), "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("modelwire-server listening on"):
+            return proc, line.split()[-1]
+    raise RuntimeError("server did not start")
+
+
+async def run_server(target: str, inputs: list[str]) -> float:
+    from modelwire import AsyncClient
+
+    async with AsyncClient(target, timeout=600) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(client.classify_text(text, model="bench") for text in inputs))
+        return time.perf_counter() - started
+
+
+def run_pipeline(classifier: object, inputs: list[str], batch_size: int) -> float:
+    started = time.perf_counter()
+    if batch_size == 1:
+        for text in inputs:
+            classifier(text)  # type: ignore[operator]
+    else:
+        classifier(inputs, batch_size=batch_size)  # type: ignore[operator]
+    return time.perf_counter() - started
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    import torch
+    import transformers
+
+    torch.set_num_threads(args.threads)
+    inputs = make_inputs(args.requests)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_model(Path(tmp))
+        classifier = transformers.pipeline("sentiment-analysis", model=str(model), device="cpu")
+        proc, target = start_server(model, args.threads)
+        try:
+            from modelwire import AsyncClient
+
+            async with AsyncClient(target) as client:
+                await client.wait_until_ready(timeout=300)
+            # Warm-up of every contender.
+            await run_server(target, inputs[:64])
+            run_pipeline(classifier, inputs[:64], 32)
+            run_pipeline(classifier, inputs[:16], 1)
+            times: dict[str, list[float]] = {"server": [], "pipeline_b32": [], "pipeline_b1": []}
+            for _ in range(args.rounds):  # interleaved, so drift hits all alike
+                times["server"].append(await run_server(target, inputs))
+                times["pipeline_b32"].append(run_pipeline(classifier, inputs, 32))
+                times["pipeline_b1"].append(run_pipeline(classifier, inputs, 1))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    report(times, args.requests, args.threads)
+
+
+def report(times: dict[str, list[float]], n: int, threads: int) -> None:
+    median = {k: statistics.median(v) for k, v in times.items()}
+    print(f"ClassifyText, {n} single-input requests, BERT-base-shaped random model, "
+          f"{threads} torch threads, median of {len(times['server'])}")
+    print(f"{'contender':<28}{'seconds (runs)':<34}{'inputs/s':>10}")
+    for name, label in (
+        ("server", "modelwire (256 concurrent)"),
+        ("pipeline_b32", "pipeline batch_size=32"),
+        ("pipeline_b1", "pipeline one at a time"),
+    ):
+        runs = ", ".join(f"{t:.2f}" for t in times[name])
+        print(f"{label:<28}{median[name]:<8.2f}({runs}){'':<4}{n / median[name]:>10.1f}")
+    print(f"ratio vs pipeline batched:       {median['pipeline_b32'] / median['server']:.2f}x")
+    print(f"ratio vs pipeline one at a time: {median['pipeline_b1'] / median['server']:.2f}x")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
