@@ -22,6 +22,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,8 +102,10 @@ class GenerationEngine:
         max_new_tokens_cap: int,
         default_max_new_tokens: int,
         adapter: ModelAdapter | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.device = torch.device(device)
+        self.clock = clock  # injectable so tests can drive time limits and deadlines
         self.adapter: ModelAdapter = adapter or CausalLMAdapter(model, self.device)
         self.tokenizer = tokenizer
         self.generation_config = generation_config
@@ -136,7 +139,7 @@ class GenerationEngine:
         seed = prepared.sampling.seed
         if seed is None:
             seed = secrets.randbits(62)  # leaves room for seed + i
-        group = RequestGroup(prepared, sink, self.limits.vocab_size, seed)
+        group = RequestGroup(prepared, sink, self.limits.vocab_size, seed, self.clock)
         with self._lock:
             if len(self._waiting) >= self.max_waiting:
                 raise QueueFull(f"{len(self._waiting)} requests are already waiting")
@@ -208,7 +211,7 @@ class GenerationEngine:
         return None
 
     def _reap_waiting(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         ended: list[tuple[RequestGroup, FinishReason | Exception]] = []
         with self._lock:
             self._cancel_pending = False
@@ -230,7 +233,7 @@ class GenerationEngine:
                 group.emit(Finished(index, verdict, "", [], group.usage(0), seed))
 
     def _reap_running(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         verdicts = {}
         for row in self._rows:
             if row.group not in verdicts:
@@ -268,7 +271,7 @@ class GenerationEngine:
         self._prefilling = []
 
     def _prefill_and_join(self, groups: list[RequestGroup]) -> None:
-        now = time.monotonic()
+        now = self.clock()
         inputs = []
         for group in groups:
             group.admitted_at = now
@@ -398,7 +401,7 @@ class GenerationEngine:
     ) -> None:
         assert group.beam is not None
         if group.first_token_at is None:
-            group.first_token_at = time.monotonic()
+            group.first_token_at = self.clock()
         options = group.prepared.request.options
         raw = selection.raw_logprobs
 

@@ -9,7 +9,7 @@ cache row each.
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -36,12 +36,20 @@ log = logging.getLogger(__name__)
 class RequestGroup:
     """One request in the engine, from submit to its last event."""
 
-    def __init__(self, prepared: Prepared, sink: Sink, vocab_size: int, seed: int) -> None:
+    def __init__(
+        self,
+        prepared: Prepared,
+        sink: Sink,
+        vocab_size: int,
+        seed: int,
+        clock: Callable[[], float],
+    ) -> None:
         self.prepared = prepared
+        self.clock = clock
         self.sink = sink
         self.vocab_size = vocab_size
         self.seed = seed  # the base seed; sequence i uses seed + i
-        self.submitted_at = time.monotonic()
+        self.submitted_at = clock()
         self.admitted_at: float | None = None
         self.first_token_at: float | None = None
         limit = prepared.request.stopping.time_limit_ms
@@ -69,7 +77,7 @@ class RequestGroup:
             log.exception("sink of request %s raised", self.prepared.request.request_id)
 
     def usage(self, generated: int) -> Usage:
-        now = time.monotonic()
+        now = self.clock()
         admitted = self.admitted_at or now
         return Usage(
             prompt_tokens=len(self.prompt_ids),
@@ -187,7 +195,7 @@ class StreamRow(Row):
     def _send(self, text: str, tokens: list[TokenInfo]) -> None:
         group = self.group
         if group.first_token_at is None:
-            group.first_token_at = time.monotonic()
+            group.first_token_at = group.clock()
         self.text.append(text)
         group.emit(Delta(index=self.index, text=text, tokens=tokens))
 
