@@ -121,8 +121,10 @@ async def main() -> None:
 
 def report(times: dict[str, list[float]], n: int, threads: int) -> None:
     median = {k: statistics.median(v) for k, v in times.items()}
-    print(f"ClassifyText, {n} single-input requests, BERT-base-shaped random model, "
-          f"{threads} torch threads, median of {len(times['server'])}")
+    print(
+        f"ClassifyText, {n} single-input requests, BERT-base-shaped random model, "
+        f"{threads} torch threads, median of {len(times['server'])}"
+    )
     print(f"{'contender':<28}{'seconds (runs)':<34}{'inputs/s':>10}")
     for name, label in (
         ("server", "modelwire (256 concurrent)"),

@@ -54,8 +54,11 @@ def check() -> int:
         fresh = {p.name: p for p in generate(Path(tmp))}
         current = {p.name: p for p in committed_files()}
         stale = sorted(set(fresh) ^ set(current))
-        stale += [n for n in sorted(set(fresh) & set(current))
-                  if not filecmp.cmp(fresh[n], current[n], shallow=False)]
+        stale += [
+            n
+            for n in sorted(set(fresh) & set(current))
+            if not filecmp.cmp(fresh[n], current[n], shallow=False)
+        ]
     if stale:
         print("generated code is stale; run: python scripts/gen_protos.py", file=sys.stderr)
         for name in stale:

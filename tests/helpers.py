@@ -7,6 +7,7 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
 from modelwire.v1 import inference_service_pb2_grpc
 
 

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+
 from modelwire_server.batcher import DynamicBatcher
 from modelwire_server.errors import DeadlineExceeded, ResourceExhausted
 from modelwire_server.worker import DeviceWorker

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 import transformers
-from modelwire import AsyncClient, BadRequestError, NotFoundError
 
+from modelwire import AsyncClient, BadRequestError, NotFoundError
 from tests.helpers import bad_request_fields, raw_error
 
 TEXTS = [

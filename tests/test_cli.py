@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from modelwire_server import cli
 
 SERVE_TIMEOUT_S = 240

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from modelwire_server.config import ConfigError, load_config_file, parse_config, resolve
 
 

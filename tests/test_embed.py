@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-from modelwire import AsyncClient, BadRequestError
-from modelwire.v1 import inference_service_pb2 as pb
 from transformers import AutoModel, AutoTokenizer
 
+from modelwire import AsyncClient, BadRequestError
+from modelwire.v1 import inference_service_pb2 as pb
 from tests.helpers import bad_request_fields, raw_error
 
 TEXTS = ["a small red fox", "quarterly earnings rose sharply", "the fox is small and red"]

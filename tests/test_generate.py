@@ -10,10 +10,10 @@ import asyncio
 
 import pytest
 import torch
-from modelwire import AsyncClient, BadRequestError, FinishReason, RateLimitError
-from modelwire.v1 import generate_pb2
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from modelwire import AsyncClient, BadRequestError, FinishReason, RateLimitError
+from modelwire.v1 import generate_pb2
 from tests.helpers import bad_request_fields, raw_error
 
 PROMPTS = [
@@ -202,7 +202,6 @@ async def test_cancelling_a_stream_frees_its_row(server, client: AsyncClient) ->
 async def test_queue_overflow_is_resource_exhausted(preset_cache) -> None:
     from modelwire_server.config import ServerConfig
     from modelwire_server.server import preset_configs
-
     from tests.conftest import start_server
 
     (gpt2,) = [m for m in preset_configs("tiny") if m.name == "tiny-gpt2"]

@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from modelwire_server import preset
-from modelwire_server.preset import media
 from PIL import Image
 from transformers import (
     AutoFeatureExtractor,
@@ -31,6 +29,9 @@ from transformers import (
     SpeechT5HifiGan,
     pipeline,
 )
+
+from modelwire_server import preset
+from modelwire_server.preset import media
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

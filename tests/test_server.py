@@ -9,11 +9,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from modelwire import AsyncClient, NotFoundError
 from modelwire.v1 import inference_service_pb2 as pb
 from modelwire.v1 import inference_service_pb2_grpc as pb_grpc
 from modelwire_server.config import ModelConfig, ServerConfig
-
 from tests.conftest import start_server
 from tests.helpers import raw_error
 

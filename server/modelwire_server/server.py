@@ -9,10 +9,10 @@ import logging
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from modelwire.v1 import inference_service_pb2, model_service_pb2
 from modelwire.v1 import inference_service_pb2_grpc as inference_grpc
 from modelwire.v1 import model_service_pb2_grpc as model_grpc
-
 from modelwire_server import preset as preset_models
 from modelwire_server.config import ModelConfig, ServerConfig
 from modelwire_server.interceptors import RequestInterceptor

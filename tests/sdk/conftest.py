@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from modelwire import AsyncClient
 from modelwire.v1 import inference_service_pb2_grpc, model_service_pb2_grpc
-
 from tests.sdk.fakes import CountingHealth, FakeInference, FakeModels, Fakes, Recorder
 
 

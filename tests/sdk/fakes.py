@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 from google.rpc import status_pb2
 from grpc_health.v1._async import HealthServicer
 from grpc_status import rpc_status
+
 from modelwire.v1 import (
     generate_pb2,
     inference_service_pb2_grpc,

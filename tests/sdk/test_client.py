@@ -7,10 +7,10 @@ import re
 
 import grpc
 import pytest
+
 from modelwire import AsyncClient, InternalServerError, UnavailableError
 from modelwire._transport import service_config
 from modelwire.v1 import inference_service_pb2 as pb
-
 from tests.sdk.fakes import Fakes, plain_status
 
 

@@ -8,6 +8,7 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
+
 from modelwire import (
     APIConnectionError,
     APIError,
@@ -27,7 +28,6 @@ from modelwire import (
 )
 from modelwire._errors import from_rpc_error
 from modelwire.v1 import inference_service_pb2 as pb
-
 from tests.sdk.fakes import Fakes, plain_status, rich_status
 
 Code = grpc.StatusCode

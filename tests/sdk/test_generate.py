@@ -7,6 +7,7 @@ import asyncio
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
+
 from modelwire import (
     AsyncClient,
     FinishReason,
@@ -19,7 +20,6 @@ from modelwire import (
     Usage,
 )
 from modelwire.v1 import common_pb2, generate_pb2
-
 from tests.sdk.fakes import Fakes, plain_status
 
 G = generate_pb2

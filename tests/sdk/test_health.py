@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 from grpc_health.v1 import health_pb2
-from modelwire import APITimeoutError, AsyncClient
 
+from modelwire import APITimeoutError, AsyncClient
 from tests.sdk.fakes import Fakes
 
 SERVICE = "modelwire.v1.InferenceService"

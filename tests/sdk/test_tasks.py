@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from modelwire import (
     AsyncClient,
     ChatMessage,
@@ -16,7 +17,6 @@ from modelwire import (
 )
 from modelwire.v1 import common_pb2, generate_pb2, model_service_pb2
 from modelwire.v1 import inference_service_pb2 as pb
-
 from tests.sdk.fakes import Fakes
 
 

@@ -6,8 +6,8 @@ import math
 from typing import Any
 
 import pytest
-from modelwire import AsyncClient, ChatMessage, ImagePart
 
+from modelwire import AsyncClient, ChatMessage, ImagePart
 from tests.sdk.fakes import Fakes
 
 GENERATE_CASES: list[tuple[dict[str, Any], str]] = [

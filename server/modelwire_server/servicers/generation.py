@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import grpc
 from google.protobuf import duration_pb2
-from modelwire.v1 import common_pb2, generate_pb2
 
+from modelwire.v1 import common_pb2, generate_pb2
 from modelwire_server import errors
 from modelwire_server.engine import types as et
 from modelwire_server.engine.errors import EngineError
+from modelwire_server.interceptors import current_request_id
+from modelwire_server.servicers.common import RpcGroup, deadline_of, optional
 from modelwire_server.streams import EventBuffer, merge_deltas
 from modelwire_server.tasks.text_generation import ChatTurn, TextGenerationTask, domain_error
 
@@ -30,29 +31,25 @@ _SAMPLING_FIELDS = (
 )  # fmt: skip
 
 
-def _opt(message: object, name: str) -> object | None:
-    return getattr(message, name) if message.HasField(name) else None  # type: ignore[attr-defined]
-
-
 def sampling_params(msg: common_pb2.SamplingParameters) -> et.SamplingParams:
-    values = {name: _opt(msg, name) for name in _SAMPLING_FIELDS}
+    values = {name: optional(msg, name) for name in _SAMPLING_FIELDS}
     return et.SamplingParams(**values, logit_bias=dict(msg.logit_bias))  # type: ignore[arg-type]
 
 
 def stopping_params(msg: common_pb2.StoppingParameters) -> et.StoppingParams:
     return et.StoppingParams(
-        max_new_tokens=_opt(msg, "max_new_tokens"),  # type: ignore[arg-type]
+        max_new_tokens=optional(msg, "max_new_tokens"),  # type: ignore[arg-type]
         min_new_tokens=msg.min_new_tokens,
         stop=list(msg.stop),
         stop_token_ids=list(msg.stop_token_ids),
         ignore_eos=msg.ignore_eos,
         include_stop_in_output=msg.include_stop_in_output,
-        time_limit_ms=_opt(msg, "time_limit_ms"),  # type: ignore[arg-type]
+        time_limit_ms=optional(msg, "time_limit_ms"),  # type: ignore[arg-type]
     )
 
 
 def output_options(msg: generate_pb2.GenerateOptions) -> et.OutputOptions:
-    skip = _opt(msg, "skip_special_tokens")
+    skip = optional(msg, "skip_special_tokens")
     return et.OutputOptions(
         logprobs=msg.logprobs,
         top_logprobs=msg.top_logprobs,
@@ -162,7 +159,7 @@ async def prompt_ids(
         ids = await asyncio.to_thread(runner.encode_chat, chat_turns(request.messages))
     else:
         raise errors.InvalidArgument("prompt", "set either prompt or messages")
-    keep = _opt(request.options, "truncate_prompt_tokens")
+    keep = optional(request.options, "truncate_prompt_tokens")
     if keep is not None:
         if keep < 1:
             raise errors.InvalidArgument("options.truncate_prompt_tokens", "must be at least 1")
@@ -178,14 +175,13 @@ async def generate(
     context: grpc.aio.ServicerContext,
     request_id: str,
 ) -> AsyncIterator[generate_pb2.GenerateResponse]:
-    remaining = context.time_remaining()
     gen_request = et.GenerationRequest(
         prompt_ids=await prompt_ids(runner, request),
         sampling=sampling_params(request.sampling),
         stopping=stopping_params(request.stopping),
         options=output_options(request.options),
         request_id=request_id,
-        deadline=None if remaining is None else time.monotonic() + remaining,
+        deadline=deadline_of(context),
     )
     buffer = EventBuffer(asyncio.get_running_loop())
     handle = runner.submit(gen_request, buffer)
@@ -212,14 +208,29 @@ def _as_domain(error: Exception) -> Exception:
     return domain_error(error) if isinstance(error, EngineError) else error
 
 
+class GenerationRpcs(RpcGroup):
+    async def Generate(
+        self, request: generate_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[generate_pb2.GenerateResponse]:
+        runner = self.runner("Generate", request.model, TextGenerationTask)
+        async for message in generate(runner, request, context, current_request_id.get()):
+            yield message
+
+    async def Tokenize(
+        self, request: generate_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> generate_pb2.TokenizeResponse:
+        runner = self.runner("Tokenize", request.model, TextGenerationTask)
+        return await asyncio.to_thread(tokenize_pb, runner, request)
+
+
 def tokenize_pb(
     runner: TextGenerationTask, request: generate_pb2.TokenizeRequest
 ) -> generate_pb2.TokenizeResponse:
     which = request.WhichOneof("input")
     if which is None:
         raise errors.InvalidArgument("text", "set either text or messages")
-    add_special = _opt(request, "add_special_tokens")
-    add_prompt = _opt(request, "add_generation_prompt")
+    add_special = optional(request, "add_special_tokens")
+    add_prompt = optional(request, "add_generation_prompt")
     result = runner.tokenize(
         request.text if which == "text" else None,
         chat_turns(request.messages) if which == "messages" else None,

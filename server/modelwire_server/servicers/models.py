@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import grpc
+
 from modelwire.v1 import model_service_pb2 as pb
 from modelwire.v1 import model_service_pb2_grpc as pb_grpc
-
 from modelwire_server.errors import InvalidArgument, Unimplemented
 from modelwire_server.registry import ModelEntry, ModelState, Registry
 

@@ -97,11 +97,17 @@ class EmbeddingTask(BatchedTask[EmbedItem, EmbedResult]):
         return EmbedItem("warm up", 0, "default", None, True)
 
     async def embed(
-        self, inputs: Sequence[str], pooling: Pooling, normalize: bool | None, truncate: bool
+        self,
+        inputs: Sequence[str],
+        pooling: Pooling,
+        normalize: bool | None,
+        truncate: bool,
+        *,
+        deadline: float | None = None,
     ) -> list[EmbedResult]:
         check_text_inputs(inputs, self.config)
         items = [EmbedItem(t, i, pooling, normalize, truncate) for i, t in enumerate(inputs)]
-        return await self.batcher.submit(items)
+        return await self.batcher.submit(items, deadline=deadline)
 
     def run_batch(self, items: list[EmbedItem]) -> list[EmbedResult | BaseException]:
         results: list[EmbedResult | BaseException] = [InvalidArgument("inputs", "not run")] * len(

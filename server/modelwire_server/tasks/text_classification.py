@@ -45,13 +45,18 @@ class TextClassificationTask(BatchedTask[ClassifyItem, LabelScores]):
         return ClassifyItem("warm up", 1, "default")
 
     async def classify(
-        self, inputs: Sequence[str], top_k: int | None, function: ScoreFunction
+        self,
+        inputs: Sequence[str],
+        top_k: int | None,
+        function: ScoreFunction,
+        *,
+        deadline: float | None = None,
     ) -> list[LabelScores]:
         check_text_inputs(inputs, self.config)
         if top_k is not None and top_k < 1:
             raise InvalidArgument("top_k", "must be at least 1")
         items = [ClassifyItem(text, top_k, function) for text in inputs]
-        return await self.batcher.submit(items)
+        return await self.batcher.submit(items, deadline=deadline)
 
     def run_batch(self, items: list[ClassifyItem]) -> list[LabelScores]:
         # Inputs longer than the model's window are cut: a classifier can only read
