@@ -27,8 +27,10 @@ from modelwire._errors import (
     from_rpc_error,
 )
 from modelwire._generation import GenerateParams, generate_request
+from modelwire._media_tasks import MediaTaskMethods
 from modelwire._streaming import GenerateStream
 from modelwire._tasks import PoolingName, ScoreFunctionName
+from modelwire._text_tasks import TextTaskMethods
 from modelwire._transport import Stubs, Transport
 from modelwire._types import (
     Classification,
@@ -57,7 +59,7 @@ class NotGiven:
 NOT_GIVEN: Final = NotGiven()
 
 
-class AsyncClient:
+class AsyncClient(TextTaskMethods, MediaTaskMethods):
     """A client of one Modelwire server, over one gRPC channel.
 
     Use it as an async context manager (or call ``close()``)::
