@@ -1,9 +1,5 @@
 """AsyncClient: the typed asyncio client of a Modelwire server."""
 
-# ASYNC109 prefers asyncio.timeout() to `timeout` parameters; here a timeout is a gRPC
-# deadline, which travels to the server so that it stops work the caller gave up on.
-# ruff: noqa: ASYNC109
-
 from __future__ import annotations
 
 import asyncio
