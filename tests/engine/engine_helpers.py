@@ -13,15 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from modelwire_server.engine import (
-    Delta,
-    Event,
-    Failed,
-    Finished,
-    GenerationEngine,
-    GenerationRequest,
-    PromptInfo,
-)
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     GenerationConfig,
@@ -30,6 +21,16 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
+)
+
+from modelwire_server.engine import (
+    Delta,
+    Event,
+    Failed,
+    Finished,
+    GenerationEngine,
+    GenerationRequest,
+    PromptInfo,
 )
 
 CORPUS = [

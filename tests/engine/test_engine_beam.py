@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from engine_helpers import PROMPTS, Bundle, expected_text, make_engine, run_until_idle, submit
+
 from modelwire_server.engine import (
     Delta,
     FinishReason,

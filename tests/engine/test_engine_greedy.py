@@ -14,6 +14,7 @@ from engine_helpers import (
     run_until_idle,
     submit,
 )
+
 from modelwire_server.engine import (
     FinishReason,
     GenerationRequest,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 from engine_helpers import PROMPTS, Bundle, make_engine, run_until_idle, submit
-from modelwire_server.engine import SamplingParams, StoppingParams
 from scipy import stats
+
+from modelwire_server.engine import SamplingParams, StoppingParams
 
 N = 20
 

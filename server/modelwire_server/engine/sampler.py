@@ -58,17 +58,22 @@ def apply_penalties(scores: torch.Tensor, rows: list[SamplingRow]) -> torch.Tens
         if row.bias is not None:
             ids, values = row.bias
             scores[i].index_add_(0, ids, values)
-    pen = [i for i, r in enumerate(rows) if r.sampling.uses_penalties]
-    if pen:
-        sub = scores[pen]
-        counts = torch.stack([rows[i].counts for i in pen])  # type: ignore[misc]
-        if any(rows[i].sampling.repetition_penalty != 1.0 for i in pen):
-            seen = torch.stack([rows[i].prompt_seen for i in pen]) | (counts > 0)  # type: ignore[misc]
-            penalty = _column([rows[i].sampling.repetition_penalty for i in pen], sub)
-            sub = lp.repetition_penalty(sub, seen, penalty)
-        presence = _column([rows[i].sampling.presence_penalty for i in pen], sub)
-        frequency = _column([rows[i].sampling.frequency_penalty for i in pen], sub)
-        scores[pen] = lp.presence_frequency(sub, counts, presence, frequency)
+    rep = [i for i, r in enumerate(rows) if r.sampling.repetition_penalty != 1.0]
+    if rep:
+        seen = torch.stack([rows[i].prompt_seen for i in rep])  # type: ignore[misc]
+        seen |= torch.stack([rows[i].counts for i in rep]) > 0  # type: ignore[misc]
+        penalty = _column([rows[i].sampling.repetition_penalty for i in rep], scores)
+        scores[rep] = lp.repetition_penalty(scores[rep], seen, penalty)
+    pf = [
+        i
+        for i, r in enumerate(rows)
+        if r.sampling.presence_penalty != 0.0 or r.sampling.frequency_penalty != 0.0
+    ]
+    if pf:
+        counts = torch.stack([rows[i].counts for i in pf])  # type: ignore[misc]
+        presence = _column([rows[i].sampling.presence_penalty for i in pf], scores)
+        frequency = _column([rows[i].sampling.frequency_penalty for i in pf], scores)
+        scores[pf] = lp.presence_frequency(scores[pf], counts, presence, frequency)
     for i, row in enumerate(rows):
         if row.suppressed:
             scores[i, row.suppressed] = lp.NEG_INF
