@@ -2,9 +2,10 @@
 
 Threading contract:
 - ``submit``, ``cancel``, ``has_work``, ``wait_for_work`` and ``stats`` may be called
-  from any thread; they touch only the waiting queue and flags, under ``_lock``.
+  from any thread; they touch only the waiting queue and flags, under the scheduler's
+  lock.
 - ``step`` runs on one worker thread only (the device worker). It owns the running
-  batch, calls the model, and calls the sinks. It never holds ``_lock`` while calling
+  batch, calls the model, and calls the sinks. It never holds that lock while calling
   a sink or the model, so ``submit`` is never blocked behind a forward pass.
 
 Ending a request: every request gets ``PromptInfo`` first, then per sequence its
@@ -19,9 +20,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,8 +35,10 @@ from modelwire_server.engine.adapter import (
     PrefillInput,
 )
 from modelwire_server.engine.beam import BeamSearch
+from modelwire_server.engine.beam_rows import advance_beams, finish_beams
 from modelwire_server.engine.detokenizer import byte_fallback_ids
-from modelwire_server.engine.errors import DeadlineExceeded, QueueFull, ResourceExhausted
+from modelwire_server.engine.errors import DeadlineExceeded, ResourceExhausted
+from modelwire_server.engine.scheduler import Scheduler
 from modelwire_server.engine.sequence import (
     BeamRow,
     RequestGroup,
@@ -52,7 +53,6 @@ from modelwire_server.engine.types import (
     FinishReason,
     GenerationRequest,
     Sink,
-    TokenInfo,
 )
 from modelwire_server.engine.validation import Limits, prepare
 
@@ -117,18 +117,13 @@ class GenerationEngine:
             max_batch_tokens=max_batch_tokens,
             eos_ids=eos_token_ids(generation_config, model, tokenizer),
         )
-        self.max_waiting = max_waiting
         self._texts = TokenTexts(tokenizer)
         self._byte_ids = byte_fallback_ids(tokenizer)
-        self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)
-        self._waiting: deque[RequestGroup] = deque()
-        self._cancel_pending = False
+        self._queue = Scheduler(max_waiting, max_batch_tokens)
         # Worker-thread state: the running rows and their batched model state.
         self._rows: list[Row] = []
         self._state: BatchState | None = None
         self._prefilling: list[RequestGroup] = []
-        self._reserved = 0
         self._steps = self._generated = self._last_rows = self._max_rows = 0
 
     # ---- any thread -------------------------------------------------------------
@@ -140,35 +135,23 @@ class GenerationEngine:
         if seed is None:
             seed = secrets.randbits(62)  # leaves room for seed + i
         group = RequestGroup(prepared, sink, self.limits.vocab_size, seed, self.clock)
-        with self._lock:
-            if len(self._waiting) >= self.max_waiting:
-                raise QueueFull(f"{len(self._waiting)} requests are already waiting")
-            self._waiting.append(group)
-            self._work.notify_all()
+        self._queue.push(group)
         return Handle(request.request_id, group)
 
     def cancel(self, handle: Handle) -> None:
         """Ask for the request to end; it does at the start of the next step."""
-        with self._lock:
-            handle.group.cancel_requested = True
-            self._cancel_pending = True
-            self._work.notify_all()
+        self._queue.cancel(handle.group)
 
     def has_work(self) -> bool:
-        with self._lock:
-            return bool(self._waiting or self._rows or self._cancel_pending)
+        return bool(self._rows) or self._queue.pending()
 
     def wait_for_work(self, timeout: float | None = None) -> bool:
         """Block until there is something for ``step`` to do (or ``timeout``)."""
-        with self._work:
-            return self._work.wait_for(
-                lambda: bool(self._waiting or self._rows or self._cancel_pending), timeout
-            )
+        return self._queue.wait(lambda: bool(self._rows), timeout)
 
     def stats(self) -> EngineStats:
         state = self._state
-        with self._lock:
-            waiting = len(self._waiting)
+        waiting = self._queue.waiting()
         rows = list(self._rows)
         return EngineStats(
             running_rows=len(rows),
@@ -176,7 +159,7 @@ class GenerationEngine:
             waiting=waiting,
             cache_tokens=state.tokens_in_use() if state is not None and rows else 0,
             cache_slots=state.slots() if state is not None and rows else 0,
-            reserved_tokens=self._reserved,
+            reserved_tokens=self._queue.reserved,
             last_decode_rows=self._last_rows,
             max_decode_rows=self._max_rows,
             steps=self._steps,
@@ -191,7 +174,7 @@ class GenerationEngine:
         try:
             self._reap_waiting()
             self._reap_running()
-            groups = self._admit()
+            groups = self._queue.admit()
             if groups:
                 self._prefill(groups)
             if self._rows:
@@ -212,17 +195,7 @@ class GenerationEngine:
 
     def _reap_waiting(self) -> None:
         now = self.clock()
-        ended: list[tuple[RequestGroup, FinishReason | Exception]] = []
-        with self._lock:
-            self._cancel_pending = False
-            keep: deque[RequestGroup] = deque()
-            for group in self._waiting:
-                verdict = self._verdict(group, now)
-                if verdict is None:
-                    keep.append(group)
-                else:
-                    ended.append((group, verdict))
-            self._waiting = keep
+        ended = self._queue.reap(lambda group: self._verdict(group, now))
         for group, verdict in ended:
             if isinstance(verdict, Exception):
                 group.emit(Failed(verdict))
@@ -243,7 +216,8 @@ class GenerationEngine:
             if isinstance(verdict, Exception):
                 self._fail(group, verdict)
             elif group.beam is not None:
-                self._finish_beams(group, verdict)
+                finish_beams(group, verdict, self.tokenizer)
+                self._release(group)
             else:
                 for row in self._rows:
                     if row.group is group and isinstance(row, StreamRow):
@@ -251,17 +225,6 @@ class GenerationEngine:
                 self._release(group)
         if ended:
             self._remove_groups(set(ended))
-
-    def _admit(self) -> list[RequestGroup]:
-        admitted = []
-        with self._lock:
-            while self._waiting:
-                cost = self._waiting[0].prepared.cost
-                if self._reserved + cost > self.limits.max_batch_tokens:
-                    break
-                self._reserved += cost
-                admitted.append(self._waiting.popleft())
-        return admitted
 
     # ---- prefill and decode -------------------------------------------------------
 
@@ -386,77 +349,21 @@ class GenerationEngine:
             else:
                 beams.setdefault(row.group, []).append(i)
         for group, index in beams.items():
-            self._beam_step(group, [rows[i] for i in index], index, selection, kept, sources)
+            group_rows = [rows[i] for i in index]
+            continues = advance_beams(group, group_rows, index, selection, self._texts)
+            if continues is None:
+                finish_beams(group, None, self.tokenizer)
+                self._release(group)
+            else:
+                kept += group_rows
+                sources += continues
         self._generated += len(rows)
         return kept, sources
-
-    def _beam_step(
-        self,
-        group: RequestGroup,
-        rows: list[Row],
-        index: list[int],
-        selection: sampler.Selection,
-        kept: list[Row],
-        sources: list[int],
-    ) -> None:
-        assert group.beam is not None
-        if group.first_token_at is None:
-            group.first_token_at = self.clock()
-        options = group.prepared.request.options
-        raw = selection.raw_logprobs
-
-        def info(source: int, token: int) -> TokenInfo:
-            r = index[source]
-            logprob = float(raw[r, token]) if options.logprobs and raw is not None else None
-            return self._texts.info(token, logprob, selection.top.get(r))
-
-        step = group.beam.step(selection.scores[index], info)
-        if step.done:
-            self._finish_beams(group, None)
-            return
-        counts = [rows[s].counts for s in step.sources]
-        for k, row in enumerate(rows):
-            if counts[k] is not None:
-                row.counts = counts[k].clone()  # type: ignore[union-attr]
-                row.count(step.tokens[k])
-            row.pending = step.tokens[k]
-            kept.append(row)
-            sources.append(index[step.sources[k]])
-
-    def _finish_beams(self, group: RequestGroup, reason: FinishReason | None) -> None:
-        assert group.beam is not None
-        prepared = group.prepared
-        n = prepared.sampling.n
-        results = group.beam.results(n) if reason is not FinishReason.CANCELLED else []
-        for i in range(n):
-            hyp = results[i] if i < len(results) else None
-            tokens = hyp.tokens if hyp else []
-            why = reason
-            if why is None:
-                ends_eos = bool(tokens) and tokens[-1] in (prepared.eos_ids | prepared.stop_ids)
-                why = FinishReason.EOS if ends_eos else FinishReason.LENGTH
-            text = self._beam_text(group, tokens, why)
-            infos = hyp.infos if hyp else []
-            group.emit(Finished(i, why, text, infos, group.usage(len(tokens)), None))
-        group.open_rows = 0
-        self._release(group)
-
-    def _beam_text(self, group: RequestGroup, tokens: list[int], reason: FinishReason) -> str:
-        options = group.prepared.request.options
-        include = group.prepared.request.stopping.include_stop_in_output
-        if reason is FinishReason.EOS and not include:
-            tokens = tokens[:-1]
-        skip = options.skip_special_tokens
-        prompt_text = self.tokenizer.decode(group.prompt_ids, skip_special_tokens=skip)
-        full = self.tokenizer.decode(group.prompt_ids + tokens, skip_special_tokens=skip)
-        return full[len(prompt_text) :]
 
     # ---- failure and cleanup ------------------------------------------------------
 
     def _release(self, group: RequestGroup) -> None:
-        if not group.released:
-            group.released = True
-            self._reserved -= group.prepared.cost
+        self._queue.release(group)
 
     def _fail(self, group: RequestGroup, error: Exception) -> None:
         group.emit(Failed(error))
