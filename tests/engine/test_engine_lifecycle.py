@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import queue
+import threading
+
 import pytest
 import torch
 from engine_helpers import (
@@ -220,3 +223,42 @@ def test_logprobs_are_of_the_raw_distribution(llama: Bundle) -> None:
     for i, info in enumerate(echoed[1:], start=1):
         assert info.logprob == pytest.approx(float(logprobs[i - 1, prompt[i]]), abs=1e-4)
     assert echoed[0].special  # <s>
+
+
+def test_worker_thread_serves_concurrent_submits(gpt2: Bundle) -> None:
+    """The server's shape: one worker thread steps while other threads submit/cancel."""
+    engine = make_engine(gpt2)
+    stop = threading.Event()
+
+    def worker() -> None:
+        while not stop.is_set():
+            if engine.wait_for_work(timeout=0.05):
+                engine.step()
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    done: queue.Queue[int] = queue.Queue()
+    try:
+        sinks = []
+        for i, text in enumerate(PROMPTS):
+            sink = Collector()
+            request = GenerationRequest(
+                gpt2.encode(text),
+                sampling=SamplingParams(temperature=0),
+                stopping=StoppingParams(max_new_tokens=10, min_new_tokens=10),
+            )
+
+            def on_event(event: object, sink: Collector = sink, i: int = i) -> None:
+                sink(event)  # type: ignore[arg-type]
+                if type(event).__name__ in ("Finished", "Failed"):
+                    done.put(i)
+
+            engine.submit(request, on_event)
+            sinks.append(sink)
+        finished = {done.get(timeout=30) for _ in PROMPTS}
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert finished == set(range(len(PROMPTS)))
+    for text, sink in zip(PROMPTS, sinks, strict=True):
+        assert sink.tokens() == reference_greedy(gpt2, gpt2.encode(text), 10)
