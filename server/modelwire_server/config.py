@@ -60,6 +60,11 @@ class ModelConfig:
     # Per-request limits.
     max_inputs: int = 256
     max_input_chars: int = 100_000
+    # Media tasks, per image or clip: pixels (checked on the header, before decoding),
+    # seconds of audio, and encoded bytes.
+    max_image_pixels: int = 40_000_000
+    max_audio_seconds: float = 600.0
+    max_input_bytes: int = 32 * 1024 * 1024
     # Generation: the running set's token budget, waiting queue and output caps.
     max_batch_tokens: int = 16_384
     max_waiting: int = 256
@@ -141,9 +146,13 @@ def validate_model(model: ModelConfig, where: str) -> None:
         "max_waiting",
         "max_new_tokens",
         "default_max_new_tokens",
+        "max_image_pixels",
+        "max_input_bytes",
     ):
         if getattr(model, key) < 1:
             raise ConfigError(f"{where}.{key} must be at least 1")
+    if not model.max_audio_seconds > 0:
+        raise ConfigError(f"{where}.max_audio_seconds must be positive")
     if model.max_wait_ms < 0:
         raise ConfigError(f"{where}.max_wait_ms must not be negative")
     if model.default_max_new_tokens > model.max_new_tokens:
