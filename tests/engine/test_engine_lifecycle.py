@@ -262,3 +262,18 @@ def test_worker_thread_serves_concurrent_submits(gpt2: Bundle) -> None:
     assert finished == set(range(len(PROMPTS)))
     for text, sink in zip(PROMPTS, sinks, strict=True):
         assert sink.tokens() == reference_greedy(gpt2, gpt2.encode(text), 10)
+
+
+def test_a_raising_sink_ends_only_its_request(gpt2: Bundle) -> None:
+    engine = make_engine(gpt2)
+    healthy = submit(engine, gpt2.encode(PROMPTS[0]), stopping=StoppingParams(max_new_tokens=8))
+
+    def broken(event: object) -> None:
+        raise RuntimeError("the client's queue is gone")
+
+    engine.submit(GenerationRequest(gpt2.encode(PROMPTS[1])), broken)
+    engine.step()
+    engine.step()
+    assert engine.stats().running_rows == 1
+    run_until_idle(engine)
+    assert healthy.finished().reason is FinishReason.LENGTH

@@ -73,8 +73,10 @@ class RequestGroup:
             self.closed = True
         try:
             self.sink(event)
-        except Exception:  # a broken sink must not take the engine down
+        except Exception:  # a broken sink must not take the engine down...
             log.exception("sink of request %s raised", self.prepared.request.request_id)
+            # ...nor keep a request running that nobody can hear: drop it next step.
+            self.cancel_requested = True
 
     def usage(self, generated: int) -> Usage:
         now = self.clock()
