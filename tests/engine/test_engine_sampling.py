@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import torch
 from engine_helpers import PROMPTS, Bundle, make_engine, run_until_idle, submit
-from scipy import stats
+
+try:
+    from scipy import stats
+except ImportError:  # scipy comes with the server extra; the test still runs without it
+    stats = None
 
 from modelwire_server.engine import SamplingParams, StoppingParams
 
@@ -107,9 +111,16 @@ def test_first_token_frequencies_fit_the_model(llama: Bundle) -> None:
     for token in tokens:
         observed[bin_of[token]] += 1
     expected = [float(probs[members].sum()) * draws for members in bins]
-    assert len(bins) >= 5 and min(expected) >= 5
-    statistic, p_value = stats.chisquare(observed, [e * draws / sum(expected) for e in expected])
-    assert p_value > 0.001, (statistic, observed, expected)
+    assert 5 <= len(bins) <= 14 and min(expected) >= 5
+    expected = [e * draws / sum(expected) for e in expected]
+    statistic = sum((o - e) ** 2 / e for o, e in zip(observed, expected, strict=True))
+    if stats is not None:
+        assert stats.chi2.sf(statistic, len(bins) - 1) > 0.001, (observed, expected)
+    else:
+        # Upper 0.1% points of chi-square for 4..13 degrees of freedom (standard table):
+        # a correct sampler exceeds them once in a thousand runs.
+        critical = [18.47, 20.52, 22.46, 24.32, 26.12, 27.88, 29.59, 31.26, 32.91, 34.53]
+        assert statistic < critical[len(bins) - 1 - 4], (observed, expected)
     # And the sampler is not just argmax: many distinct first tokens come up.
     assert len(set(tokens)) > 20
 

@@ -249,6 +249,11 @@ class GenerationEngine:
             for group in groups:
                 self._fail(group, ResourceExhausted("out of device memory during prefill"))
             return
+        except Exception as exc:  # only these requests were in this forward pass
+            log.exception("prefill failed")
+            for group in groups:
+                self._fail(group, exc)
+            return
         rows: list[Row] = []
         index: list[int] = []
         for i, group in enumerate(groups):
