@@ -15,6 +15,10 @@ RUNNERS: dict[str, str] = {
     "sentiment-analysis": "text_classification:TextClassificationTask",
     "feature-extraction": "embedding:EmbeddingTask",
     "text-generation": "text_generation:TextGenerationTask",
+    "zero-shot-classification": "zero_shot:ZeroShotTask",
+    "fill-mask": "fill_mask:FillMaskTask",
+    "ner": "ner:NerTask",
+    "question-answering": "question_answering:QuestionAnsweringTask",
 }
 
 # RPC → the tasks whose models can serve it; the first task's default model serves
