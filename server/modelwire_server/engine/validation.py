@@ -53,7 +53,9 @@ def _check_ids(ids: Any, vocab: int, field: str) -> None:
 
 
 def _check_sampling(s: ResolvedSampling, vocab: int) -> None:
-    _require(math.isfinite(s.temperature) and s.temperature >= 0, "sampling.temperature", ">= 0")
+    _require(
+        math.isfinite(s.temperature) and s.temperature >= 0, "sampling.temperature", "must be >= 0"
+    )
     _require(s.top_k >= 0, "sampling.top_k", "must be >= 0 (0 = off)")
     _require(0 < s.top_p <= 1, "sampling.top_p", "must be in (0, 1]")
     _require(0 <= s.min_p <= 1, "sampling.min_p", "must be in [0, 1]")
