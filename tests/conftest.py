@@ -142,6 +142,7 @@ def server(preset_cache: Path) -> Iterator[RunningServer]:
     from modelwire_server.server import preset_configs
 
     wanted = {"tiny-sentiment", "tiny-multilabel", "tiny-embed", "tiny-gpt2", "tiny-llama"}
+    wanted |= {"tiny-nli", "tiny-fill-mask", "tiny-ner", "tiny-qa"}
     models = [m for m in preset_configs("tiny") if m.name in wanted]
     models.append(ModelConfig(name="minilm", task="feature-extraction", source=str(minilm_path())))
     running = start_server(ServerConfig(port=0, models=models))
