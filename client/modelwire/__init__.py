@@ -30,6 +30,14 @@ from modelwire._errors import (
 )
 from modelwire._generation import GenerateParams
 from modelwire._streaming import GenerateStream
+from modelwire._text_types import (
+    AggregationStrategyName,
+    Answer,
+    Entity,
+    FillMaskResult,
+    MaskCandidate,
+    MaskFill,
+)
 from modelwire._types import (
     ChatMessage,
     Classification,
@@ -58,6 +66,8 @@ __all__ = [
     "APIError",
     "APIStatusError",
     "APITimeoutError",
+    "AggregationStrategyName",
+    "Answer",
     "AsyncClient",
     "AuthenticationError",
     "BadRequestError",
@@ -65,7 +75,9 @@ __all__ = [
     "ChatMessageLike",
     "Classification",
     "Embedding",
+    "Entity",
     "FieldViolation",
+    "FillMaskResult",
     "FinishReason",
     "GenerateParams",
     "GenerateStream",
@@ -75,6 +87,8 @@ __all__ = [
     "ImagePart",
     "InternalServerError",
     "LabelScore",
+    "MaskCandidate",
+    "MaskFill",
     "ModelInfo",
     "ModelState",
     "ModelwireError",
