@@ -106,6 +106,18 @@ class FakeInference(inference_service_pb2_grpc.InferenceServiceServicer):
     async def Tokenize(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self._unary("Tokenize", request, context)
 
+    async def ClassifyZeroShot(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unary("ClassifyZeroShot", request, context)
+
+    async def FillMask(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unary("FillMask", request, context)
+
+    async def RecognizeEntities(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unary("RecognizeEntities", request, context)
+
+    async def AnswerQuestion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unary("AnswerQuestion", request, context)
+
     async def Generate(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[generate_pb2.GenerateResponse]:
