@@ -28,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 50051)")
     serve.add_argument("--preset", choices=["tiny"], help="serve a built-in offline preset")
     serve.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR")
+    check = commands.add_parser(
+        "healthcheck", help="exit 0 if a server's InferenceService is SERVING (for containers)"
+    )
+    check.add_argument("--target", default="127.0.0.1:50051", help="host:port of the server")
+    check.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
     return parser
 
 
@@ -37,6 +42,8 @@ def missing_server_modules() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "healthcheck":
+        return healthcheck(args.target, args.timeout)
     if missing_server_modules():
         print(INSTALL_HINT, file=sys.stderr)
         return 2
@@ -70,3 +77,20 @@ async def _serve(config: object) -> int:
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.stop()))
     await server.wait()
     return 0
+
+
+def healthcheck(target: str, timeout: float) -> int:
+    """Ask the gRPC health service; print the status; 0 only when SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    request = health_pb2.HealthCheckRequest(service="modelwire.v1.InferenceService")
+    try:
+        with grpc.insecure_channel(target) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout)
+    except grpc.RpcError as exc:
+        print(f"{target}: {exc.code().name}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{target}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
