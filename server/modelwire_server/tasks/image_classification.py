@@ -1,0 +1,79 @@
+"""image-classification: images in, labels with scores out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+from modelwire_server.errors import InvalidArgument
+from modelwire_server.media import MediaLimits, decode_images, stacked_groups
+from modelwire_server.tasks.base import BatchedTask
+from modelwire_server.tasks.text_classification import LabelScores, default_score_function
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    image: Image.Image
+    top_k: int
+
+
+class ImageClassificationTask(BatchedTask[ImageItem, LabelScores]):
+    task = "image-classification"
+    rpcs = ("ClassifyImage",)
+
+    def load(self) -> None:
+        source, kwargs = self.config.source, self.pretrained_kwargs()
+        self.processor = AutoImageProcessor.from_pretrained(source, **kwargs)
+        model = AutoModelForImageClassification.from_pretrained(source, **kwargs)
+        self.model = self.place(model)
+        # The image-classification pipeline picks its function as the text one does.
+        self.function = default_score_function(self.model.config)
+        self.limits = MediaLimits.of(self.config)
+
+    def warmup_item(self) -> ImageItem:
+        from PIL import Image
+
+        return ImageItem(Image.new("RGB", (8, 8)), 1)
+
+    async def classify(
+        self, images: Sequence[bytes], top_k: int, *, deadline: float | None = None
+    ) -> list[LabelScores]:
+        if top_k < 1:
+            raise InvalidArgument("top_k", "must be at least 1")
+        decoded = await asyncio.to_thread(decode_images, images, self.limits)
+        items = [ImageItem(image, top_k) for image in decoded]
+        return await self.batcher.submit(items, deadline=deadline)
+
+    def run_batch(self, items: list[ImageItem]) -> list[LabelScores]:
+        results: list[LabelScores] = [[] for _ in items]
+        features = [self.processor(images=[i.image], return_tensors="pt") for i in items]
+        for indices, batch in stacked_groups(features):
+            with torch.inference_mode():
+                inputs = batch.to(device=self.device, dtype=self.dtype)
+                logits = self.model(**inputs).logits.float().cpu()
+            for row, i in zip(logits, indices, strict=True):
+                results[i] = self._ranked(row, items[i].top_k)
+        return results
+
+    def _ranked(self, logits: torch.Tensor, top_k: int) -> LabelScores:
+        if self.function == "softmax":
+            scores = torch.softmax(logits, dim=-1)
+        elif self.function == "sigmoid":
+            scores = torch.sigmoid(logits)
+        else:
+            scores = logits
+        id2label = self.model.config.id2label
+        ranked = sorted(
+            ((id2label[i], float(s)) for i, s in enumerate(scores.tolist())),
+            key=lambda pair: pair[1],
+            reverse=True,
+        )
+        return ranked[:top_k]

@@ -1,0 +1,198 @@
+"""automatic-speech-recognition with CTC models (wav2vec2 family): clips in, text out.
+
+A clip longer than the window is cut into overlapping chunks exactly as transformers'
+ASR pipeline cuts them (a stride of a sixth of the chunk on each inner side, aligned to
+the model's frames). Every chunk is one batch item, so the chunks of a long clip and
+of concurrent requests share forward passes; each chunk's argmax tokens lose their
+strides and the clip's tokens are CTC-decoded together, with character offsets for
+timestamps. Sequence-to-sequence models (Whisper) generate their text token by token:
+they belong to the generation engine, and this runner answers them UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForCTC, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_FOR_CTC_MAPPING_NAMES
+
+from modelwire_server.errors import InvalidArgument, Unimplemented
+from modelwire_server.media import (
+    AudioInput,
+    MediaLimits,
+    audio_batches,
+    check_min_length,
+    decode_clips,
+    min_samples,
+)
+from modelwire_server.tasks.base import BatchedTask
+
+# With chunk_length_s unset, clips up to this long run whole (as the pipeline runs
+# them); longer ones are chunked, since attention cost grows with the square of length.
+DEFAULT_WINDOW_S = 30.0
+# Shorter chunks leave strides below the encoder's receptive field.
+MIN_CHUNK_S = 1.0
+
+Granularity = Literal["segment", "word", "char"]
+
+
+@dataclass(frozen=True)
+class ChunkItem:
+    samples: np.ndarray
+    stride: tuple[int, int, int] | None  # (length, left, right) in samples; None: whole clip
+
+
+@dataclass(frozen=True)
+class TimedText:
+    text: str
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    chunks: list[TimedText]
+
+
+class SpeechRecognitionTask(BatchedTask[ChunkItem, np.ndarray]):
+    task = "automatic-speech-recognition"
+    rpcs = ("TranscribeAudio",)
+
+    def load(self) -> None:
+        source, kwargs = self.config.source, self.pretrained_kwargs()
+        self.model_config = AutoConfig.from_pretrained(source, **kwargs)
+        self.ctc = self.model_config.model_type in MODEL_FOR_CTC_MAPPING_NAMES
+        if not self.ctc:
+            return  # answered UNIMPLEMENTED; nothing else to read
+        self.extractor = AutoFeatureExtractor.from_pretrained(source, **kwargs)
+        self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        self.model = self.place(AutoModelForCTC.from_pretrained(source, **kwargs))
+        if not hasattr(self.model, "_get_feat_extract_output_lengths"):
+            raise ValueError(
+                f"{type(self.model).__name__} has no convolutional feature encoder; this "
+                "server runs CTC models of the wav2vec2 family"
+            )
+        self.rate = int(self.extractor.sampling_rate)
+        self.align = int(self.model_config.inputs_to_logits_ratio)
+        self.min_samples = min_samples(self.model_config)
+        self.limits = MediaLimits.of(self.config)
+
+    @property
+    def architecture(self) -> str:
+        return (self.model_config.architectures or [self.model_config.model_type])[0]
+
+    def warmup(self) -> None:
+        if self.ctc:
+            super().warmup()
+
+    def warmup_item(self) -> ChunkItem:
+        return ChunkItem(np.zeros(max(self.rate // 4, self.min_samples), np.float32), None)
+
+    async def transcribe(
+        self,
+        clips: Sequence[AudioInput],
+        chunk_length_s: float | None,
+        timestamps: Granularity | None,
+        language: str | None,
+        *,
+        deadline: float | None = None,
+    ) -> list[Transcript]:
+        self._check_options(chunk_length_s, language)
+        decoded = await asyncio.to_thread(decode_clips, clips, self.limits, self.rate)
+        check_min_length(decoded, self.min_samples, self.rate)
+        plans = [self._chunks(samples, chunk_length_s) for samples in decoded]
+        tokens = await self.batcher.submit([c for plan in plans for c in plan], deadline=deadline)
+        per_clip, start = [], 0
+        for plan in plans:
+            per_clip.append(np.concatenate(tokens[start : start + len(plan)]))
+            start += len(plan)
+        return await asyncio.to_thread(lambda: [self._decode(t, timestamps) for t in per_clip])
+
+    def _check_options(self, chunk_length_s: float | None, language: str | None) -> None:
+        if not self.ctc:
+            raise Unimplemented(
+                f"{self.architecture} is a sequence-to-sequence speech model: it generates "
+                "text token by token and needs the generation engine, which does not serve "
+                "speech recognition yet; this server transcribes with CTC models"
+            )
+        if language:
+            raise InvalidArgument(
+                "language", "this CTC model transcribes the language it was trained on"
+            )
+        if chunk_length_s is not None and not (
+            math.isfinite(chunk_length_s) and chunk_length_s >= MIN_CHUNK_S
+        ):
+            raise InvalidArgument(
+                "chunk_length_s", f"must be at least {MIN_CHUNK_S:g} s, got {chunk_length_s}"
+            )
+
+    def _chunks(self, samples: np.ndarray, chunk_length_s: float | None) -> list[ChunkItem]:
+        """The pipeline's chunk_iter: overlapping windows with their strides."""
+        if chunk_length_s is None:
+            if len(samples) <= DEFAULT_WINDOW_S * self.rate:
+                return [ChunkItem(samples, None)]
+            chunk_length_s = DEFAULT_WINDOW_S
+        align, rate = self.align, self.rate
+        chunk_len = int(round(chunk_length_s * rate / align) * align)
+        stride = int(round(chunk_length_s / 6 * rate / align) * align)
+        items = []
+        for start in range(0, len(samples), chunk_len - 2 * stride):
+            chunk = samples[start : start + chunk_len]
+            is_last = start + chunk_len >= len(samples)
+            left, right = (0 if start == 0 else stride), (0 if is_last else stride)
+            if len(chunk) > left:
+                items.append(ChunkItem(chunk, (len(chunk), left, right)))
+            if is_last:
+                break
+        return items
+
+    def run_batch(self, items: list[ChunkItem]) -> list[np.ndarray]:
+        results: list[np.ndarray] = [np.empty(0, np.int64)] * len(items)
+        clips = [item.samples for item in items]
+        for indices, features in audio_batches(self.extractor, clips):
+            with torch.inference_mode():
+                inputs = features.to(device=self.device, dtype=self.dtype)
+                ids = self.model(**inputs).logits.argmax(dim=-1).cpu()
+            lengths = torch.tensor([len(clips[i]) for i in indices])
+            frames = self.model._get_feat_extract_output_lengths(lengths).tolist()
+            for row, n, i in zip(ids, frames, indices, strict=True):
+                results[i] = self._inner(row[:n].numpy(), items[i].stride)
+        return results
+
+    def _inner(self, tokens: np.ndarray, stride: tuple[int, int, int] | None) -> np.ndarray:
+        """A chunk's tokens without its strides (the pipeline's rescale_stride and cut)."""
+        if stride is None:
+            return tokens
+        length, left, right = stride
+        token_n = round(length * (1 / self.align))
+        left = round(left / length * token_n)
+        right = round(right / length * token_n)
+        return tokens[left : token_n - right]
+
+    def _decode(self, tokens: np.ndarray, timestamps: Granularity | None) -> Transcript:
+        # Specials stay in for CTC (as in the pipeline): the blank is the pad token,
+        # which decoding removes after grouping repeats.
+        text = self.tokenizer.decode(tokens, skip_special_tokens=False)
+        if timestamps is None:
+            return Transcript(text, [])
+        offsets: list[dict[str, Any]] = self.tokenizer.decode(
+            tokens, skip_special_tokens=False, output_char_offsets=True
+        )["char_offsets"]
+        key = "char" if timestamps == "char" else "word"
+        if key == "word":
+            offsets = self.tokenizer._get_word_offsets(
+                offsets, self.tokenizer.replace_word_delimiter_char
+            )
+        return Transcript(text, [self._timed(o, key) for o in offsets])
+
+    def _timed(self, offset: dict[str, Any], key: str) -> TimedText:
+        start = offset["start_offset"] * self.align / self.rate
+        end = offset["end_offset"] * self.align / self.rate
+        return TimedText(offset[key], start, end)
