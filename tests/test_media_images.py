@@ -1,0 +1,290 @@
+"""ClassifyImage and DetectObjects through the SDK against a real server, with
+transformers' pipelines as the reference on the same images."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from PIL import Image, ImageOps
+
+from modelwire import AsyncClient, BadRequestError, Classification, Detections
+from modelwire.v1 import common_pb2
+from modelwire.v1 import inference_service_pb2 as pb
+from modelwire_server.config import ModelConfig, ServerConfig
+from modelwire_server.server import preset_configs
+from tests.conftest import RunningServer, start_server
+from tests.helpers import bad_request_fields, raw_error
+
+# A second ViT with tight limits, to exceed them with small inputs.
+LIMITS = {"max_image_pixels": 50 * 50, "max_input_bytes": 4_000, "max_inputs": 3}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    # Tiny models on a shared CPU: thread hand-offs cost more than the arithmetic.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def media(preset_cache: Path) -> Iterator[RunningServer]:
+    models = [m for m in preset_configs("tiny") if m.name in ("tiny-vit", "tiny-detr")]
+    models.append(ModelConfig(name="vit-limited", task="image-classification",
+                              source="preset:tiny-vit", preset=True, **LIMITS))  # fmt: skip
+    running = start_server(ServerConfig(port=0, models=models))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def client(media: RunningServer) -> Any:
+    async with AsyncClient(media.target, timeout=120) as c:
+        yield c
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def sample_images() -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    gradient = np.linspace(0, 255, 40 * 70 * 3).reshape(40, 70, 3).astype(np.uint8)
+    stripes = np.zeros((90, 30, 3), np.uint8)
+    stripes[::4] = (250, 30, 90)
+    return [
+        noise,
+        Image.fromarray(gradient),
+        Image.fromarray(stripes),
+        Image.new("RGB", (1, 1), "red"),
+    ]
+
+
+def exif_rotated_jpeg() -> tuple[bytes, Image.Image]:
+    """A JPEG whose EXIF says "rotate 90° clockwise", and the upright image it shows."""
+    rng = np.random.default_rng(1)
+    stored = Image.fromarray(rng.integers(0, 256, (30, 80, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the stored pixels need a 90° clockwise turn
+    data = encode(stored, "JPEG", exif=exif, quality=95)
+    upright = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    assert upright.size == (30, 80)
+    return data, upright
+
+
+def as_dict(result: Classification) -> dict[str, float]:
+    return {ls.label: ls.score for ls in result.labels}
+
+
+def pipe(media: RunningServer, model: str, task: str) -> transformers.Pipeline:
+    return transformers.pipeline(task, model=media.runner(model).config.source, device="cpu")
+
+
+# ------------------------------------------------------------------ ClassifyImage
+
+
+async def test_classify_image_matches_the_pipeline(media, client: AsyncClient) -> None:
+    images = sample_images()
+    expected = pipe(media, "tiny-vit", "image-classification")(images, top_k=5)
+    results = await client.classify_image(images, model="tiny-vit", top_k=5)
+    assert len(results) == len(images)
+    for result, reference in zip(results, expected, strict=True):
+        got = as_dict(result)
+        assert got.keys() == {r["label"] for r in reference}
+        for r in reference:
+            assert got[r["label"]] == pytest.approx(r["score"], abs=1e-5)
+        assert [ls.score for ls in result.labels] == sorted(got.values(), reverse=True)
+    # The tiny model reacts to its input: a constant answer must not pass.
+    cat = [as_dict(r)["cat"] for r in results]
+    assert max(cat) - min(cat) >= 0.05
+
+
+async def test_top_k_defaults_to_one_and_caps_at_the_label_count(client: AsyncClient) -> None:
+    image = sample_images()[0]
+    (one,) = await client.classify_image(image)  # the default model is tiny-vit
+    (every,) = await client.classify_image(image, top_k=50)
+    assert len(one.labels) == 1 and len(every.labels) == 5
+    assert one.labels[0] == every.labels[0]
+
+
+async def test_image_formats_decode_like_pillow(media, client: AsyncClient) -> None:
+    image = sample_images()[0]
+    frames = [image, Image.fromarray(255 - np.asarray(image))]
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
+    palette_first = Image.open(io.BytesIO(gif.getvalue())).convert("RGB")  # frame 0
+    inputs = [encode(image, "WEBP", lossless=True), gif.getvalue(), np.asarray(image)]
+    references = [image, palette_first, image]
+    expected = pipe(media, "tiny-vit", "image-classification")(references, top_k=5)
+    results = await client.classify_image(inputs, top_k=5)
+    for result, reference in zip(results, expected, strict=True):
+        for r in reference:
+            assert as_dict(result)[r["label"]] == pytest.approx(r["score"], abs=1e-5)
+    # The GIF's second frame would score otherwise: the server took the first.
+    second = pipe(media, "tiny-vit", "image-classification")(frames[1].convert("RGB"), top_k=5)
+    assert any(abs(as_dict(results[1])[r["label"]] - r["score"]) > 1e-3 for r in second)
+
+
+async def test_exif_orientation_is_applied(media, client: AsyncClient, tmp_path: Path) -> None:
+    data, upright = exif_rotated_jpeg()
+    path = tmp_path / "rotated.jpg"
+    path.write_bytes(data)
+    classifier = pipe(media, "tiny-vit", "image-classification")
+    # The pixels as stored, EXIF dropped (the pipeline would turn an opened file upright).
+    stored = Image.fromarray(np.asarray(Image.open(path).convert("RGB")))
+    expected, unrotated = classifier([upright, stored], top_k=5)
+    (result,) = await client.classify_image(path, top_k=5)  # a path: the SDK reads it
+    for r in expected:
+        assert as_dict(result)[r["label"]] == pytest.approx(r["score"], abs=1e-5)
+    assert any(abs(as_dict(result)[r["label"]] - r["score"]) > 1e-3 for r in unrotated)
+
+
+# ------------------------------------------------------------------ DetectObjects
+
+
+def assert_same_detections(got: Detections, expected: list[dict]) -> None:
+    """Same objects as the pipeline: scores close, its integer boxes our boxes truncated."""
+    assert len(got.objects) == len(expected)
+    want = sorted(expected, key=lambda d: d["score"], reverse=True)
+    for obj, ref in zip(got.objects, want, strict=True):
+        assert obj.label == ref["label"]
+        assert obj.score == pytest.approx(ref["score"], abs=1e-5)
+        box = obj.box
+        assert [int(box.xmin), int(box.ymin), int(box.xmax), int(box.ymax)] == [
+            ref["box"][k] for k in ("xmin", "ymin", "xmax", "ymax")
+        ]
+    assert [o.score for o in got.objects] == sorted((o.score for o in got.objects), reverse=True)
+
+
+@pytest.mark.parametrize("threshold", [None, 0.0, 0.35])
+async def test_detect_objects_matches_the_pipeline(
+    media, client: AsyncClient, threshold: float | None
+) -> None:
+    images = sample_images()
+    detector = pipe(media, "tiny-detr", "object-detection")
+    expected = [
+        detector(image, threshold=0.5 if threshold is None else threshold) for image in images
+    ]
+    results = await client.detect_objects(images, threshold=threshold)
+    for got, reference in zip(results, expected, strict=True):
+        assert_same_detections(got, reference)
+    if threshold == 0.0:  # every query answers: the scores and boxes depend on the image
+        assert all(len(r) == 10 for r in results)
+        assert results[0].objects[0].score != results[1].objects[0].score
+
+
+async def test_boxes_follow_the_exif_orientation(media, client: AsyncClient) -> None:
+    data, upright = exif_rotated_jpeg()
+    expected = pipe(media, "tiny-detr", "object-detection")(upright, threshold=0.0)
+    (got,) = await client.detect_objects(data, threshold=0.0)
+    assert_same_detections(got, expected)
+
+
+async def test_concurrent_images_of_any_size_batch_without_changing_results(
+    media, client: AsyncClient
+) -> None:
+    images = sample_images() * 3
+    alone = [await client.detect_objects(image, threshold=0.0) for image in images[:4]]
+    runner = media.runner("tiny-detr")
+    before = len(runner.batcher.stats.sizes)
+    together = await asyncio.gather(
+        *(
+            client.detect_objects(image, threshold=t)
+            for image, t in zip(images, [0.0, 0.3] * 6, strict=True)
+        )
+    )
+    sizes = list(runner.batcher.stats.sizes)[before:]
+    assert sum(sizes) == len(images) and max(sizes) >= 2, sizes
+    for i, (result,) in enumerate(together):
+        (single,) = alone[i % 4]
+        kept = [o for o in single.objects if o.score > (0.0 if i % 2 == 0 else 0.3)]
+        assert [o.label for o in result.objects] == [o.label for o in kept]
+        for a, b in zip(result.objects, kept, strict=True):
+            assert a.score == pytest.approx(b.score, abs=1e-5)
+            assert a.box.xmin == pytest.approx(b.box.xmin, abs=1e-3)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def tiny_png() -> bytes:
+    return encode(sample_images()[0])
+
+
+def image_bytes(kind: str) -> bytes:
+    png = tiny_png()
+    return {"png": png, "cut": png[: len(png) // 2], "empty": b"", "junk": b"not an image"}[kind]
+
+
+@pytest.mark.parametrize(
+    ("rpc", "images", "extra", "field", "says"),
+    [
+        ("ClassifyImage", ["empty", "png"], {}, "images[0]", "is empty"),
+        ("ClassifyImage", ["png", "junk"], {}, "images[1]", "not a decodable image"),
+        ("DetectObjects", ["png", "png", "cut"], {}, "images[2]", "could not be decoded"),
+        ("DetectObjects", [], {}, "images", "at least one"),
+        ("ClassifyImage", ["png"], {"top_k": 0}, "top_k", "at least 1"),
+        ("DetectObjects", ["png"], {"threshold": 1.5}, "threshold", "[0, 1]"),
+    ],
+)
+async def test_bad_images_are_invalid_argument_naming_the_input(
+    media, client: AsyncClient, rpc: str, images: list[str], extra: dict, field: str, says: str
+) -> None:
+    # Through the raw stub: the SDK refuses some of these before sending.
+    request = getattr(pb, f"{rpc}Request")(
+        images=[common_pb2.Image(data=image_bytes(kind)) for kind in images], **extra
+    )
+    error = await raw_error(media, rpc, request)
+    assert error.code().name == "INVALID_ARGUMENT"
+    assert bad_request_fields(error) == [field]
+    assert says in error.details()
+    (still,) = await client.classify_image(tiny_png())  # the server keeps serving
+    assert still.labels
+
+
+async def test_limits_refuse_oversize_input_saying_the_limit(client: AsyncClient) -> None:
+    small = Image.new("RGB", (50, 50), "blue")
+    (fits,) = await client.classify_image(small, model="vit-limited")
+    assert fits.labels
+    noise = np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8)
+    cases = [
+        (Image.new("RGB", (51, 50)), "images[0]", "51x50 pixels; the limit is 2500 pixels"),
+        ([small, noise], "images[1]", "the limit is 4000 bytes"),
+        ([small] * 4, "images", "at most 3"),
+    ]
+    for images, field, says in cases:
+        with pytest.raises(BadRequestError) as caught:
+            await client.classify_image(images, model="vit-limited")
+        assert caught.value.field_violations[0].field == field
+        assert says in str(caught.value)
+
+
+async def test_forward_passes_run_on_the_worker_thread(media, client: AsyncClient) -> None:
+    import threading
+
+    seen: set[str] = set()
+    hooks = [
+        media.runner(name).model.register_forward_pre_hook(
+            lambda *_: seen.add(threading.current_thread().name)
+        )
+        for name in ("tiny-vit", "tiny-detr")
+    ]
+    try:
+        await client.classify_image(tiny_png())
+        await client.detect_objects(tiny_png())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen and all(name.startswith("modelwire-worker") for name in seen)
