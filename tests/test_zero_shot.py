@@ -109,6 +109,8 @@ async def test_all_pairs_of_a_batch_share_one_forward_pass(server, client: Async
         ({"inputs": ["ok"]}, "candidate_labels"),
         ({"inputs": ["ok"], "candidate_labels": ["a", ""]}, "candidate_labels[1]"),
         ({"inputs": ["ok"], "candidate_labels": ["a"] * 257}, "candidate_labels"),
+        # A hypothesis longer than the model's window: only the premise may be cut.
+        ({"inputs": ["ok"], "candidate_labels": ["a", "word " * 200]}, "candidate_labels"),
         ({"inputs": ["ok"], "candidate_labels": ["a"], "hypothesis_template": "no slot"}, None),
         ({"inputs": ["ok"], "candidate_labels": ["a"], "hypothesis_template": "{x}"}, None),
         ({"inputs": ["ok"], "candidate_labels": ["a"], "hypothesis_template": ""}, None),
