@@ -78,6 +78,14 @@ async def test_one_label_is_scored_entailment_against_contradiction(
     assert spread(results, "sports") >= 0.02
 
 
+async def test_long_input_is_cut_like_the_pipeline(server, client: AsyncClient) -> None:
+    # The premise is cut to the window (as the pipeline does); the hypothesis stays whole.
+    path = server.runner("tiny-nli").config.source
+    long_text = " ".join(TEXTS * 20)
+    expected = reference(path, [long_text], LABELS)
+    assert_matches(await client.classify_zero_shot(long_text, LABELS), expected)
+
+
 async def test_multi_label_scores_do_not_sum_to_one(client: AsyncClient) -> None:
     results = await client.classify_zero_shot(TEXTS[:2], LABELS, multi_label=True)
     assert any(abs(sum(ls.score for ls in r.labels) - 1.0) > 0.05 for r in results)
