@@ -165,3 +165,22 @@ async def test_bad_requests_name_the_field(server, fields: dict, field: str) -> 
     error = await raw_error(server, "RecognizeEntities", request)
     assert error.code().name == "INVALID_ARGUMENT"
     assert bad_request_fields(error) == [field]
+
+
+def test_windows_overlap_and_each_token_takes_its_most_central_window() -> None:
+    from modelwire_server.tasks import windows
+    from modelwire_server.tasks.rows import Row
+
+    layout = windows.Layout(prefix=1, suffix=1)
+    ids = [101, *range(20), 102]  # [CLS], 20 content tokens, [SEP]
+    split = windows.split(Row(ids), layout, max_length=10)
+    # 8 content tokens per window, a quarter (2) of overlap, the last window flush with the end.
+    assert [(w.start, w.length) for w in split] == [(0, 8), (6, 8), (12, 8)]
+    assert split[1].row.input_ids == [101, *range(6, 14), 102]
+    # Each window's output says which window it is; the merge shows who owns each token.
+    outputs = [torch.full((10, 1), float(k)) for k in range(len(split))]
+    owner = windows.merge(split, outputs, layout)[:, 0].tolist()
+    content_owner = owner[1:-1]
+    # Tokens 6, 7 sit in windows 0 and 1: 6 is nearer the middle of window 0, 7 of window 1.
+    assert content_owner == [0] * 7 + [1] * 6 + [2] * 7
+    assert windows.split(Row(ids[:10]), layout, max_length=10)[0].row.input_ids == ids[:10]
