@@ -225,6 +225,8 @@ def tiny_png() -> bytes:
 
 def image_bytes(kind: str) -> bytes:
     png = tiny_png()
+    if kind == "strip":  # decodes, but DETR's resize cannot take it
+        return encode(Image.new("RGB", (5000, 1)))
     return {"png": png, "cut": png[: len(png) // 2], "empty": b"", "junk": b"not an image"}[kind]
 
 
@@ -234,6 +236,7 @@ def image_bytes(kind: str) -> bytes:
         ("ClassifyImage", ["empty", "png"], {}, "images[0]", "is empty"),
         ("ClassifyImage", ["png", "junk"], {}, "images[1]", "not a decodable image"),
         ("DetectObjects", ["png", "png", "cut"], {}, "images[2]", "could not be decoded"),
+        ("DetectObjects", ["png", "strip"], {}, "images[1]", "cannot be prepared for this model"),
         ("DetectObjects", [], {}, "images", "at least one"),
         ("ClassifyImage", ["png"], {"top_k": 0}, "top_k", "at least 1"),
         ("DetectObjects", ["png"], {"threshold": 1.5}, "threshold", "[0, 1]"),

@@ -119,6 +119,18 @@ def decode_image(data: bytes, limits: MediaLimits, field: str) -> Image.Image:
         raise InvalidArgument(field, f"could not be decoded: {_reason(exc)}") from None
 
 
+def image_features(processor: Any, image: Image.Image, field: str) -> BatchFeature:
+    """One image through the model's processor, alone, as the pipelines run it.
+
+    A decodable image can still be one the processor cannot take (DETR's resize fails
+    on a 1x5000 strip); that is this input's fault, and must not sink its batch.
+    """
+    try:
+        return processor(images=[image], return_tensors="pt")
+    except Exception as exc:
+        raise InvalidArgument(field, f"cannot be prepared for this model: {_reason(exc)}") from None
+
+
 def _too_many_pixels(
     field: str, size: tuple[int, int] | None, limits: MediaLimits
 ) -> InvalidArgument:

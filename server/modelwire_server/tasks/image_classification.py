@@ -11,17 +11,17 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from modelwire_server.errors import InvalidArgument
-from modelwire_server.media import MediaLimits, decode_images, stacked_groups
+from modelwire_server.media import MediaLimits, decode_images, image_features, stacked_groups
 from modelwire_server.tasks.base import BatchedTask
 from modelwire_server.tasks.text_classification import LabelScores, default_score_function
 
 if TYPE_CHECKING:
-    from PIL import Image
+    from transformers import BatchFeature
 
 
 @dataclass(frozen=True)
 class ImageItem:
-    image: Image.Image
+    features: BatchFeature  # the processor's output for this image alone
     top_k: int
 
 
@@ -41,21 +41,27 @@ class ImageClassificationTask(BatchedTask[ImageItem, LabelScores]):
     def warmup_item(self) -> ImageItem:
         from PIL import Image
 
-        return ImageItem(Image.new("RGB", (8, 8)), 1)
+        return ImageItem(image_features(self.processor, Image.new("RGB", (8, 8)), "warmup"), 1)
 
     async def classify(
         self, images: Sequence[bytes], top_k: int, *, deadline: float | None = None
     ) -> list[LabelScores]:
         if top_k < 1:
             raise InvalidArgument("top_k", "must be at least 1")
-        decoded = await asyncio.to_thread(decode_images, images, self.limits)
-        items = [ImageItem(image, top_k) for image in decoded]
+        items = await asyncio.to_thread(self._prepare, images, top_k)
         return await self.batcher.submit(items, deadline=deadline)
+
+    def _prepare(self, images: Sequence[bytes], top_k: int) -> list[ImageItem]:
+        """Decode and preprocess in a thread of the caller's, not on the device worker."""
+        decoded = decode_images(images, self.limits)
+        return [
+            ImageItem(image_features(self.processor, image, f"images[{i}]"), top_k)
+            for i, image in enumerate(decoded)
+        ]
 
     def run_batch(self, items: list[ImageItem]) -> list[LabelScores]:
         results: list[LabelScores] = [[] for _ in items]
-        features = [self.processor(images=[i.image], return_tensors="pt") for i in items]
-        for indices, batch in stacked_groups(features):
+        for indices, batch in stacked_groups([item.features for item in items]):
             with torch.inference_mode():
                 inputs = batch.to(device=self.device, dtype=self.dtype)
                 logits = self.model(**inputs).logits.float().cpu()

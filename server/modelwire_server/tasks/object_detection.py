@@ -12,7 +12,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
 from modelwire_server.errors import InvalidArgument
-from modelwire_server.media import MediaLimits, decode_images, stacked_groups
+from modelwire_server.media import MediaLimits, decode_images, image_features, stacked_groups
 from modelwire_server.tasks.base import BatchedTask
 
 if TYPE_CHECKING:
@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class DetectItem:
-    image: Image.Image
+    features: BatchFeature  # the processor's output for this image alone
+    size: tuple[int, int]  # the original image's height and width
     threshold: float
 
 
@@ -46,23 +47,30 @@ class ObjectDetectionTask(BatchedTask[DetectItem, list[Detection]]):
     def warmup_item(self) -> DetectItem:
         from PIL import Image
 
-        return DetectItem(Image.new("RGB", (8, 8)), 0.5)
+        return self._item(Image.new("RGB", (8, 8)), 0.5, "warmup")
 
     async def detect(
         self, images: Sequence[bytes], threshold: float, *, deadline: float | None = None
     ) -> list[list[Detection]]:
         if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
             raise InvalidArgument("threshold", f"must be in [0, 1], got {threshold}")
-        decoded = await asyncio.to_thread(decode_images, images, self.limits)
-        items = [DetectItem(image, threshold) for image in decoded]
+        items = await asyncio.to_thread(self._prepare, images, threshold)
         return await self.batcher.submit(items, deadline=deadline)
+
+    def _prepare(self, images: Sequence[bytes], threshold: float) -> list[DetectItem]:
+        """Decode and preprocess in a thread of the caller's, not on the device worker."""
+        decoded = decode_images(images, self.limits)
+        return [self._item(image, threshold, f"images[{i}]") for i, image in enumerate(decoded)]
+
+    def _item(self, image: Image.Image, threshold: float, field: str) -> DetectItem:
+        features = image_features(self.processor, image, field)
+        return DetectItem(features, (image.height, image.width), threshold)
 
     def run_batch(self, items: list[DetectItem]) -> list[list[Detection]]:
         results: list[list[Detection]] = [[] for _ in items]
         # DETR-style processors pad a batch to its largest image and the backbone sees
         # the padding, so only images of one processed shape share a forward pass.
-        features = [self.processor(images=[i.image], return_tensors="pt") for i in items]
-        for indices, batch in stacked_groups(features):
+        for indices, batch in stacked_groups([item.features for item in items]):
             group = [items[i] for i in indices]
             for i, detections in zip(indices, self._detect(batch, group), strict=True):
                 results[i] = detections
@@ -71,7 +79,7 @@ class ObjectDetectionTask(BatchedTask[DetectItem, list[Detection]]):
     def _detect(self, batch: BatchFeature, items: list[DetectItem]) -> list[list[Detection]]:
         with torch.inference_mode():
             outputs = self.model(**batch.to(device=self.device, dtype=self.dtype))
-        sizes = torch.tensor([[i.image.height, i.image.width] for i in items])
+        sizes = torch.tensor([item.size for item in items])
         # One post-processing call at the lowest threshold, then each item's own: the
         # threshold only filters, so this equals one call per item.
         lowest = min(i.threshold for i in items)

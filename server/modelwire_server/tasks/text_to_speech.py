@@ -111,9 +111,12 @@ class TextToSpeechTask(BatchedTask[SpeechItem, np.ndarray]):
         except InvalidArgument as exc:
             return exc
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda), torch.inference_mode():
-            torch.manual_seed(item.seed)
-            wave = self.synth.run(inputs)
+        try:
+            with torch.random.fork_rng(devices=cuda), torch.inference_mode():
+                torch.manual_seed(item.seed)
+                wave = self.synth.run(inputs)
+        except Exception as exc:  # this request's failure only, not its batch's
+            return exc
         return wave.float().cpu().numpy().reshape(-1)
 
 
