@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 from engine_helpers import Bundle, tiny_gpt2, tiny_llama
+from seq2seq_helpers import tiny_bart, tiny_m2m100, tiny_marian, tiny_t5
 
 
 @pytest.fixture(scope="package", autouse=True)
@@ -31,4 +32,30 @@ def llama() -> Bundle:
 
 @pytest.fixture(scope="session", params=["gpt2", "llama"])
 def bundle(request: pytest.FixtureRequest) -> Bundle:
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="session")
+def t5() -> Bundle:
+    return tiny_t5()
+
+
+@pytest.fixture(scope="session")
+def m2m100() -> Bundle:
+    return tiny_m2m100()
+
+
+@pytest.fixture(scope="session")
+def bart() -> Bundle:
+    return tiny_bart()
+
+
+@pytest.fixture(scope="session")
+def marian() -> Bundle:
+    return tiny_marian()
+
+
+@pytest.fixture(scope="session", params=["t5", "m2m100", "bart"])
+def seq2seq(request: pytest.FixtureRequest) -> Bundle:
+    """The encoder-decoders whose outputs vary enough for token-parity tests."""
     return request.getfixturevalue(request.param)

@@ -86,16 +86,27 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
 
 def byte_fallback_tokenizer() -> PreTrainedTokenizerFast:
     """Llama-2 style: ``▁`` word marks, ``<0xNN>`` byte tokens for anything unknown."""
+    tok = _byte_fallback_backend()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def _byte_fallback_backend(specials: tuple[str, ...] = ("<unk>", "<s>", "</s>")) -> Tokenizer:
+    """The trained backend; ``specials`` take the first ids, in order."""
     metaspace = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
     trained = Tokenizer(models.BPE(unk_token="<unk>"))
     trained.pre_tokenizer = metaspace
     trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False
+        vocab_size=300, special_tokens=list(specials), show_progress=False
     )
     trained.train_from_iterator(CORPUS, trainer)
     learned = json.loads(trained.to_str())["model"]
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
+    vocab = {token: i for i, token in enumerate(specials)}
+    vocab.update({f"<0x{b:02X}>": len(specials) + b for b in range(256)})
     for token, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]):
         vocab.setdefault(token, len(vocab))
     merges = [tuple(m) for m in learned["merges"]]
@@ -110,13 +121,8 @@ def byte_fallback_tokenizer() -> PreTrainedTokenizerFast:
             decoders.Strip(" ", 1, 0),
         ]
     )
-    tok.add_special_tokens(["<unk>", "<s>", "</s>"])
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
+    tok.add_special_tokens(list(specials))
+    return tok
 
 
 def wordpiece_tokenizer() -> PreTrainedTokenizerFast:

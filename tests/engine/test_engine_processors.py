@@ -35,6 +35,7 @@ class FakeRow:
     is_beam: bool = False
     generator: torch.Generator | None = None
     suppressed: list[int] = field(default_factory=list)
+    forced: tuple[int, ...] = ()
     top_logprobs: int = 0
     wants_logprobs: bool = False
 

@@ -54,7 +54,13 @@ class PrefillOutput:
 
 class ModelAdapter(Protocol):
     vocab_size: int
+    # The longest token sequence the decoder's positions allow (prompt included for a
+    # causal LM, the decoder's own start tokens for an encoder-decoder), if bounded.
     max_context: int | None
+    # The longest encoder input, for an encoder-decoder; None: bounded by max_context.
+    max_prompt: int | None
+    # The tokens an encoder-decoder's decoder starts from; None: the prompt continues.
+    decoder_prefix: list[int] | None
     device: torch.device
 
     def prefill(self, inputs: list[PrefillInput]) -> PrefillOutput: ...
@@ -90,6 +96,8 @@ class CausalLMAdapter:
         config = model.config.get_text_config(decoder=True)
         self.vocab_size = int(config.vocab_size)
         self.max_context = model_context_length(model.config)
+        self.max_prompt: int | None = None
+        self.decoder_prefix: list[int] | None = None
 
     @torch.inference_mode()
     def prefill(self, inputs: list[PrefillInput]) -> PrefillOutput:

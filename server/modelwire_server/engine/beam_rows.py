@@ -82,6 +82,7 @@ def _text(group: RequestGroup, tokens: list[int], reason: FinishReason, tokenize
     if stopped and tokens and not request.stopping.include_stop_in_output:
         tokens = tokens[:-1]
     skip = request.options.skip_special_tokens
-    prompt_text = tokenizer.decode(group.prompt_ids, skip_special_tokens=skip)
-    full = tokenizer.decode(group.prompt_ids + tokens, skip_special_tokens=skip)
+    context = group.context_ids
+    prompt_text = tokenizer.decode(context, skip_special_tokens=skip)
+    full = tokenizer.decode(context + tokens, skip_special_tokens=skip)
     return full[len(prompt_text) :]

@@ -39,6 +39,7 @@ from modelwire_server.engine.beam_rows import advance_beams, finish_beams
 from modelwire_server.engine.detokenizer import byte_fallback_ids
 from modelwire_server.engine.errors import DeadlineExceeded, ResourceExhausted
 from modelwire_server.engine.scheduler import Scheduler
+from modelwire_server.engine.seq2seq import Seq2SeqAdapter
 from modelwire_server.engine.sequence import (
     BeamRow,
     RequestGroup,
@@ -89,6 +90,13 @@ def eos_token_ids(generation_config: Any, model: Any, tokenizer: Any) -> frozens
     return frozenset()
 
 
+def make_adapter(model: Any, device: torch.device) -> ModelAdapter:
+    """The adapter of ``model``'s kind: encoder-decoder, else causal LM."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        return Seq2SeqAdapter(model, device)
+    return CausalLMAdapter(model, device)
+
+
 class GenerationEngine:
     def __init__(
         self,
@@ -106,7 +114,8 @@ class GenerationEngine:
     ) -> None:
         self.device = torch.device(device)
         self.clock = clock  # injectable so tests can drive time limits and deadlines
-        self.adapter: ModelAdapter = adapter or CausalLMAdapter(model, self.device)
+        self.adapter: ModelAdapter = adapter or make_adapter(model, self.device)
+        prefix = self.adapter.decoder_prefix
         self.tokenizer = tokenizer
         self.generation_config = generation_config
         self.limits = Limits(
@@ -116,6 +125,8 @@ class GenerationEngine:
             default_max_new_tokens=default_max_new_tokens,
             max_batch_tokens=max_batch_tokens,
             eos_ids=eos_token_ids(generation_config, model, tokenizer),
+            decoder_prefix=tuple(prefix) if prefix is not None else None,
+            max_prompt=self.adapter.max_prompt,
         )
         self._texts = TokenTexts(tokenizer)
         self._byte_ids = byte_fallback_ids(tokenizer)

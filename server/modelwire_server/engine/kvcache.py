@@ -1,10 +1,12 @@
-"""A batch of left-padded KV-cache rows on the transformers 5 ``Cache`` layer API.
+"""A batch of padded KV-cache rows on the transformers 5 ``Cache`` layer API.
 
-Every row's real tokens end at the last column, so one decode step appends one column
-for all rows. Rows of different lengths are aligned by padding on the left and masking
-the padding out with the 2D attention mask; positions are passed explicitly, so no
-row's position depends on its padding. When rows leave, columns that became padding
-for every remaining row are cut off again.
+A self-attention cache keeps every row's real tokens ending at the last column, so one
+decode step appends one column for all rows. Rows of different lengths are aligned by
+padding on the left and masking the padding out with the 2D attention mask; positions
+are passed explicitly, so no row's position depends on its padding. A cross-attention
+cache (an encoder-decoder's encoder keys and values) never grows; its rows may be
+padded on either side, since only the mask says which columns are real. When rows
+leave, columns that became padding for every remaining row are cut off again.
 """
 
 from __future__ import annotations
@@ -26,16 +28,14 @@ def _layers(cache: Cache) -> list[DynamicLayer]:
 
 
 class PaddedCache:
-    """A ``DynamicCache`` whose rows are left-padded, plus their attention mask.
+    """A ``DynamicCache`` whose rows are padded, plus their attention mask.
 
-    ``mask`` is ``[rows, width]`` (1 = real token). ``grows`` is False for caches whose
-    width never changes after prefill (the cross-attention cache of an encoder-decoder).
+    ``mask`` is ``[rows, width]`` (1 = real token).
     """
 
-    def __init__(self, cache: DynamicCache, mask: torch.Tensor, *, grows: bool = True) -> None:
+    def __init__(self, cache: DynamicCache, mask: torch.Tensor) -> None:
         self.cache = cache
         self.mask = mask
-        self.grows = grows
 
     @property
     def rows(self) -> int:
@@ -68,25 +68,29 @@ class PaddedCache:
                 layer.keys = layer.keys[..., : self.width, :]
                 layer.values = layer.values[..., : self.width, :]
 
-    def select(self, index: torch.Tensor) -> None:
-        """Keep rows ``index`` (in that order; repeats copy a row) and trim dead columns."""
+    def select(self, index: torch.Tensor) -> slice:
+        """Keep rows ``index`` (in that order; repeats copy a row) and trim dead columns;
+        return the columns kept, so tensors aligned with the cache can follow."""
         index = index.to(self.mask.device)
         self.cache.batch_select_indices(index)
         self.mask = self.mask[index]
-        self._trim()
+        return self._trim()
 
-    def _trim(self) -> None:
-        if self.rows == 0 or not self.grows:
-            return
+    def _trim(self) -> slice:
         live = self.mask.any(dim=0).nonzero()
-        first = int(live[0]) if live.numel() else self.width
-        if first == 0:
-            return
+        if self.rows == 0 or not live.numel():
+            return slice(0, self.width)
+        # Leading dead columns appear when the widest rows leave; trailing ones only in
+        # a right-padded cross-attention cache, whose longest input left.
+        kept = slice(int(live[0]), int(live[-1]) + 1)
+        if kept.start == 0 and kept.stop == self.width:
+            return kept
         for layer in _layers(self.cache):
             if layer.keys is not None and layer.keys.numel():
-                layer.keys = layer.keys[..., first:, :]
-                layer.values = layer.values[..., first:, :]
-        self.mask = self.mask[:, first:]
+                layer.keys = layer.keys[..., kept, :]
+                layer.values = layer.values[..., kept, :]
+        self.mask = self.mask[:, kept]
+        return kept
 
     def merge(self, other: PaddedCache) -> None:
         """Append ``other``'s rows after ours, left-padding whichever is narrower."""

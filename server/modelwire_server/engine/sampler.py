@@ -1,7 +1,7 @@
 """Token selection for one batched step, vectorised over rows with per-row parameters.
 
 Order, as in the spec: logit bias → repetition penalty → presence/frequency penalties
-→ (EOS suppression below min_new_tokens) → temperature → top-k → top-p → min-p →
+→ (EOS suppression below min_new_tokens, forced BOS/EOS) → temperature → top-k → top-p → min-p →
 typical-p → sample or argmax. Beam rows stop after the penalties: their scores are
 log-probabilities (transformers runs its processors on log_softmax for beams) and the
 beam group picks the continuations.
@@ -33,6 +33,7 @@ class SamplingRow(Protocol):
     counts: torch.Tensor | None  # [V] float32 output-token counts
     bias: tuple[torch.Tensor, torch.Tensor] | None  # (ids, values)
     suppressed: list[int]  # ids forbidden at this step (EOS below min_new_tokens)
+    forced: tuple[int, ...]  # the only ids allowed at this step (forced BOS/EOS), or ()
     top_logprobs: int
     wants_logprobs: bool
 
@@ -53,7 +54,7 @@ def _column(values: list[float], like: torch.Tensor) -> torch.Tensor:
 
 
 def apply_penalties(scores: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
-    """Logit bias, repetition penalty, presence/frequency, and EOS suppression."""
+    """Logit bias, repetition penalty, presence/frequency, EOS suppression, forced ids."""
     for i, row in enumerate(rows):
         if row.bias is not None:
             ids, values = row.bias
@@ -77,6 +78,9 @@ def apply_penalties(scores: torch.Tensor, rows: list[SamplingRow]) -> torch.Tens
     for i, row in enumerate(rows):
         if row.suppressed:
             scores[i, row.suppressed] = lp.NEG_INF
+        if row.forced:  # ForcedBOS/EOSTokenLogitsProcessor: forced ids 0, all else -inf
+            scores[i] = lp.NEG_INF
+            scores[i, list(row.forced)] = 0.0
     return scores
 
 

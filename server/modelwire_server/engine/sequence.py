@@ -66,6 +66,11 @@ class RequestGroup:
     def prompt_ids(self) -> list[int]:
         return self.prepared.request.prompt_ids
 
+    @property
+    def context_ids(self) -> list[int]:
+        """What the output continues: the prompt, or an encoder-decoder's decoder start."""
+        return self.prepared.context_ids
+
     def emit(self, event: Event) -> None:
         if self.closed:
             return
@@ -96,7 +101,7 @@ class RequestGroup:
         sampling = self.prepared.sampling
         if sampling.repetition_penalty != 1.0:
             seen = torch.zeros(self.vocab_size, dtype=torch.bool)
-            seen[self.prompt_ids] = True
+            seen[self.context_ids] = True  # what transformers penalises: the decoder's ids
             self.prompt_seen = seen.to(device)
         if sampling.logit_bias:
             ids = torch.tensor(list(sampling.logit_bias), dtype=torch.long, device=device)
@@ -135,6 +140,11 @@ class Row:
             return []
         return sorted(prepared.eos_ids | prepared.stop_ids)
 
+    @property
+    def forced(self) -> tuple[int, ...]:
+        """The only tokens allowed at this step (forced BOS / EOS), or () for any."""
+        return self.group.prepared.forced.get(self.generated(), ())
+
     def count(self, token: int) -> None:
         if self.counts is not None:
             self.counts[token] += 1
@@ -160,7 +170,7 @@ class StreamRow(Row):
         self.output: list[int] = []
         self.text: list[str] = []
         self.detok = IncrementalDetokenizer(
-            tokenizer, group.prompt_ids, options.skip_special_tokens, byte_ids
+            tokenizer, group.context_ids, options.skip_special_tokens, byte_ids
         )
         self.stops = StopMatcher(stopping.stop, stopping.include_stop_in_output)
 

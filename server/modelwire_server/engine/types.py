@@ -140,7 +140,11 @@ class OutputOptions:
 
 @dataclass(slots=True)
 class GenerationRequest:
-    """One Generate call, already tokenized (the servicer applies chat templates)."""
+    """One Generate call, already tokenized (the servicer applies chat templates).
+
+    For an encoder-decoder, ``prompt_ids`` is the encoder input; the decoder starts from
+    the model's decoder start token.
+    """
 
     prompt_ids: list[int]
     sampling: SamplingParams = field(default_factory=SamplingParams)
@@ -148,6 +152,9 @@ class GenerationRequest:
     options: OutputOptions = field(default_factory=OutputOptions)
     request_id: str = ""
     deadline: float | None = None  # time.monotonic() seconds
+    # The token every sequence must start with (an M2M100/NLLB target language);
+    # None takes the generation_config's forced_bos_token_id.
+    forced_bos_token_id: int | None = None
 
 
 class FinishReason(enum.Enum):

@@ -24,6 +24,16 @@ class Limits:
     default_max_new_tokens: int
     max_batch_tokens: int
     eos_ids: frozenset[int]
+    # An encoder-decoder's decoder start tokens: they, not the prompt, open the decoded
+    # sequence that max_context bounds; the prompt (encoder input) has max_prompt.
+    decoder_prefix: tuple[int, ...] | None = None
+    max_prompt: int | None = None
+
+    def context_ids(self, request: GenerationRequest) -> list[int]:
+        """The tokens the generated ones follow: the decoder prefix, else the prompt."""
+        if self.decoder_prefix is not None:
+            return list(self.decoder_prefix)
+        return request.prompt_ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +46,9 @@ class Prepared:
     stop_ids: frozenset[int]
     rows: int  # engine rows: num_beams for beam search, else n
     cost: int  # reserved batch tokens: rows * (prompt + max_new_tokens)
+    context_ids: list[int]  # what the output follows (see Limits.context_ids)
+    # Generated-token index -> the only tokens allowed there (forced BOS / EOS).
+    forced: dict[int, tuple[int, ...]]
 
     @property
     def is_beam(self) -> bool:
@@ -77,7 +90,7 @@ def _check_sampling(s: ResolvedSampling, vocab: int) -> None:
 
 
 def _max_new_tokens(request: GenerationRequest, limits: Limits) -> int:
-    prompt = len(request.prompt_ids)
+    prompt = len(limits.context_ids(request))
     room = limits.max_context - prompt if limits.max_context is not None else None
     asked = request.stopping.max_new_tokens
     if asked is None:
@@ -92,9 +105,49 @@ def _max_new_tokens(request: GenerationRequest, limits: Limits) -> int:
     _require(
         room is None or asked <= room,
         "stopping.max_new_tokens",
-        f"prompt ({prompt}) + max_new_tokens ({asked}) exceeds the context ({limits.max_context})",
+        f"{'prompt' if limits.decoder_prefix is None else 'decoder start'} ({prompt}) + "
+        f"max_new_tokens ({asked}) exceeds the context ({limits.max_context})",
     )
     return asked
+
+
+def _check_prompt_length(prompt: int, limits: Limits) -> None:
+    if limits.decoder_prefix is not None:
+        _require(
+            limits.max_prompt is None or prompt <= limits.max_prompt,
+            "prompt",
+            f"the prompt has {prompt} tokens; the model's encoder takes {limits.max_prompt}",
+        )
+    elif limits.max_context is not None:
+        _require(
+            prompt < limits.max_context,
+            "prompt",
+            f"the prompt has {prompt} tokens; the model's context is {limits.max_context}",
+        )
+
+
+def _ids(value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    return (int(value),) if isinstance(value, int) else tuple(int(v) for v in value)
+
+
+def _forced(
+    request: GenerationRequest, limits: Limits, generation_config: Any, max_new: int
+) -> dict[int, tuple[int, ...]]:
+    """Forced tokens as transformers' ForcedBOS/ForcedEOS processors place them: BOS when
+    the sequence (context + output) has length 1, EOS as the last allowed token."""
+    bos = request.forced_bos_token_id
+    if bos is None:
+        bos = getattr(generation_config, "forced_bos_token_id", None)
+    _check_ids(_ids(bos), limits.vocab_size, "forced_bos_token_id")
+    forced: dict[int, tuple[int, ...]] = {}
+    if bos is not None and len(limits.context_ids(request)) == 1:
+        forced[0] = _ids(bos)
+    eos = _ids(getattr(generation_config, "forced_eos_token_id", None))
+    if eos:
+        forced[max_new - 1] = eos  # after BOS: transformers runs the EOS processor last
+    return forced
 
 
 def prepare(request: GenerationRequest, limits: Limits, generation_config: Any) -> Prepared:
@@ -102,12 +155,7 @@ def prepare(request: GenerationRequest, limits: Limits, generation_config: Any) 
     prompt = len(request.prompt_ids)
     _require(prompt > 0, "prompt", "the prompt has no tokens")
     _check_ids(request.prompt_ids, limits.vocab_size, "prompt")
-    if limits.max_context is not None:
-        _require(
-            prompt < limits.max_context,
-            "prompt",
-            f"the prompt has {prompt} tokens; the model's context is {limits.max_context}",
-        )
+    _check_prompt_length(prompt, limits)
     sampling = request.sampling.resolve(generation_config)
     _check_sampling(sampling, limits.vocab_size)
     stopping, options = request.stopping, request.options
@@ -148,4 +196,6 @@ def prepare(request: GenerationRequest, limits: Limits, generation_config: Any) 
         stop_ids=frozenset(stopping.stop_token_ids),
         rows=rows,
         cost=cost,
+        context_ids=limits.context_ids(request),
+        forced=_forced(request, limits, generation_config, max_new),
     )

@@ -1,0 +1,148 @@
+"""Encoder-decoder models (T5, BART, Marian, M2M100, NLLB, ...) in the continuous batch.
+
+Prefill runs the encoder once over the admitted prompts (right-padded, as their
+tokenizers pad) and the decoder over its start token, which fills both halves of an
+``EncoderDecoderCache``: the decoder's self-attention cache, and the cross-attention
+cache holding each row's encoder keys and values. A row then carries its encoder output
+and encoder mask beside those caches; all of them are selected, merged and trimmed
+together, so a request that joins a running batch brings its own encoder state along.
+
+Decoder self-attention caches are left-padded like a causal LM's (``PaddedCache``), so
+one decode step appends one column for every row whatever its length; decoders whose
+position embeddings read the cache width get each row's own position through
+``DecoderPositions``. Every row starts from ``decoder_start_token_id`` alone: a forced
+first token (an M2M100/NLLB target language) is chosen by the sampler at the first step,
+as transformers' ``ForcedBOSTokenLogitsProcessor`` does, so it counts as generated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutput
+
+from modelwire_server.engine.adapter import PrefillInput, PrefillOutput
+from modelwire_server.engine.kvcache import PaddedCache
+from modelwire_server.engine.positions import DecoderPositions
+
+
+class Seq2SeqState:
+    """The running rows of an encoder-decoder: decoder cache, encoder output and masks."""
+
+    def __init__(
+        self,
+        cache: EncoderDecoderCache,
+        decoder_mask: torch.Tensor,
+        encoder_hidden: torch.Tensor,
+        encoder_mask: torch.Tensor,
+    ) -> None:
+        self.cache = cache
+        self.decoder = PaddedCache(cache.self_attention_cache, decoder_mask)
+        self.cross = PaddedCache(cache.cross_attention_cache, encoder_mask)
+        self.encoder_hidden = encoder_hidden  # [rows, encoder width, d_model]
+
+    @property
+    def rows(self) -> int:
+        return self.decoder.rows
+
+    def select(self, index: torch.Tensor) -> None:
+        self.decoder.select(index)
+        index = index.to(self.encoder_hidden.device)
+        columns = self.cross.select(index)
+        self.encoder_hidden = self.encoder_hidden[index][:, columns]
+
+    def merge(self, other: Seq2SeqState) -> None:
+        self.decoder.merge(other.decoder)
+        width = max(self.cross.width, other.cross.width)
+        self.cross.merge(other.cross)  # pads the narrower side's keys and mask on the left
+        self.encoder_hidden = torch.cat(
+            [_pad_left(self.encoder_hidden, width), _pad_left(other.encoder_hidden, width)]
+        )
+
+    def rollback(self) -> None:
+        self.decoder.rollback()  # only the self-attention cache grows in a step
+
+    def tokens_in_use(self) -> int:
+        return self.decoder.tokens_in_use() + self.cross.tokens_in_use()
+
+    def slots(self) -> int:
+        return self.rows * (self.decoder.width + self.cross.width)
+
+
+def _pad_left(hidden: torch.Tensor, width: int) -> torch.Tensor:
+    missing = width - hidden.shape[1]
+    return F.pad(hidden, (0, 0, missing, 0)) if missing else hidden
+
+
+def _positions_limit(config: Any) -> int | None:
+    value = getattr(config, "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+class Seq2SeqAdapter:
+    """``AutoModelForSeq2SeqLM`` models: the prompt is the encoder input."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device | str) -> None:
+        self.model = model
+        self.device = torch.device(device)
+        config = model.config
+        self.vocab_size = int(config.get_text_config(decoder=True).vocab_size)
+        start = model.generation_config.decoder_start_token_id
+        if start is None:
+            start = config.decoder_start_token_id
+        if start is None:
+            raise ValueError("the model has no decoder_start_token_id")
+        self.decoder_prefix: list[int] | None = [int(start)]
+        self.pad_id = int(config.pad_token_id if config.pad_token_id is not None else 0)
+        # Learned or sinusoidal tables bound both sides; T5's relative bias has no bound.
+        self.max_prompt = _positions_limit(config)
+        self.max_context = _positions_limit(config)
+        self.positions = DecoderPositions(model)
+
+    @torch.inference_mode()
+    def prefill(self, inputs: list[PrefillInput]) -> PrefillOutput:
+        width = max(len(i.prompt_ids) for i in inputs)
+        ids = torch.full((len(inputs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(inputs), width), dtype=torch.long)
+        for row, item in enumerate(inputs):
+            ids[row, : len(item.prompt_ids)] = torch.tensor(item.prompt_ids, dtype=torch.long)
+            mask[row, : len(item.prompt_ids)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        encoder = self.model.get_encoder()
+        hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert self.decoder_prefix is not None
+        start = torch.tensor([self.decoder_prefix] * len(inputs), device=self.device)
+        decoder_mask = torch.ones_like(start)
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        out = self.model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+            attention_mask=mask,
+            decoder_input_ids=start,
+            decoder_attention_mask=decoder_mask,
+            cache=cache,
+            use_cache=True,
+        )
+        state = Seq2SeqState(cache, decoder_mask, hidden, mask)
+        # Encoder tokens have no next-token distribution: echoed prompts carry no logprobs.
+        return PrefillOutput(out.logits[:, -1, :].float(), state, [None] * len(inputs))
+
+    @torch.inference_mode()
+    def decode(self, state: Any, tokens: torch.Tensor) -> torch.Tensor:
+        assert isinstance(state, Seq2SeqState)
+        step_mask = state.decoder.mask_for_step()
+        tokens = tokens.to(self.device).view(-1, 1)
+        positions = state.decoder.positions().view(-1, 1)
+        with self.positions.override(positions, tokens):
+            out = self.model(
+                encoder_outputs=BaseModelOutput(last_hidden_state=state.encoder_hidden),
+                attention_mask=state.cross.mask,
+                decoder_input_ids=tokens,
+                decoder_attention_mask=step_mask,
+                cache=state.cache,
+                use_cache=True,
+            )
+        state.decoder.commit_step(step_mask)
+        return out.logits[:, -1, :].float()
