@@ -291,3 +291,13 @@ async def test_forward_passes_run_on_the_worker_thread(media, client: AsyncClien
         for hook in hooks:
             hook.remove()
     assert seen and all(name.startswith("modelwire-worker") for name in seen)
+
+
+async def test_a_small_file_of_many_pixels_is_refused_before_decoding(
+    client: AsyncClient,
+) -> None:
+    bomb = encode(Image.new("1", (10_000, 10_000)))  # 100 M pixels in a few kB
+    assert len(bomb) < 100_000
+    with pytest.raises(BadRequestError) as caught:
+        await client.classify_image(bomb)  # tiny-vit: the default limit
+    assert "10000x10000 pixels; the limit is 40000000 pixels" in str(caught.value)
