@@ -3,6 +3,7 @@
 The runner loads the model and tokenizer, turns prompts and chat messages into token
 ids, and drives the engine: while it has work, one ``engine.step`` at a time runs on
 the device worker, so one-shot tasks on the same device interleave between steps.
+The encoder-decoder runners (``tasks.seq2seq``) reuse all of it but loading and prompts.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from modelwire_server.engine import errors as engine_errors
 from modelwire_server.engine.engine import GenerationEngine, Handle
 from modelwire_server.engine.types import GenerationRequest, Sink
 from modelwire_server.tasks.base import TaskRunner
+from modelwire_server.worker import DeviceWorker
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,55 @@ def domain_error(exc: engine_errors.EngineError) -> errors.ModelwireError:
     return errors.ModelwireError(str(exc))
 
 
+class EngineDriver:
+    """Steps one engine on its device worker while it has work: one step per worker
+    job, so one-shot tasks and other models on the device get it in between.
+
+    Runners that share an engine share its driver: it runs from the first ``start``
+    to the last ``close``.
+    """
+
+    def __init__(self, engine: GenerationEngine, worker: DeviceWorker, name: str) -> None:
+        self.engine = engine
+        self.worker = worker
+        self.name = name
+        self._users = 0
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+
+    async def start(self) -> None:
+        self._users += 1
+        if self._task is None:
+            self._wake = asyncio.Event()
+            self._task = asyncio.create_task(self._drive(), name=f"engine-{self.name}")
+
+    async def close(self) -> None:
+        self._users -= 1
+        if self._users > 0 or self._task is None:
+            return
+        task, self._task = self._task, None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None
+
+    def wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _drive(self) -> None:
+        assert self._wake is not None
+        while True:
+            if not self.engine.has_work():
+                self._wake.clear()
+                if not self.engine.has_work():
+                    await self._wake.wait()
+            await self.worker.run(self.engine.step)
+
+
 class TextGenerationTask(TaskRunner):
     task = "text-generation"
     rpcs = ("Generate", "Tokenize")
@@ -63,6 +114,7 @@ class TextGenerationTask(TaskRunner):
         self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         self.model = self.place(AutoModelForCausalLM.from_pretrained(source, **kwargs))
         self.engine = self.make_engine()
+        self.driver = EngineDriver(self.engine, self.worker, self.config.name)
 
     def make_engine(self) -> GenerationEngine:
         return GenerationEngine(
@@ -87,34 +139,22 @@ class TextGenerationTask(TaskRunner):
     # -- driving the engine ------------------------------------------------------------
 
     async def start(self) -> None:
-        self._wake = asyncio.Event()
-        self._driver = asyncio.create_task(self._drive(), name=f"engine-{self.config.name}")
+        await self.driver.start()
 
     async def close(self) -> None:
-        self._driver.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._driver
-
-    async def _drive(self) -> None:
-        while True:
-            if not self.engine.has_work():
-                self._wake.clear()
-                if not self.engine.has_work():
-                    await self._wake.wait()
-            # One step per worker job: other models' batches get the device in between.
-            await self.worker.run(self.engine.step)
+        await self.driver.close()
 
     def submit(self, request: GenerationRequest, sink: Sink) -> Handle:
         try:
             handle = self.engine.submit(request, sink)
         except engine_errors.EngineError as exc:
             raise domain_error(exc) from None
-        self._wake.set()
+        self.driver.wake()
         return handle
 
     def cancel(self, handle: Handle) -> None:
         self.engine.cancel(handle)
-        self._wake.set()
+        self.driver.wake()
 
     def warmup(self) -> None:
         """Generate two tokens end to end (on the worker: steps run inline)."""
