@@ -1,4 +1,8 @@
-"""Generate and Tokenize: protobuf ⇄ the engine's plain types, and the event stream."""
+"""Generate, Tokenize, Summarize and Translate: protobuf ⇄ the engine's plain types.
+
+Generate streams the engine's events of one request; Summarize and Translate submit
+one engine request per input (encoder-decoder models) and answer when all are done.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,14 @@ import grpc
 from google.protobuf import duration_pb2
 
 from modelwire.v1 import common_pb2, generate_pb2
+from modelwire.v1 import inference_service_pb2 as pb
 from modelwire_server import errors
 from modelwire_server.engine import types as et
 from modelwire_server.engine.errors import EngineError
 from modelwire_server.interceptors import current_request_id
 from modelwire_server.servicers.common import RpcGroup, deadline_of, optional
 from modelwire_server.streams import EventBuffer, merge_deltas
+from modelwire_server.tasks.seq2seq import SummarizationTask, TextResult, TranslationTask
 from modelwire_server.tasks.text_generation import ChatTurn, TextGenerationTask, domain_error
 
 _FINISH = {
@@ -221,6 +227,42 @@ class GenerationRpcs(RpcGroup):
     ) -> generate_pb2.TokenizeResponse:
         runner = self.runner("Tokenize", request.model, TextGenerationTask)
         return await asyncio.to_thread(tokenize_pb, runner, request)
+
+    async def Summarize(
+        self, request: pb.SummarizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SummarizeResponse:
+        runner = self.runner("Summarize", request.model, SummarizationTask)
+        results = await runner.summarize(
+            list(request.inputs),
+            sampling_params(request.sampling),
+            stopping_params(request.stopping),
+            request_id=current_request_id.get(),
+            deadline=deadline_of(context),
+        )
+        return pb.SummarizeResponse(results=[generated_text_pb(r) for r in results])
+
+    async def Translate(
+        self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TranslateResponse:
+        runner = self.runner("Translate", request.model, TranslationTask)
+        results = await runner.translate(
+            list(request.inputs),
+            optional(request, "source_language"),
+            request.target_language,
+            sampling_params(request.sampling),
+            stopping_params(request.stopping),
+            request_id=current_request_id.get(),
+            deadline=deadline_of(context),
+        )
+        return pb.TranslateResponse(results=[generated_text_pb(r) for r in results])
+
+
+def generated_text_pb(result: TextResult) -> common_pb2.GeneratedText:
+    return common_pb2.GeneratedText(
+        text=result.text,
+        finish_reason=_FINISH[result.reason],
+        generated_tokens=result.generated_tokens,
+    )
 
 
 def tokenize_pb(

@@ -24,6 +24,8 @@ RUNNERS: dict[str, str] = {
     "fill-mask": "fill_mask:FillMaskTask",
     "ner": "ner:NerTask",
     "question-answering": "question_answering:QuestionAnsweringTask",
+    "summarization": "seq2seq:SummarizationTask",
+    "translation": "seq2seq:TranslationTask",
 }
 
 # RPC → the tasks whose models can serve it; the first task's default model serves

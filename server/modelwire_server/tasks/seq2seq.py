@@ -1,0 +1,224 @@
+"""summarization and translation: encoder-decoders behind the generation engine.
+
+Both runners are a ``TextGenerationTask`` with another loader and their own prompts:
+the same driver steps the engine (whose ``Seq2SeqAdapter`` runs the encoder at
+prefill), so Generate and Tokenize serve these models too, streaming the decoder's
+output. Summarize and Translate submit each input as its own engine request, so the
+inputs of one call decode together, and with those of concurrent calls.
+
+A model listed under both tasks with the same source and engine settings is loaded
+once per server: its runners share one engine and driver, so summaries and
+translations from one model share decode steps (and memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+from modelwire_server import errors
+from modelwire_server.engine import errors as engine_errors
+from modelwire_server.engine.engine import Handle
+from modelwire_server.engine.types import (
+    Failed,
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    SamplingParams,
+    StoppingParams,
+)
+from modelwire_server.streams import EventBuffer
+from modelwire_server.tasks.base import check_text_inputs
+from modelwire_server.tasks.text_generation import EngineDriver, TextGenerationTask, domain_error
+from modelwire_server.tasks.translation_languages import (
+    Languages,
+    LanguageTokens,
+    languages_for,
+    summarization_prefix,
+)
+from modelwire_server.worker import DeviceWorker
+
+
+@dataclass(frozen=True)
+class TextResult:
+    """One input's output: its text, why it ended, and how many tokens it took."""
+
+    text: str
+    reason: FinishReason
+    generated_tokens: int
+
+
+@dataclass
+class _Loaded:
+    tokenizer: Any
+    model: Any
+    engine: Any
+    driver: EngineDriver
+
+
+# Per device worker (so per server): load key -> the loaded model its runners share.
+_LOADED: weakref.WeakKeyDictionary[DeviceWorker, dict[tuple[Any, ...], _Loaded]] = (
+    weakref.WeakKeyDictionary()
+)
+_LOADED_LOCK = threading.Lock()
+
+
+class Seq2SeqTask(TextGenerationTask):
+    """The shared part: loading (or sharing) the model, and running inputs to texts."""
+
+    def load(self) -> None:
+        with _LOADED_LOCK:
+            table = _LOADED.setdefault(self.worker, {})
+            loaded = table.get(self._load_key())
+            if loaded is None:
+                loaded = table[self._load_key()] = self._load_model()
+        self.tokenizer, self.model = loaded.tokenizer, loaded.model
+        self.engine, self.driver = loaded.engine, loaded.driver
+
+    def _load_key(self) -> tuple[Any, ...]:
+        c = self.config
+        settings = (c.max_batch_tokens, c.max_waiting, c.max_new_tokens, c.default_max_new_tokens)
+        return (c.source, c.revision, c.trust_remote_code, str(self.device), self.dtype, settings)
+
+    def _load_model(self) -> _Loaded:
+        source, kwargs = self.config.source, self.pretrained_kwargs()
+        self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        self.model = self.place(AutoModelForSeq2SeqLM.from_pretrained(source, **kwargs))
+        engine = self.make_engine()
+        driver = EngineDriver(engine, self.worker, self.config.name)
+        return _Loaded(self.tokenizer, self.model, engine, driver)
+
+    async def close(self) -> None:
+        await super().close()
+        if not self.driver.running:  # the last runner of this model: let it go
+            with _LOADED_LOCK:
+                _LOADED.get(self.worker, {}).pop(self._load_key(), None)
+
+    def encode_all(self, texts: Sequence[str]) -> list[list[int]]:
+        return [list(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
+
+    async def generate_texts(
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingParams,
+        stopping: StoppingParams,
+        *,
+        request_id: str,
+        deadline: float | None,
+        forced_bos_token_id: int | None = None,
+    ) -> list[TextResult]:
+        """Decode every prompt as its own engine request; one text each, in order."""
+        if sampling.n not in (None, 1):
+            raise errors.InvalidArgument(
+                "sampling.n", "this RPC returns one text per input; use Generate for several"
+            )
+        loop = asyncio.get_running_loop()
+        handles: list[Handle] = []
+        results: list[TextResult] = []
+        try:
+            buffers = []
+            for i, ids in enumerate(prompts):
+                request = GenerationRequest(
+                    prompt_ids=ids,
+                    sampling=sampling,
+                    stopping=stopping,
+                    request_id=f"{request_id}/{i}",
+                    deadline=deadline,
+                    forced_bos_token_id=forced_bos_token_id,
+                )
+                buffers.append(EventBuffer(loop))
+                handles.append(self._submit_input(i, request, buffers[-1]))
+            results = list(await asyncio.gather(*(_result(b) for b in buffers)))
+            return results
+        finally:
+            if len(results) < len(handles):  # an error, or the caller went away
+                for handle in handles:
+                    self.cancel(handle)
+
+    def _submit_input(self, i: int, request: GenerationRequest, sink: EventBuffer) -> Handle:
+        try:
+            handle = self.engine.submit(request, sink)
+        except engine_errors.InvalidRequest as exc:
+            field = f"inputs[{i}]" if exc.field == "prompt" else exc.field
+            raise errors.InvalidArgument(field, exc.message) from None
+        except engine_errors.EngineError as exc:
+            raise domain_error(exc) from None
+        self.driver.wake()
+        return handle
+
+
+async def _result(buffer: EventBuffer) -> TextResult:
+    while True:
+        for event in await buffer.take():
+            if isinstance(event, Failed):
+                error = event.error
+                raise domain_error(error) if isinstance(error, engine_errors.EngineError) else error
+            if isinstance(event, Finished):
+                return TextResult(event.text, event.reason, event.usage.generated_tokens)
+
+
+class SummarizationTask(Seq2SeqTask):
+    task = "summarization"
+    rpcs = ("Generate", "Tokenize", "Summarize")
+
+    async def summarize(
+        self,
+        inputs: Sequence[str],
+        sampling: SamplingParams,
+        stopping: StoppingParams,
+        *,
+        request_id: str,
+        deadline: float | None,
+    ) -> list[TextResult]:
+        check_text_inputs(inputs, self.config)
+        prefix = summarization_prefix(self.model.config)
+        prompts = await asyncio.to_thread(self.encode_all, [prefix + text for text in inputs])
+        return await self.generate_texts(
+            prompts, sampling, stopping, request_id=request_id, deadline=deadline
+        )
+
+
+class TranslationTask(Seq2SeqTask):
+    task = "translation"
+    rpcs = ("Generate", "Tokenize", "Translate")
+
+    def load(self) -> None:
+        super().load()
+        hub = {"revision": self.config.revision} if self.config.revision else {}
+        self.languages: Languages = languages_for(
+            self.config.source, self.model.config, self.tokenizer, **hub
+        )
+
+    async def translate(
+        self,
+        inputs: Sequence[str],
+        source_language: str | None,
+        target_language: str,
+        sampling: SamplingParams,
+        stopping: StoppingParams,
+        *,
+        request_id: str,
+        deadline: float | None,
+    ) -> list[TextResult]:
+        check_text_inputs(inputs, self.config)
+        if not target_language:
+            raise errors.InvalidArgument("target_language", "must not be empty")
+        plan = self.languages.plan(source_language or None, target_language)
+        prompts = await asyncio.to_thread(self.encode_all, [plan.prefix + t for t in inputs])
+        if plan.source_token is not None:
+            assert isinstance(self.languages, LanguageTokens)
+            prompts = [self.languages.encode(ids, plan.source_token) for ids in prompts]
+        return await self.generate_texts(
+            prompts,
+            sampling,
+            stopping,
+            request_id=request_id,
+            deadline=deadline,
+            forced_bos_token_id=plan.target_token,
+        )
