@@ -40,6 +40,7 @@ from modelwire._media_types import (
     TimestampGranularity,
     Transcription,
 )
+from modelwire._seq2seq_tasks import GeneratedText, TextGenerationParams
 from modelwire._streaming import GenerateStream
 from modelwire._text_types import (
     AggregationStrategyName,
@@ -96,6 +97,7 @@ __all__ = [
     "FinishReason",
     "GenerateParams",
     "GenerateStream",
+    "GeneratedText",
     "GenerationChunk",
     "GenerationResult",
     "HealthStatus",
@@ -116,6 +118,7 @@ __all__ = [
     "ResultList",
     "SequenceResult",
     "Speech",
+    "TextGenerationParams",
     "TimedChunk",
     "TimestampGranularity",
     "Token",

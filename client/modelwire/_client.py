@@ -24,6 +24,7 @@ from modelwire._errors import (
 )
 from modelwire._generation import GenerateParams, generate_request
 from modelwire._media_tasks import MediaTaskMethods
+from modelwire._seq2seq_tasks import Seq2SeqTaskMethods
 from modelwire._streaming import GenerateStream
 from modelwire._tasks import PoolingName, ScoreFunctionName
 from modelwire._text_tasks import TextTaskMethods
@@ -55,7 +56,7 @@ class NotGiven:
 NOT_GIVEN: Final = NotGiven()
 
 
-class AsyncClient(TextTaskMethods, MediaTaskMethods):
+class AsyncClient(TextTaskMethods, MediaTaskMethods, Seq2SeqTaskMethods):
     """A client of one Modelwire server, over one gRPC channel.
 
     Use it as an async context manager (or call ``close()``)::
