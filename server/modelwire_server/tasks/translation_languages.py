@@ -149,7 +149,7 @@ def _file_tokens(source: str, tokenizer: Any, hub: dict[str, Any]) -> dict[str, 
         path = cached_file(
             source, LANGUAGES_FILE, _raise_exceptions_for_missing_entries=False, **hub
         )
-    except OSError:
+    except (OSError, ValueError):  # not on disk nor reachable, or not a valid hub id
         return {}
     if path is None:
         return {}
