@@ -79,6 +79,11 @@ class ObjectDetectionTask(BatchedTask[DetectItem, list[Detection]]):
     def _detect(self, batch: BatchFeature, items: list[DetectItem]) -> list[list[Detection]]:
         with torch.inference_mode():
             outputs = self.model(**batch.to(device=self.device, dtype=self.dtype))
+        # Softmax and pixel scaling in float32: in half precision they would add their
+        # own rounding (4 px steps near 600 px) to that of the model's outputs.
+        for key in ("logits", "pred_boxes"):
+            if key in outputs:
+                outputs[key] = outputs[key].float()
         sizes = torch.tensor([item.size for item in items])
         # One post-processing call at the lowest threshold, then each item's own: the
         # threshold only filters, so this equals one call per item.
