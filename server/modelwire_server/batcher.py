@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from modelwire_server.calls import note_queue_time
 from modelwire_server.errors import DeadlineExceeded, ResourceExhausted
 from modelwire_server.worker import DeviceWorker
 
@@ -34,12 +35,15 @@ class BatchStats:
     items: int = 0
     max_batch_size_seen: int = 0
     sizes: deque[int] = field(default_factory=lambda: deque(maxlen=1024))
+    # Batches of each size since start: cumulative, so metrics export an exact histogram.
+    size_counts: Counter[int] = field(default_factory=Counter)
 
     def record(self, size: int) -> None:
         self.batches += 1
         self.items += size
         self.max_batch_size_seen = max(self.max_batch_size_seen, size)
         self.sizes.append(size)
+        self.size_counts[size] += 1
 
 
 @dataclass
@@ -48,6 +52,7 @@ class _Pending(Generic[ItemT, ResultT]):
     future: asyncio.Future[ResultT]
     deadline: float | None
     enqueued: float
+    taken: float | None = None  # when its batch was formed
 
 
 class DynamicBatcher(Generic[ItemT, ResultT]):
@@ -99,7 +104,10 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         self._queue.extend(pending)
         self._wakeup.set()
         try:
-            return list(await asyncio.gather(*(p.future for p in pending)))
+            results = list(await asyncio.gather(*(p.future for p in pending)))
+            waits = [p.taken - p.enqueued for p in pending if p.taken is not None]
+            note_queue_time(max(waits, default=0.0))
+            return results
         finally:
             # A cancelled request leaves its not-yet-run items behind: mark them so the
             # loop skips them rather than spending a forward pass on nobody.
@@ -151,6 +159,7 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
             if p.deadline is not None and now >= p.deadline:
                 p.future.set_exception(DeadlineExceeded("deadline passed while queued"))
                 continue
+            p.taken = now
             batch.append(p)
         return batch
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,8 @@ class EngineStats:
     max_decode_rows: int  # most rows any decode step ran (proves batching)
     steps: int
     generated_tokens: int
+    # Decode steps run at each batch size (rows), since start: for a metrics histogram.
+    decode_batch_sizes: dict[int, int] = field(default_factory=dict)
 
 
 def eos_token_ids(generation_config: Any, model: Any, tokenizer: Any) -> frozenset[int]:
@@ -136,6 +139,7 @@ class GenerationEngine:
         self._state: BatchState | None = None
         self._prefilling: list[RequestGroup] = []
         self._steps = self._generated = self._last_rows = self._max_rows = 0
+        self._decode_sizes: Counter[int] = Counter()
 
     # ---- any thread -------------------------------------------------------------
 
@@ -175,6 +179,7 @@ class GenerationEngine:
             max_decode_rows=self._max_rows,
             steps=self._steps,
             generated_tokens=self._generated,
+            decode_batch_sizes=dict(self._decode_sizes),
         )
 
     # ---- worker thread ----------------------------------------------------------
@@ -322,6 +327,7 @@ class GenerationEngine:
             return
         self._last_rows = len(self._rows)
         self._max_rows = max(self._max_rows, self._last_rows)
+        self._decode_sizes[self._last_rows] += 1
         kept, sources = self._advance(self._rows, logits)
         assert self._state is not None
         if sources != list(range(len(self._rows))):

@@ -16,6 +16,7 @@ from google.protobuf import duration_pb2
 from modelwire.v1 import common_pb2, generate_pb2
 from modelwire.v1 import inference_service_pb2 as pb
 from modelwire_server import errors
+from modelwire_server.calls import note_usage
 from modelwire_server.engine import types as et
 from modelwire_server.engine.errors import EngineError
 from modelwire_server.interceptors import current_request_id
@@ -202,6 +203,8 @@ async def generate(
                     raise _as_domain(event.error)
                 if isinstance(event, et.Finished):
                     finished.add(event.index)
+                    # Every sequence of a request shares its prompt: count it once.
+                    note_usage(event.usage, count_prompt=len(finished) == 1)
             for message in fold_finish([event_pb(e, beam=beam) for e in events]):
                 yield message
     finally:

@@ -23,6 +23,7 @@ from typing import Any
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from modelwire_server import errors
+from modelwire_server.calls import note_usage
 from modelwire_server.engine import errors as engine_errors
 from modelwire_server.engine.engine import Handle
 from modelwire_server.engine.types import (
@@ -160,6 +161,7 @@ async def _result(buffer: EventBuffer) -> TextResult:
                 error = event.error
                 raise domain_error(error) if isinstance(error, engine_errors.EngineError) else error
             if isinstance(event, Finished):
+                note_usage(event.usage)
                 return TextResult(event.text, event.reason, event.usage.generated_tokens)
 
 
