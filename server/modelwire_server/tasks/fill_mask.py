@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
@@ -98,18 +99,24 @@ class FillMaskTask(BatchedTask[FillMaskItem, MaskFills]):
                 prepared.append(self._prepare(i, item, row))
             except InvalidArgument as exc:
                 results[i] = exc
-        if prepared:
-            logits = run_rows(
-                self.model,
-                [p.row for p in prepared],
-                lambda out: out.logits,
-                pad_id=pad_id_of(self.tokenizer),
-                max_tokens=self.config.max_batch_tokens,
-                device=self.device,
-                pick=lambda n, row: row[prepared[n].masks],
-            )
-            for p, mask_logits in zip(prepared, logits, strict=True):
-                results[p.position] = self._candidates(p, mask_logits)
+        if not prepared:
+            return results
+        picked = run_rows(
+            self.model,
+            [p.row for p in prepared],
+            lambda out: out.logits,
+            pad_id=pad_id_of(self.tokenizer),
+            max_tokens=self.config.max_batch_tokens,
+            device=self.device,
+            pick=lambda n, row: row[prepared[n].masks],
+        )
+        # One softmax for every mask of the batch, then numpy per request: many small
+        # torch ops cost far more on a busy CPU (each fans out to its threads).
+        probs = torch.softmax(torch.cat(picked), dim=-1).numpy()
+        first = 0
+        for p in prepared:
+            results[p.position] = self._candidates(p, probs[first : first + len(p.masks)])
+            first += len(p.masks)
         return results
 
     def _prepare(self, position: int, item: FillMaskItem, row: Row) -> _Prepared:
@@ -118,7 +125,8 @@ class FillMaskTask(BatchedTask[FillMaskItem, MaskFills]):
             raise InvalidArgument(
                 field, f"is {len(ids)} tokens; the model takes at most {self.max_length}"
             )
-        masks = [n for n, token in enumerate(ids) if token == self.tokenizer.mask_token_id]
+        mask_id = self.tokenizer.mask_token_id  # once: the attribute is slow to read
+        masks = [n for n, token in enumerate(ids) if token == mask_id]
         if not masks:
             raise InvalidArgument(field, f"contains no {self.tokenizer.mask_token} token")
         target_ids = self._target_ids(item.targets) if item.targets else None
@@ -142,26 +150,21 @@ class FillMaskTask(BatchedTask[FillMaskItem, MaskFills]):
                 ids.append(token_id)
         return ids
 
-    def _candidates(self, prepared: _Prepared, mask_logits: torch.Tensor) -> MaskFills:
-        probs = torch.softmax(mask_logits, dim=-1)
+    def _candidates(self, prepared: _Prepared, probs: np.ndarray) -> MaskFills:
         vocab_ids = prepared.target_ids
         if vocab_ids is not None:
             # Scores stay probabilities over the whole vocabulary, as in the pipeline.
             probs = probs[:, vocab_ids]
         top_k = min(prepared.item.top_k, probs.shape[-1])
-        values, indices = probs.topk(top_k, dim=-1)
         single = len(prepared.masks) == 1
+        ids = prepared.row.input_ids
         fills: MaskFills = []
-        for position, scores, picks in zip(
-            prepared.masks, values.tolist(), indices.tolist(), strict=True
-        ):
-            fills.append(
-                [
-                    self._candidate(prepared.row.input_ids, position, token_id, score, single)
-                    for score, pick in zip(scores, picks, strict=True)
-                    for token_id in [pick if vocab_ids is None else vocab_ids[pick]]
-                ]
-            )
+        for position, row in zip(prepared.masks, probs, strict=True):
+            candidates: list[MaskCandidate] = []
+            for j in top_indices(row, top_k):
+                token_id = int(j) if vocab_ids is None else vocab_ids[j]
+                candidates.append(self._candidate(ids, position, token_id, float(row[j]), single))
+            fills.append(candidates)
         return fills
 
     def _candidate(
@@ -171,3 +174,9 @@ class FillMaskTask(BatchedTask[FillMaskItem, MaskFills]):
         # With several masks the pipeline keeps special tokens, so the other masks show.
         sequence = self.tokenizer.decode(filled, skip_special_tokens=single)
         return MaskCandidate(token_id, self.tokenizer.decode([token_id]), sequence, score)
+
+
+def top_indices(row: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values, largest first."""
+    best = np.argpartition(-row, k - 1)[:k] if k < len(row) else np.arange(len(row))
+    return best[np.argsort(-row[best], kind="stable")]

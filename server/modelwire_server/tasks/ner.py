@@ -53,10 +53,9 @@ class NerTask(BatchedTask[NerItem, list[Entity]]):
         self.max_length = encoder_max_length(self.tokenizer, self.model.config)
         self.layout = windows.special_layout(self.tokenizer)
         self.id2label = {int(k): v for k, v in self.model.config.id2label.items()}
-        backend = getattr(self.tokenizer, "_tokenizer", None)
-        self.subword_prefix = getattr(
-            getattr(backend, "model", None), "continuing_subword_prefix", None
-        )
+        backend_model = getattr(getattr(self.tokenizer, "_tokenizer", None), "model", None)
+        self.subword_prefix = getattr(backend_model, "continuing_subword_prefix", None)
+        self.unk_id = self.tokenizer.unk_token_id  # read per token: the attribute is slow
 
     @property
     def context_length(self) -> int | None:
@@ -76,21 +75,26 @@ class NerTask(BatchedTask[NerItem, list[Entity]]):
         texts = [item.text for item in items]
         encoded = [self._encode(e) for e in self._tokenize(texts).encodings]
         window_rows = [w.row for e in encoded for w in e.windows]
-        logits = run_rows(
+        probs = run_rows(
             self.model,
             window_rows,
-            lambda out: out.logits,
+            # One softmax per pass: many small per-text ops cost far more on a busy CPU.
+            lambda out: out.logits.float().softmax(-1),
             pad_id=pad_id_of(self.tokenizer),
             max_tokens=self.config.max_batch_tokens,
             device=self.device,
         )
         results, first = [], 0
         for item, enc in zip(items, encoded, strict=True):
-            outputs = logits[first : first + len(enc.windows)]
+            outputs = probs[first : first + len(enc.windows)]
             first += len(enc.windows)
-            probs = windows.merge(enc.windows, [torch.softmax(o, -1) for o in outputs], self.layout)
-            results.append(self._entities(item, enc, probs))
+            results.append(self._entities(item, enc, self._merge(enc, outputs)))
         return results
+
+    def _merge(self, enc: _Encoded, outputs: list[torch.Tensor]) -> torch.Tensor:
+        if len(outputs) == 1:  # the text fit one window: nothing to merge
+            return outputs[0][: len(enc.row.input_ids)]
+        return windows.merge(enc.windows, outputs, self.layout)
 
     def _tokenize(self, texts: list[str]) -> Any:
         # No truncation: long texts are windowed, never cut.
@@ -123,7 +127,7 @@ class NerTask(BatchedTask[NerItem, list[Entity]]):
     ) -> TokenPrediction:
         start, end = enc.offsets[index]
         original = text[start:end]
-        if enc.row.input_ids[index] == self.tokenizer.unk_token_id:
+        if enc.row.input_ids[index] == self.unk_id:
             # An unknown token reads as the text it stands for and starts a word.
             return TokenPrediction(original, scores, start, end, index, False)
         if self.subword_prefix:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -79,11 +80,15 @@ class ZeroShotTask(BatchedTask[ZeroShotItem, LabelScores]):
                 results[i] = InvalidArgument("candidate_labels", _fit_message(exc))
                 continue
             runnable.append(i)
-        logits = self._forward(rows) if rows else []
+        if not rows:
+            return results
+        # Scores are a few numbers per request: numpy, as torch would fan such tiny ops
+        # out to its threads, which costs milliseconds each on a busy CPU.
+        logits = np.stack([row.numpy() for row in self._forward(rows)])
         first = 0
         for i in runnable:
             count = len(items[i].labels)
-            results[i] = self._scores(items[i], torch.stack(logits[first : first + count]))
+            results[i] = self._scores(items[i], logits[first : first + count])
             first += count
         return results
 
@@ -112,16 +117,21 @@ class ZeroShotTask(BatchedTask[ZeroShotItem, LabelScores]):
             device=self.device,
         )
 
-    def _scores(self, item: ZeroShotItem, logits: torch.Tensor) -> LabelScores:
+    def _scores(self, item: ZeroShotItem, logits: np.ndarray) -> LabelScores:
         if item.multi_label or len(item.labels) == 1:
             pair = logits[:, [self.contradiction_id, self.entailment_id]]
-            scores = torch.softmax(pair, dim=-1)[:, 1]
+            scores = softmax(pair, axis=-1)[:, 1]
         else:
-            scores = torch.softmax(logits[:, self.entailment_id], dim=0)
+            scores = softmax(logits[:, self.entailment_id], axis=0)
         ranked = sorted(
             zip(item.labels, scores.tolist(), strict=True), key=lambda pair: pair[1], reverse=True
         )
         return [(label, float(score)) for label, score in ranked]
+
+
+def softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
 
 
 def nli_label_ids(label2id: dict[str, int]) -> tuple[int, int]:
