@@ -248,7 +248,7 @@ def report(times: dict[str, dict[str, list[float]]], args: argparse.Namespace) -
         f"{args.requests} concurrent single-input requests per task, BERT-{args.size}-shaped "
         f"random models, {args.threads} torch threads, median of {args.rounds}"
     )
-    header = f"{'task':<11}{'contender':<26}{'seconds (runs)':<30}{'inputs/s':>9}"
+    header = f"{'task':<11}{'contender':<30}{'seconds (runs)':<30}{'inputs/s':>9}"
     print(header)
     for task, runs in times.items():
         median = {k: statistics.median(v) for k, v in runs.items()}
@@ -260,7 +260,7 @@ def report(times: dict[str, dict[str, list[float]]], args: argparse.Namespace) -
         ):
             raw = ", ".join(f"{t:.2f}" for t in runs[key])
             rate = args.requests / median[key]
-            print(f"{task:<11}{label:<26}{median[key]:<7.2f}({raw}){'':<4}{rate:>9.1f}")
+            print(f"{task:<11}{label:<30}{median[key]:<7.2f}{f'({raw})':<23}{rate:>9.1f}")
         print(
             f"{'':<11}ratio vs batched {median['batched'] / median['server']:.2f}x, "
             f"vs one at a time {median['one'] / median['server']:.2f}x"
