@@ -34,6 +34,7 @@ TASKS = (
 TASK_ALIASES = {"text-classification": "sentiment-analysis", "token-classification": "ner"}
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 PRESETS = ("tiny",)
+LOG_FORMATS = ("text", "json")
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
 
@@ -84,9 +85,32 @@ class ServerConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     grace_period_s: float = 30.0
     log_level: str = "INFO"
+    log_format: str = "text"  # "json": one JSON object per log line
+    # Operations, each off unless set: a Prometheus endpoint (0 picks a free port),
+    # bearer-token auth from key files, and TLS (mutual when a client CA is given).
+    metrics_port: int | None = None
+    api_keys_file: str | None = None
+    admin_key_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
+    # Keys given in the environment (MODELWIRE_API_KEYS, MODELWIRE_ADMIN_KEY): secrets
+    # stay out of the YAML file, so these are no file keys.
+    api_keys: list[str] = field(default_factory=list, repr=False)
+    admin_key: str | None = field(default=None, repr=False)
 
 
-_SERVER_KEYS = {f.name for f in dataclasses.fields(ServerConfig)} - {"models"}
+_SECRET_KEYS = {"api_keys", "admin_key"}
+_SERVER_KEYS = {f.name for f in dataclasses.fields(ServerConfig)} - {"models"} - _SECRET_KEYS
+_FILE_KEYS = (
+    "api_keys_file",
+    "admin_key_file",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_client_ca_file",
+)
+# MODELWIRE_* variables naming the operations keys, as the config file spells them.
+_ENV_KEYS = {f"MODELWIRE_{key.upper()}": key for key in ("log_format", *_FILE_KEYS)}
 _MODEL_FIELDS = {f.name: f for f in dataclasses.fields(ModelConfig)}
 _MODEL_KEYS = set(_MODEL_FIELDS) - {"preset"}
 
@@ -172,9 +196,11 @@ def parse_config(raw: Any, origin: str = "config") -> ServerConfig:
             f"{', '.join(sorted(_SERVER_KEYS | {'models'}))}"
         )
     config = ServerConfig()
-    for key in ("host", "log_level", "preset"):
+    for key in ("host", "log_level", "preset", "log_format", *_FILE_KEYS):
         if key in raw:
             setattr(config, key, _check_type(key, raw[key], str))
+    if raw.get("metrics_port") is not None:  # null keeps it off
+        config.metrics_port = _check_type("metrics_port", raw["metrics_port"], int)
     for key in ("port", "max_message_bytes"):
         if key in raw:
             setattr(config, key, _check_type(key, raw[key], int))
@@ -201,6 +227,22 @@ def validate_server(config: ServerConfig) -> None:
         defaults = [m.name for m in config.models if m.task == task and m.default]
         if len(defaults) > 1:
             raise ConfigError(f"task {task!r} has several default models: {', '.join(defaults)}")
+    validate_operations(config)
+
+
+def validate_operations(config: ServerConfig) -> None:
+    """Metrics, log format and TLS settings (files are read, and checked, at start)."""
+    port = config.metrics_port
+    if port is not None and not 0 <= port <= 65535:
+        raise ConfigError(f"metrics_port {port} must be between 0 and 65535")
+    if port is not None and port != 0 and port == config.port:
+        raise ConfigError(f"metrics_port {port} is the gRPC port; give metrics a port of its own")
+    if config.log_format not in LOG_FORMATS:
+        raise ConfigError(f"log_format {config.log_format!r} must be text or json")
+    if bool(config.tls_cert_file) != bool(config.tls_key_file):
+        raise ConfigError("tls_cert_file and tls_key_file go together: set both or neither")
+    if config.tls_client_ca_file and not config.tls_cert_file:
+        raise ConfigError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
 
 
 def load_config_file(path: str | Path) -> ServerConfig:
@@ -225,8 +267,13 @@ def resolve(
     port: int | None = None,
     preset: str | None = None,
     environ: dict[str, str] | None = None,
+    **flags: Any,
 ) -> ServerConfig:
-    """The file, then MODELWIRE_* variables, then flags; no models means the tiny preset."""
+    """The file, then MODELWIRE_* variables, then flags; no models means the tiny preset.
+
+    ``flags`` are more keys as the config file spells them (``metrics_port``,
+    ``tls_cert_file``, ...); None leaves a key as it is.
+    """
     env = os.environ if environ is None else environ
     config_file = config_file or env.get("MODELWIRE_CONFIG") or None
     config = load_config_file(config_file) if config_file else ServerConfig()
@@ -241,6 +288,12 @@ def resolve(
         config.preset = env["MODELWIRE_PRESET"]
     if "MODELWIRE_LOG_LEVEL" in env:
         config.log_level = env["MODELWIRE_LOG_LEVEL"]
+    _apply_operations_env(config, env)
+    for key, value in flags.items():
+        if key not in _SERVER_KEYS:
+            raise TypeError(f"resolve() got an unknown flag {key!r}")
+        if value is not None:
+            setattr(config, key, value)
     if host is not None:
         config.host = host
     if port is not None:
@@ -251,3 +304,20 @@ def resolve(
         config.preset = "tiny"
     validate_server(config)
     return config
+
+
+def _apply_operations_env(config: ServerConfig, env: Any) -> None:
+    """MODELWIRE_* variables for metrics, logs, auth and TLS; empty ones count as unset."""
+    for name, key in _ENV_KEYS.items():
+        if env.get(name):
+            setattr(config, key, env[name])
+    if env.get("MODELWIRE_METRICS_PORT"):
+        try:
+            config.metrics_port = int(env["MODELWIRE_METRICS_PORT"])
+        except ValueError:
+            value = env["MODELWIRE_METRICS_PORT"]
+            raise ConfigError(f"MODELWIRE_METRICS_PORT {value!r} is not a number") from None
+    keys = [k.strip() for k in env.get("MODELWIRE_API_KEYS", "").split(",")]
+    config.api_keys += [k for k in keys if k]
+    if env.get("MODELWIRE_ADMIN_KEY", "").strip():
+        config.admin_key = env["MODELWIRE_ADMIN_KEY"].strip()
