@@ -232,3 +232,39 @@ def test_encoder_and_decoder_limits(m2m100: Bundle) -> None:
     with pytest.raises(InvalidRequest) as bad_bos:
         submit(engine, [5], forced_bos_token_id=10**6)
     assert bad_bos.value.field == "forced_bos_token_id"
+
+
+def _config_setting(name: str, plain: list[int]) -> dict:
+    if name == "min_length":  # an EOS the model emits at once, held off until length 9
+        return {"min_length": 9, "eos_token_id": plain[1]}
+    if name == "bad_words_ids":
+        return {"bad_words_ids": [[plain[0]]]}
+    return {"no_repeat_ngram_size": 2}
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+@pytest.mark.parametrize("name", ["min_length", "bad_words_ids", "no_repeat_ngram_size"])
+def test_generation_config_constraints_match_generate(
+    bart: Bundle, name: str, num_beams: int
+) -> None:
+    """min_length, single-token bad_words_ids and no_repeat_ngram_size from the model's
+    generation_config (as summarization models ship them) apply as in generate()."""
+    prompt = prompt_of(bart, SOURCES[1])
+    # Beams favour short hypotheses, so an early EOS wins unless min_length holds it off.
+    beam = {"num_beams": num_beams, "length_penalty": -1.0} if num_beams > 1 else {}
+    [plain] = reference_beams(bart, prompt, 16, min_new_tokens=16, **beam)
+    setting = _config_setting(name, plain)
+    config = copy.deepcopy(bart.generation_config)
+    for key, value in setting.items():
+        setattr(config, key, value)
+    engine = make_engine(bart, generation_config=config)
+    sink = submit(
+        engine, prompt, sampling=SamplingParams(**beam), stopping=StoppingParams(max_new_tokens=16)
+    )
+    run_until_idle(engine)
+    [expected] = reference_beams(bart, prompt, 16, **beam, **setting)
+    unconstrained = {k: v for k, v in setting.items() if k == "eos_token_id"}
+    [free] = reference_beams(bart, prompt, 16, **beam, **unconstrained)
+    assert expected != free, "the setting must change the output for the test to prove it"
+    got = sink.tokens() if num_beams == 1 else [t.id for t in sink.finished().tokens]
+    assert got == expected

@@ -1,10 +1,10 @@
 """Token selection for one batched step, vectorised over rows with per-row parameters.
 
 Order, as in the spec: logit bias → repetition penalty → presence/frequency penalties
-→ (EOS suppression below min_new_tokens, forced BOS/EOS) → temperature → top-k → top-p → min-p →
-typical-p → sample or argmax. Beam rows stop after the penalties: their scores are
-log-probabilities (transformers runs its processors on log_softmax for beams) and the
-beam group picks the continuations.
+→ (banned ids and n-gram repeats, EOS below min_new_tokens, forced BOS/EOS) →
+temperature → top-k → top-p → min-p → typical-p → sample or argmax. Beam rows stop
+after the penalties: their scores are log-probabilities (transformers runs its
+processors on log_softmax for beams) and the beam group picks the continuations.
 
 Sampling uses inverse-CDF with one uniform draw per row from that row's own CPU
 ``torch.Generator``: every per-row operation (softmax, sort, cumsum) is independent of
@@ -32,7 +32,7 @@ class SamplingRow(Protocol):
     prompt_seen: torch.Tensor | None  # [V] bool, for the repetition penalty
     counts: torch.Tensor | None  # [V] float32 output-token counts
     bias: tuple[torch.Tensor, torch.Tensor] | None  # (ids, values)
-    suppressed: list[int]  # ids forbidden at this step (EOS below min_new_tokens)
+    suppressed: list[int]  # ids forbidden at this step (bans, EOS below min_new_tokens)
     forced: tuple[int, ...]  # the only ids allowed at this step (forced BOS/EOS), or ()
     top_logprobs: int
     wants_logprobs: bool

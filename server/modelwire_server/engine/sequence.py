@@ -132,13 +132,21 @@ class Row:
     def generated(self) -> int:
         raise NotImplementedError
 
+    def history(self) -> list[int]:
+        """The context and every token chosen so far (the newest one included)."""
+        raise NotImplementedError
+
     @property
     def suppressed(self) -> list[int]:
-        """EOS and stop ids are forbidden until min_new_tokens tokens exist."""
+        """Ids this step must not choose: banned ids, n-gram repeats, and EOS and stop ids
+        until min_new_tokens tokens exist."""
         prepared = self.group.prepared
-        if self.generated() >= prepared.min_new_tokens:
-            return []
-        return sorted(prepared.eos_ids | prepared.stop_ids)
+        ids = list(prepared.banned)
+        if prepared.no_repeat_ngram:
+            ids += repeated_ngram_tokens(self.history(), prepared.no_repeat_ngram)
+        if self.generated() < prepared.min_new_tokens:
+            ids += sorted(prepared.eos_ids | prepared.stop_ids)
+        return ids
 
     @property
     def forced(self) -> tuple[int, ...]:
@@ -176,6 +184,9 @@ class StreamRow(Row):
 
     def generated(self) -> int:
         return len(self.output)
+
+    def history(self) -> list[int]:
+        return self.group.context_ids + self.output
 
     def accept(self, token: int, info: TokenInfo) -> bool:
         """Take the chosen token, emit its delta (and Finished); True if the row ended."""
@@ -232,6 +243,19 @@ class BeamRow(Row):
     def generated(self) -> int:
         assert self.group.beam is not None
         return self.group.beam.generated
+
+    def history(self) -> list[int]:
+        assert self.group.beam is not None  # row k continues running hypothesis k
+        return self.group.context_ids + self.group.beam.running[self.index].tokens
+
+
+def repeated_ngram_tokens(ids: list[int], n: int) -> list[int]:
+    """NoRepeatNGramLogitsProcessor: the tokens that would complete an n-gram of ``ids``
+    a second time (those that followed its last n - 1 tokens before)."""
+    if len(ids) + 1 < n:
+        return []
+    prefix = ids[len(ids) - n + 1 :]
+    return [ids[i + n - 1] for i in range(len(ids) - n + 1) if ids[i : i + n - 1] == prefix]
 
 
 def prompt_info(group: RequestGroup, tokens: list[TokenInfo] | None) -> PromptInfo:

@@ -49,6 +49,8 @@ class Prepared:
     context_ids: list[int]  # what the output follows (see Limits.context_ids)
     # Generated-token index -> the only tokens allowed there (forced BOS / EOS).
     forced: dict[int, tuple[int, ...]]
+    banned: tuple[int, ...] = ()  # never chosen: single-token bad_words_ids, suppress_tokens
+    no_repeat_ngram: int = 0  # no n-gram of this size twice (0 = off)
 
     @property
     def is_beam(self) -> bool:
@@ -150,6 +152,24 @@ def _forced(
     return forced
 
 
+def _min_new_tokens(
+    request: GenerationRequest, limits: Limits, generation_config: Any, max_new: int
+) -> int:
+    """The request's min_new_tokens, or the generation_config's min_length when that asks
+    for more (it counts the context, as transformers' MinLengthLogitsProcessor does)."""
+    min_length = int(getattr(generation_config, "min_length", None) or 0)
+    from_config = min_length - len(limits.context_ids(request))
+    return min(max_new, max(request.stopping.min_new_tokens, from_config))
+
+
+def _banned(generation_config: Any) -> tuple[int, ...]:
+    """Tokens never to choose. Multi-token bad_words_ids are not supported (ignored)."""
+    words = getattr(generation_config, "bad_words_ids", None) or []
+    banned = {int(w[0]) for w in words if len(w) == 1}
+    banned.update(int(t) for t in getattr(generation_config, "suppress_tokens", None) or [])
+    return tuple(sorted(banned))
+
+
 def prepare(request: GenerationRequest, limits: Limits, generation_config: Any) -> Prepared:
     """Validate ``request`` and resolve its parameters; raise ``InvalidRequest``."""
     prompt = len(request.prompt_ids)
@@ -191,11 +211,13 @@ def prepare(request: GenerationRequest, limits: Limits, generation_config: Any) 
         request=request,
         sampling=sampling,
         max_new_tokens=max_new,
-        min_new_tokens=stopping.min_new_tokens,
+        min_new_tokens=_min_new_tokens(request, limits, generation_config, max_new),
         eos_ids=frozenset() if stopping.ignore_eos else limits.eos_ids,
         stop_ids=frozenset(stopping.stop_token_ids),
         rows=rows,
         cost=cost,
         context_ids=limits.context_ids(request),
         forced=_forced(request, limits, generation_config, max_new),
+        banned=_banned(generation_config),
+        no_repeat_ngram=int(getattr(generation_config, "no_repeat_ngram_size", None) or 0),
     )
