@@ -30,6 +30,7 @@ class CallRecord:
     started: float = field(default_factory=time.monotonic)
     code: str = "OK"
     message: str = ""  # the status message of a failed call
+    error: BaseException | None = None  # what a handler raised, for the log's traceback
     duration_s: float = 0.0
     queue_s: float | None = None  # longest wait of any of its inputs before running
     prompt_tokens: int | None = None
@@ -38,8 +39,8 @@ class CallRecord:
     # Mean gap between tokens, one value per finished sequence of two or more tokens.
     inter_token_s: list[float] = field(default_factory=list)
 
-    def finish(self, code: str, message: str = "") -> None:
-        self.code, self.message = code, message
+    def finish(self, code: str, message: str = "", error: BaseException | None = None) -> None:
+        self.code, self.message, self.error = code, message, error
         self.duration_s = time.monotonic() - self.started
 
     def add_queue_time(self, seconds: float) -> None:

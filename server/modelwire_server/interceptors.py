@@ -1,9 +1,11 @@
-"""The interceptor chain: request ids, and domain errors → gRPC statuses in one place.
+"""The interceptor chain: request ids, domain errors → gRPC statuses, and call records.
 
 Every call gets an ``x-request-id`` (the client's, or a new one) in its initial
 metadata when it answers, and in its trailing metadata always. Domain errors become
 their status code with ``google.rpc`` rich details; anything else becomes INTERNAL with
-the request id and no traceback (the traceback goes to the log).
+the request id and no traceback (the traceback goes to the log). Each call's
+``CallRecord`` (rpc, model, status, timings, trace) goes to the observers when it ends:
+the access log and the metrics.
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -23,8 +24,10 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from modelwire_server import errors
+from modelwire_server.calls import CallRecord, current_call
+from modelwire_server.tracing import trace_of
 
-log = logging.getLogger("modelwire_server.access")
+log = logging.getLogger(__name__)
 
 REQUEST_ID = "x-request-id"
 # The current call's request id, for handlers that pass it on (e.g. to the engine's logs).
@@ -85,90 +88,168 @@ def _request_id(details: grpc.HandlerCallDetails) -> str:
     return uuid.uuid4().hex
 
 
-class RequestInterceptor(grpc.aio.ServerInterceptor):
-    """Request ids and error statuses for every RPC of our own services."""
+Observer = Callable[[CallRecord], None]
+# The model a call is for, from the rpc and the request's `model` (empty: the default).
+ModelOf = Callable[[str, str], str]
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
-    def __init__(self, prefixes: tuple[str, ...] = ("/modelwire.",)) -> None:
+
+class RequestInterceptor(grpc.aio.ServerInterceptor):
+    """Request ids, error statuses and a call record for every RPC of our own services.
+
+    ``observers`` get each call's record once it has ended (the access log, metrics).
+    """
+
+    def __init__(
+        self,
+        observers: Sequence[Observer] = (),
+        *,
+        model_of: ModelOf | None = None,
+        prefixes: tuple[str, ...] = ("/modelwire.",),
+    ) -> None:
+        self.observers = list(observers)
+        self.model_of = model_of
         self.prefixes = prefixes
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or not method.startswith(self.prefixes):
+        if handler is None or not handler_call_details.method.startswith(self.prefixes):
             return handler
-        rid = _request_id(handler_call_details)
+        return self.wrap(handler, handler_call_details)
+
+    def wrap(
+        self,
+        handler: grpc.RpcMethodHandler,
+        details: grpc.HandlerCallDetails,
+        refusal: Exception | None = None,
+    ) -> grpc.RpcMethodHandler:
+        """``handler`` with ids, statuses and records; with a ``refusal`` (an interceptor's
+        earlier verdict, e.g. auth) the call ends with its status and the handler never runs.
+        """
+        codecs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, rid, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            unary = self._unary(handler.unary_unary, details, refusal)
+            return grpc.unary_unary_rpc_method_handler(unary, **codecs)
         if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, rid, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            stream = self._stream(handler.unary_stream, details, refusal)
+            return grpc.unary_stream_rpc_method_handler(stream, **codecs)
+        if refusal is not None:  # fail closed: a refused call must never reach its handler
+            raise TypeError(f"{details.method}: cannot refuse a client-streaming call")
         return handler
 
+    def _unary(
+        self,
+        behavior: Callable[..., Any],
+        details: grpc.HandlerCallDetails,
+        refusal: Exception | None,
+    ) -> Callable[..., Any]:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            call = self._open(details, request, context)
+            try:
+                if refusal is not None:
+                    raise refusal
+                response = await behavior(request, context)
+            except asyncio.CancelledError:
+                self._close(call, _ended_early(context))
+                raise
+            except grpc.aio.AbortError:
+                self._close(call, _code_name(context.code()))
+                raise
+            except Exception as exc:
+                await self._fail(call, context, exc)
+                raise  # unreachable: _fail aborts
+            await context.send_initial_metadata(((REQUEST_ID, call.request_id),))
+            self._close(call, "OK")
+            return response
 
-def _wrap_unary(behavior: Callable[..., Any], rid: str, method: str) -> Callable[..., Any]:
-    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started = time.monotonic()
+        return wrapper
+
+    def _stream(
+        self,
+        behavior: Callable[..., Any],
+        details: grpc.HandlerCallDetails,
+        refusal: Exception | None,
+    ) -> Callable[..., Any]:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            call = self._open(details, request, context)
+            sent_headers = False
+            try:
+                if refusal is not None:
+                    raise refusal
+                # aclosing: a client that goes away closes our generator, and that must
+                # reach the servicer's generator at once so its `finally` frees the work.
+                async with contextlib.aclosing(behavior(request, context)) as stream:
+                    async for response in stream:
+                        if not sent_headers:
+                            await context.send_initial_metadata(((REQUEST_ID, call.request_id),))
+                            sent_headers = True
+                        yield response
+            except (asyncio.CancelledError, GeneratorExit):
+                self._close(call, _ended_early(context))
+                raise
+            except grpc.aio.AbortError:
+                self._close(call, _code_name(context.code()))
+                raise
+            except Exception as exc:
+                await self._fail(call, context, exc)
+            self._close(call, "OK")
+
+        return wrapper
+
+    def _open(
+        self, details: grpc.HandlerCallDetails, request: Any, context: grpc.aio.ServicerContext
+    ) -> CallRecord:
+        """Start a call's record and make it (and its request id) current."""
+        rid = _request_id(details)
+        rpc = details.method.rsplit("/", 1)[-1]
+        requested = getattr(request, "model", "")
+        requested = requested[:128] if isinstance(requested, str) else ""
+        trace_id, span_id = trace_of(details.invocation_metadata)
+        call = CallRecord(
+            rid,
+            rpc,
+            model=self.model_of(rpc, requested) if self.model_of else requested,
+            peer=context.peer() or "",
+            trace_id=trace_id,
+            span_id=span_id,
+        )
+        current_call.set(call)
         current_request_id.set(rid)
         context.set_trailing_metadata(((REQUEST_ID, rid),))
-        try:
-            response = await behavior(request, context)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception as exc:
-            _log_failure(method, rid, exc, started)
-            await abort(context, exc, rid)
-            raise  # unreachable: abort raises
-        await context.send_initial_metadata(((REQUEST_ID, rid),))
-        _log_ok(method, rid, started)
-        return response
+        return call
 
-    return wrapper
+    async def _fail(
+        self, call: CallRecord, context: grpc.aio.ServicerContext, exc: Exception
+    ) -> None:
+        code, message, _ = status_of(exc, call.request_id)
+        self._close(call, code.name, message, exc)
+        await abort(context, exc, call.request_id)
 
-
-def _wrap_stream(behavior: Callable[..., Any], rid: str, method: str) -> Callable[..., Any]:
-    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        started = time.monotonic()
-        current_request_id.set(rid)
-        context.set_trailing_metadata(((REQUEST_ID, rid),))
-        sent_headers = False
-        try:
-            # aclosing: a client that goes away closes our generator, and that must
-            # reach the servicer's generator at once so its `finally` frees the work.
-            async with contextlib.aclosing(behavior(request, context)) as stream:
-                async for response in stream:
-                    if not sent_headers:
-                        await context.send_initial_metadata(((REQUEST_ID, rid),))
-                        sent_headers = True
-                    yield response
-        except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit):
-            raise
-        except Exception as exc:
-            _log_failure(method, rid, exc, started)
-            await abort(context, exc, rid)
-        _log_ok(method, rid, started)
-
-    return wrapper
+    def _close(
+        self, call: CallRecord, code: str, message: str = "", error: Exception | None = None
+    ) -> None:
+        call.finish(code, message, error)
+        for observe in self.observers:
+            try:
+                observe(call)
+            except Exception:  # a broken observer must not fail the call it observes
+                log.exception("call observer %r failed", observe)
 
 
-def _log_ok(method: str, rid: str, started: float) -> None:
-    log.info("%s OK request_id=%s %.1fms", method, rid, (time.monotonic() - started) * 1000)
+def _ended_early(context: grpc.aio.ServicerContext) -> str:
+    """Why a call ended before its handler did: its deadline, or the client left."""
+    remaining = context.time_remaining()
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
 
 
-def _log_failure(method: str, rid: str, exc: Exception, started: float) -> None:
-    code, message, _ = status_of(exc, rid)
-    elapsed = (time.monotonic() - started) * 1000
-    if code is grpc.StatusCode.INTERNAL:
-        log.error("%s INTERNAL request_id=%s %.1fms", method, rid, elapsed, exc_info=exc)
-    else:
-        log.info("%s %s request_id=%s %.1fms: %s", method, code.name, rid, elapsed, message)
+def _code_name(code: Any) -> str:
+    """The name of the code a handler aborted with (grpc hands back an enum or an int)."""
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    by_value = {c.value[0]: c.name for c in grpc.StatusCode}
+    return by_value.get(code, "UNKNOWN")

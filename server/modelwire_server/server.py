@@ -1,4 +1,5 @@
-"""The grpc.aio server: services, health, reflection, loading and graceful stop."""
+"""The grpc.aio server: services, health, reflection, loading, graceful stop, and the
+operations around them: auth, TLS, the access log and metrics."""
 
 from __future__ import annotations
 
@@ -14,11 +15,17 @@ from modelwire.v1 import inference_service_pb2, model_service_pb2
 from modelwire.v1 import inference_service_pb2_grpc as inference_grpc
 from modelwire.v1 import model_service_pb2_grpc as model_grpc
 from modelwire_server import preset as preset_models
+from modelwire_server import tasks
+from modelwire_server.access_log import write_access_line
+from modelwire_server.auth import AuthInterceptor, Keys
 from modelwire_server.config import ModelConfig, ServerConfig
-from modelwire_server.interceptors import RequestInterceptor
+from modelwire_server.interceptors import Observer, RequestInterceptor
+from modelwire_server.metrics import Metrics, MetricsEndpoint
 from modelwire_server.registry import Registry
 from modelwire_server.servicers.inference import InferenceServicer
 from modelwire_server.servicers.models import ModelServicer
+from modelwire_server.tls import server_credentials
+from modelwire_server.tracing import otel_interceptors
 from modelwire_server.worker import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -63,9 +70,15 @@ class ModelwireServer:
             preset=config.preset,
         )
         self.health = health.aio.HealthServicer()
+        # Read before binding, so a bad key or certificate file stops the start.
+        self.keys = Keys.from_config(config)
+        self.credentials = server_credentials(config)
+        self.metrics = Metrics(self.registry) if config.metrics_port is not None else None
+        self._metrics_endpoint = MetricsEndpoint(self.metrics) if self.metrics else None
+        self.metrics_port: int | None = None
         limit = config.max_message_bytes
         self.server = grpc.aio.server(
-            interceptors=[RequestInterceptor()],
+            interceptors=self._interceptors(),
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -85,20 +98,59 @@ class ModelwireServer:
         self._loading: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        """Auth first (a refused call runs nothing), OpenTelemetry's spans if installed,
+        then request ids, statuses, and each call's record for the log and metrics."""
+        observers: list[Observer] = [write_access_line]
+        if self.metrics is not None:
+            observers.append(self.metrics.observe)
+        requests = RequestInterceptor(observers, model_of=self.model_of)
+        auth = [AuthInterceptor(self.keys, requests.wrap)] if self.keys.enabled else []
+        return [*auth, *otel_interceptors(), requests]
+
+    def model_of(self, rpc: str, requested: str) -> str:
+        """The model a call is for: the one it names, else its RPC's default (if any)."""
+        if requested or rpc not in tasks.RPC_TASKS:
+            return requested
+        found = (self.registry.default_for(task) for task in tasks.RPC_TASKS[rpc])
+        entry = next((e for e in found if e is not None), None)
+        return entry.config.name if entry is not None else ""
+
     async def start(self) -> int:
         """Bind, start answering (health NOT_SERVING), and load models in the background."""
         address = f"{self.config.host}:{self.config.port}"
-        self.port = self.server.add_insecure_port(address)
+        if self.credentials is not None:
+            self.port = self.server.add_secure_port(address, self.credentials)
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot bind {address}")
+        if self._metrics_endpoint is not None:
+            assert self.config.metrics_port is not None
+            self.metrics_port = await self._metrics_endpoint.start(
+                self.config.host, self.config.metrics_port
+            )
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._set_inference_health(serving=False)
         await self.server.start()
         if self.config.preset:
             log.warning(PRESET_WARNING)
         log.info("listening on %s:%d", self.config.host, self.port)
+        self._log_operations()
         self._loading = asyncio.create_task(self._load())
         return self.port
+
+    def _log_operations(self) -> None:
+        """Say which protections are on (key counts only, never keys)."""
+        if self.credentials is not None:
+            mutual = self.config.tls_client_ca_file is not None
+            log.info("TLS on%s", " (mutual: client certificates required)" if mutual else "")
+        if self.keys.enabled:
+            log.info(
+                "auth on: %d API keys, %d admin keys", len(self.keys.api), len(self.keys.admin)
+            )
+        if self.metrics_port is not None:
+            log.info("metrics on http://%s:%d/metrics", self.config.host, self.metrics_port)
 
     async def _load(self) -> None:
         await self.registry.load_all()
@@ -125,6 +177,8 @@ class ModelwireServer:
         await self._set_inference_health(serving=False)
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self._metrics_endpoint is not None:  # last, so a drain can still be watched
+            await self._metrics_endpoint.close()
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
         await self.registry.close()
