@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
-import logging
 import os
 import signal
 import sys
+from pathlib import Path
+from typing import Any
 
 SERVER_MODULES = ("torch", "transformers", "yaml", "grpc_health", "grpc_reflection")
 INSTALL_HINT = (
@@ -28,11 +29,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 50051)")
     serve.add_argument("--preset", choices=["tiny"], help="serve a built-in offline preset")
     serve.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR")
+    serve.add_argument("--log-format", choices=["text", "json"], help="json: one object a line")
+    serve.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics on this port (0: a free one)"
+    )
+    serve.add_argument("--tls-cert", help="PEM certificate chain: serve TLS")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    serve.add_argument("--tls-client-ca", help="PEM CA bundle: require client certificates")
     check = commands.add_parser(
         "healthcheck", help="exit 0 if a server's InferenceService is SERVING (for containers)"
     )
     check.add_argument("--target", default="127.0.0.1:50051", help="host:port of the server")
     check.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    check.add_argument("--tls-ca", help="PEM CA bundle to verify a TLS server with")
+    check.add_argument("--tls-cert", help="PEM client certificate, for mutual TLS")
+    check.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    check.add_argument("--tls-server-name", help="the name the server's certificate carries")
     return parser
 
 
@@ -43,23 +55,35 @@ def missing_server_modules() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "healthcheck":
-        return healthcheck(args.target, args.timeout)
+        return healthcheck(args.target, args.timeout, _tls_options(args))
     if missing_server_modules():
         print(INSTALL_HINT, file=sys.stderr)
         return 2
+    from modelwire_server.access_log import configure_logging
     from modelwire_server.config import ConfigError, resolve
 
     try:
         config = resolve(
-            config_file=args.config, host=args.host, port=args.port, preset=args.preset
+            config_file=args.config,
+            host=args.host,
+            port=args.port,
+            preset=args.preset,
+            log_format=args.log_format,
+            metrics_port=args.metrics_port,
+            tls_cert_file=args.tls_cert,
+            tls_key_file=args.tls_key,
+            tls_client_ca_file=args.tls_client_ca,
         )
     except ConfigError as exc:
         print(f"modelwire-server: {exc}", file=sys.stderr)
         return 2
-    level = (args.log_level or os.environ.get("MODELWIRE_LOG_LEVEL") or config.log_level).upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = args.log_level or os.environ.get("MODELWIRE_LOG_LEVEL") or config.log_level
+    configure_logging(level, config.log_format)
     try:
         return asyncio.run(_serve(config))
+    except ConfigError as exc:  # a key or certificate file that cannot be used
+        print(f"modelwire-server: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"modelwire-server: {exc}", file=sys.stderr)
         return 1
@@ -79,17 +103,41 @@ async def _serve(config: object) -> int:
     return 0
 
 
-def healthcheck(target: str, timeout: float) -> int:
+def _tls_options(args: argparse.Namespace) -> dict[str, str] | None:
+    """healthcheck's TLS flags (None: plaintext)."""
+    given = {"ca": args.tls_ca, "cert": args.tls_cert, "key": args.tls_key}
+    if not any(given.values()):
+        return None
+    return {k: v for k, v in {**given, "server_name": args.tls_server_name}.items() if v}
+
+
+def _channel(target: str, tls: dict[str, str] | None) -> Any:
+    import grpc
+
+    if tls is None:
+        return grpc.insecure_channel(target)
+    pem = {k: Path(tls[k]).read_bytes() if k in tls else None for k in ("ca", "key", "cert")}
+    credentials = grpc.ssl_channel_credentials(pem["ca"], pem["key"], pem["cert"])
+    options = (
+        [("grpc.ssl_target_name_override", tls["server_name"])] if "server_name" in tls else []
+    )
+    return grpc.secure_channel(target, credentials, options=options)
+
+
+def healthcheck(target: str, timeout: float, tls: dict[str, str] | None = None) -> int:
     """Ask the gRPC health service; print the status; 0 only when SERVING."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     request = health_pb2.HealthCheckRequest(service="modelwire.v1.InferenceService")
     try:
-        with grpc.insecure_channel(target) as channel:
+        with _channel(target, tls) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout)
     except grpc.RpcError as exc:
         print(f"{target}: {exc.code().name}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 1
+    except OSError as exc:  # a TLS file that cannot be read
+        print(f"{target}: {exc}", file=sys.stderr)
         return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(f"{target}: {status}")
