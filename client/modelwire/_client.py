@@ -290,6 +290,51 @@ class AsyncClient(TextTaskMethods, MediaTaskMethods, Seq2SeqTaskMethods):
         response, rid = await self._unary(lambda s: s.models.GetModel, request, timeout, request_id)
         return _tasks.model_info(response.info, rid)
 
+    async def load_model(
+        self,
+        name: str,
+        *,
+        task: str,
+        source: str,
+        revision: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        default_for_task: bool = False,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> ModelInfo:
+        """Load a model at run time; returns once it is READY or FAILED (see ``state``).
+
+        The server refuses sources outside its ``load_allow_list`` (``PermissionDeniedError``).
+        Loading can take minutes: pass a ``timeout`` that allows for it.
+        """
+        for key, value in (("name", name), ("task", task), ("source", source)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"`{key}` must be a non-empty string")
+        # Proto3 optional fields: only the ones given are set (unset = server default).
+        options = {"revision": revision, "device": device, "dtype": dtype}
+        given = {k: check.optional_str(k, v) for k, v in options.items() if v is not None}
+        request = model_service_pb2.LoadModelRequest(
+            model=name, task=task, source=source, default_for_task=bool(default_for_task), **given
+        )
+        response, rid = await self._unary(
+            lambda s: s.models.LoadModel, request, timeout, request_id
+        )
+        return _tasks.model_info(response.info, rid)
+
+    async def unload_model(
+        self, name: str, *, timeout: float | None = None, request_id: str | None = None
+    ) -> ModelInfo:
+        """Unload a model: its running calls finish (within the server's grace period)
+        first. Returns the model as it was just before unloading."""
+        if not isinstance(name, str) or not name:
+            raise ValueError("`name` must be a non-empty string")
+        request = model_service_pb2.UnloadModelRequest(model=name)
+        response, rid = await self._unary(
+            lambda s: s.models.UnloadModel, request, timeout, request_id
+        )
+        return _tasks.model_info(response.info, rid)
+
     # --- health ---------------------------------------------------------------------
 
     async def health(

@@ -98,6 +98,9 @@ class ServerConfig:
     # stay out of the YAML file, so these are no file keys.
     api_keys: list[str] = field(default_factory=list, repr=False)
     admin_key: str | None = field(default=None, repr=False)
+    # ModelService.LoadModel: the sources it may load, each a local directory prefix
+    # (an absolute path) or a hub-id glob ("my-org/*"); empty turns LoadModel off.
+    load_allow_list: list[str] = field(default_factory=list)
 
 
 _SECRET_KEYS = {"api_keys", "admin_key"}
@@ -206,12 +209,20 @@ def parse_config(raw: Any, origin: str = "config") -> ServerConfig:
             setattr(config, key, _check_type(key, raw[key], int))
     if "grace_period_s" in raw:
         config.grace_period_s = _check_type("grace_period_s", raw["grace_period_s"], float)
+    if raw.get("load_allow_list") is not None:
+        config.load_allow_list = _string_list("load_allow_list", raw["load_allow_list"])
     models = raw.get("models", [])
     if not isinstance(models, list):
         raise ConfigError("models must be a list")
     config.models = [_model_from_dict(i, m) for i, m in enumerate(models)]
     validate_server(config)
     return config
+
+
+def _string_list(where: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(f"{where} must be a list of non-empty strings")
+    return list(value)
 
 
 def validate_server(config: ServerConfig) -> None:

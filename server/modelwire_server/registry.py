@@ -6,6 +6,7 @@ import asyncio
 import enum
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,6 +42,8 @@ class ModelEntry:
     dtype: str = ""
     load_seconds: float = 0.0
     rpcs: list[str] = field(default_factory=list)
+    # The asyncio tasks (one per RPC) using the runner now: UnloadModel waits for them.
+    calls: set[asyncio.Task[object]] = field(default_factory=set)
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -71,6 +74,9 @@ class Registry:
         self.preset = preset
         self._prepare_source = prepare_source
         self.loading_done = asyncio.Event()
+        # Calls cut off by an unload, so the servicer can answer them UNAVAILABLE.
+        self._evicted: weakref.WeakSet[asyncio.Task[object]] = weakref.WeakSet()
+        self._loads: set[asyncio.Task[None]] = set()
 
     # -- loading ---------------------------------------------------------------------
 
@@ -113,6 +119,66 @@ class Registry:
             if entry.runner is not None:
                 await entry.runner.close()
 
+    # -- run-time load and unload ------------------------------------------------------
+
+    async def add(self, config: ModelConfig) -> ModelEntry:
+        """Register and load one more model; returns once it is READY or FAILED."""
+        if config.name in self.entries:
+            raise InvalidArgument("model", f"a model named {config.name!r} exists; unload it first")
+        # It becomes its task's default only once READY, so calls that use the default
+        # never meet a model that is still loading.
+        wants_default, config.default = config.default, False
+        entry = ModelEntry(config)
+        self.entries[config.name] = entry
+        # Its own task, shielded: a caller that goes away must not leave it half-loaded.
+        task = asyncio.create_task(self.load(entry), name=f"load-{config.name}")
+        self._loads.add(task)
+        task.add_done_callback(self._loads.discard)
+        await asyncio.shield(task)
+        if wants_default and entry.state is ModelState.READY:
+            for other in self.entries.values():
+                if other.config.task == config.task:
+                    other.config.default = other is entry
+        return entry
+
+    async def unload(self, name: str, grace_s: float) -> ModelEntry:
+        """UNLOADING (new calls refused), wait up to ``grace_s`` for running calls, cut
+        off the rest, close the runner and forget the model."""
+        entry = self.get(name)
+        if entry.state is ModelState.LOADING:
+            raise Unavailable(f"model {name!r} is still loading; unload it once it is loaded")
+        if entry.state is ModelState.UNLOADING:
+            raise Unavailable(f"model {name!r} is already being unloaded")
+        entry.state = ModelState.UNLOADING
+        try:
+            await self._end_calls(entry, grace_s)
+            if entry.runner is not None:
+                await entry.runner.close()
+        finally:
+            self.entries.pop(name, None)
+        log.info("model %s unloaded", name)
+        return entry
+
+    async def _end_calls(self, entry: ModelEntry, grace_s: float) -> None:
+        pending = set(entry.calls)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=grace_s)
+        for task in pending:
+            self._evicted.add(task)
+            task.cancel()
+        if pending:  # a cancelled call ends at its next await; bounded all the same
+            await asyncio.wait(pending, timeout=grace_s)
+
+    def evicted(self, task: asyncio.Task[object] | None) -> bool:
+        """Whether ``task`` was cut off by an unload (not cancelled by its client)."""
+        return task is not None and task in self._evicted
+
+    def _track(self, entry: ModelEntry) -> None:
+        task = asyncio.current_task()
+        if task is not None and task not in entry.calls:
+            entry.calls.add(task)
+            task.add_done_callback(entry.calls.discard)
+
     # -- lookup ----------------------------------------------------------------------
 
     @property
@@ -150,7 +216,9 @@ class Registry:
                     raise Unimplemented(f"{rpc} is not implemented by this server yet")
                 raise NotFound(f"no {' or '.join(serving)} model is loaded; name one in 'model'")
             entry = found
-        return self._ready_runner(entry, rpc)
+        runner = self._ready_runner(entry, rpc)
+        self._track(entry)
+        return runner
 
     @staticmethod
     def _ready_runner(entry: ModelEntry, rpc: str) -> TaskRunner:

@@ -88,7 +88,12 @@ class ModelwireServer:
         inference_grpc.add_InferenceServiceServicer_to_server(
             InferenceServicer(self.registry), self.server
         )
-        model_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.registry), self.server)
+        self.models_servicer = ModelServicer(
+            self.registry,
+            load_allow_list=config.load_allow_list,
+            unload_grace_s=config.grace_period_s,
+        )
+        model_grpc.add_ModelServiceServicer_to_server(self.models_servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (INFERENCE_SERVICE, MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),

@@ -1,13 +1,22 @@
-"""ModelService: what is loaded. Loading/unloading at run time comes with auth."""
+"""ModelService: what is loaded, and loading/unloading at run time (the admin key guards
+those when auth is on; the config's ``load_allow_list`` limits what may be loaded)."""
 
 from __future__ import annotations
+
+import re
 
 import grpc
 
 from modelwire.v1 import model_service_pb2 as pb
 from modelwire.v1 import model_service_pb2_grpc as pb_grpc
-from modelwire_server.errors import InvalidArgument, Unimplemented
+from modelwire_server.allow_list import allowed
+from modelwire_server.config import ConfigError, ModelConfig, validate_model
+from modelwire_server.errors import InvalidArgument, PermissionDenied
 from modelwire_server.registry import ModelEntry, ModelState, Registry
+
+MAX_NAME_CHARS = 128
+# validate_model's messages name "request.<key>": the request field behind each key.
+_FIELDS = {"name": "model", "default": "default_for_task"}
 
 _STATES = {
     ModelState.LOADING: pb.MODEL_STATE_LOADING,
@@ -38,9 +47,44 @@ def model_info(entry: ModelEntry, registry: Registry) -> pb.ModelInfo:
     return info
 
 
+def requested_config(request: pb.LoadModelRequest) -> ModelConfig:
+    """The ModelConfig a LoadModel asks for, checked like a config file entry.
+
+    trust_remote_code stays off: code from a hub repository must never run because of
+    a request; an operator who wants it puts the model in the config file.
+    """
+    if len(request.model) > MAX_NAME_CHARS:
+        raise InvalidArgument("model", f"must be at most {MAX_NAME_CHARS} characters")
+    config = ModelConfig(
+        name=request.model,
+        task=request.task,
+        source=request.source,
+        revision=request.revision if request.HasField("revision") else None,
+        device=request.device if request.HasField("device") else "auto",
+        dtype=request.dtype if request.HasField("dtype") else "auto",
+        default=request.default_for_task,
+        preset=request.source.startswith("preset:"),
+    )
+    try:
+        validate_model(config, "request")
+    except ConfigError as exc:
+        found = re.match(r"request\.(\w+)", str(exc))
+        key = found.group(1) if found else ""
+        raise InvalidArgument(_FIELDS.get(key, key), str(exc).removeprefix("request.")) from None
+    return config
+
+
 class ModelServicer(pb_grpc.ModelServiceServicer):
-    def __init__(self, registry: Registry) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        load_allow_list: list[str] | None = None,
+        unload_grace_s: float = 30.0,
+    ) -> None:
         self.registry = registry
+        self.load_allow_list = list(load_allow_list or [])
+        self.unload_grace_s = unload_grace_s
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -65,9 +109,20 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
     async def LoadModel(
         self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.LoadModelResponse:
-        raise Unimplemented("LoadModel is not implemented by this server yet")
+        if not self.load_allow_list:
+            raise PermissionDenied("LoadModel is disabled: the server's load_allow_list is empty")
+        config = requested_config(request)
+        if not allowed(config.source, self.load_allow_list):
+            raise PermissionDenied(f"source {config.source!r} is not in the load_allow_list")
+        entry = await self.registry.add(config)
+        return pb.LoadModelResponse(info=model_info(entry, self.registry))
 
     async def UnloadModel(
         self, request: pb.UnloadModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.UnloadModelResponse:
-        raise Unimplemented("UnloadModel is not implemented by this server yet")
+        if not request.model:
+            raise InvalidArgument("model", "must name a model")
+        entry = self.registry.get(request.model)
+        info = model_info(entry, self.registry)  # as it was, before UNLOADING
+        await self.registry.unload(request.model, self.unload_grace_s)
+        return pb.UnloadModelResponse(info=info)
