@@ -1,0 +1,337 @@
+"""The ``modelwire`` subcommands that make one unary call: their arguments and handlers.
+
+Each ``add_*`` registers a subcommand whose handler takes the client and the parsed
+arguments and returns a ``Report``; the CLI prints it and handles errors in one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from modelwire._cli_output import CommandError, Output, Report, label_lines, labelled, results_data
+from modelwire._client import AsyncClient
+
+Handler = Callable[[AsyncClient, argparse.Namespace, Output], Awaitable[Report]]
+Subparsers = Any  # argparse's _SubParsersAction is private
+
+
+def connection_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """--target, --api-key, --timeout, --json: on the main parser with their defaults, and
+    on each subcommand without (SUPPRESS) so they may follow the subcommand too."""
+
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--target",
+        default=default(os.environ.get("MODELWIRE_TARGET", "127.0.0.1:50051")),
+        help="server address (env MODELWIRE_TARGET; default 127.0.0.1:50051)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=default(os.environ.get("MODELWIRE_API_KEY")),
+        help="API key sent as a bearer token (env MODELWIRE_API_KEY)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=default(60.0),
+        help="each call's deadline in seconds (default 60)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=default(False), help="print JSON for scripts"
+    )
+
+
+def add_parser(subparsers: Subparsers, name: str, help: str) -> Any:
+    parser = subparsers.add_parser(name, help=help, description=help)
+    connection_flags(parser, defaults=False)
+    return parser
+
+
+def command(subparsers: Subparsers, name: str, help: str, handler: Handler) -> Any:
+    parser = add_parser(subparsers, name, help)
+    parser.add_argument("--model", help="a loaded model's name (default: the task's default)")
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+# --- text ------------------------------------------------------------------------
+
+
+async def classify(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
+    results = await client.classify_text(args.texts, model=args.model, top_k=args.top_k)
+    return Report(results_data(results), labelled(args.texts, map(label_lines, results)))
+
+
+async def zero_shot(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
+    results = await client.classify_zero_shot(
+        args.texts,
+        args.labels,
+        multi_label=args.multi_label or None,
+        hypothesis_template=args.template,
+        model=args.model,
+    )
+    return Report(results_data(results), labelled(args.texts, map(label_lines, results)))
+
+
+async def fill_mask(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
+    results = await client.fill_mask(args.texts, top_k=args.top_k, model=args.model)
+    blocks = (
+        [f"{c.score:.4f}  {c.sequence}" for mask in r.masks for c in mask.candidates]
+        for r in results
+    )
+    return Report(results_data(results), labelled(args.texts, blocks))
+
+
+async def ner(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
+    results = await client.recognize_entities(
+        args.texts, aggregation_strategy=args.aggregation, model=args.model
+    )
+    blocks = (
+        [f"{e.label:<8} {e.score:.4f}  {e.start}:{e.end}  {e.word}" for e in entities]
+        or ["(no entities)"]
+        for entities in results
+    )
+    return Report(results_data(results), labelled(args.texts, blocks))
+
+
+async def qa(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
+    answers = await client.answer_question(
+        args.question, args.context, top_k=args.top_k, model=args.model
+    )
+    lines = [
+        f"{a.score:.4f}  {'(no answer)' if a.is_impossible else a.text}  [{a.start}:{a.end}]"
+        for a in answers
+    ]
+    return Report(results_data(answers), lines)
+
+
+async def summarize(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
+    results = await client.summarize(args.texts, model=args.model, **_limit(args.max_new_tokens))
+    return Report(results_data(results), labelled(args.texts, ([r.text] for r in results)))
+
+
+async def translate(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
+    results = await client.translate(
+        args.texts,
+        target_language=args.to,
+        source_language=args.source,
+        model=args.model,
+        **_limit(args.max_new_tokens),
+    )
+    return Report(results_data(results), labelled(args.texts, ([r.text] for r in results)))
+
+
+async def embed(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
+    results = await client.embed(
+        args.texts, pooling=args.pooling, normalize=args.normalize or None, model=args.model
+    )
+    blocks = ([_vector_line(e.values, e.token_vectors)] for e in results)
+    return Report(results_data(results), labelled(args.texts, blocks))
+
+
+def _vector_line(values: list[float], token_vectors: list[list[float]]) -> str:
+    if not values:
+        width = len(token_vectors[0]) if token_vectors else 0
+        return f"{len(token_vectors)} token vectors of {width} dims"
+    head = ", ".join(f"{v:.4f}" for v in values[:4])
+    return f"{len(values)} dims: [{head}{', ...' if len(values) > 4 else ''}]"
+
+
+def _limit(max_new_tokens: int | None) -> dict[str, Any]:
+    return {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+
+
+def add_text_commands(subparsers: Subparsers) -> None:
+    p = command(subparsers, "classify", "classify texts (sentiment-analysis)", classify)
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument("--top-k", type=int, help="labels per text (default 1)")
+
+    p = command(subparsers, "zero-shot", "score texts against labels you choose", zero_shot)
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument("--labels", required=True, type=_comma_list, help="comma-separated labels")
+    p.add_argument("--multi-label", action="store_true", help="score each label on its own")
+    p.add_argument("--template", help='hypothesis template (default "This example is {}.")')
+
+    p = command(subparsers, "fill-mask", "fill the mask token of texts", fill_mask)
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument("--top-k", type=int, help="candidates per mask (default 5)")
+
+    p = command(subparsers, "ner", "find named entities", ner)
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument(
+        "--aggregation", choices=["none", "simple", "first", "average", "max"], default=None
+    )
+
+    p = command(subparsers, "qa", "answer a question from a context", qa)
+    p.add_argument("--question", "-q", required=True)
+    p.add_argument("--context", "-c", required=True)
+    p.add_argument("--top-k", type=int, help="answers (default 1)")
+
+    p = command(subparsers, "summarize", "summarize texts", summarize)
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument("--max-new-tokens", type=int)
+
+    p = command(subparsers, "translate", "translate texts", translate)
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument("--to", required=True, help="target language code, e.g. fr")
+    p.add_argument("--from", dest="source", help="source language code (multilingual models)")
+    p.add_argument("--max-new-tokens", type=int)
+
+    p = command(subparsers, "embed", "embed texts (feature-extraction)", embed)
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument("--pooling", choices=["mean", "cls", "none"])
+    p.add_argument("--normalize", action="store_true", help="unit-length vectors")
+
+
+def _comma_list(value: str) -> list[str]:
+    labels = [part.strip() for part in value.split(",") if part.strip()]
+    if not labels:
+        raise argparse.ArgumentTypeError("give at least one label")
+    return labels
+
+
+# --- images and audio ------------------------------------------------------------
+
+
+async def classify_image(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
+    results = await client.classify_image(_files(args), top_k=args.top_k, model=args.model)
+    return Report(results_data(results), labelled(args.files, map(label_lines, results)))
+
+
+async def detect(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
+    results = await client.detect_objects(_files(args), threshold=args.threshold, model=args.model)
+    blocks = (
+        [
+            f"{o.label:<12} {o.score:.4f}  box {o.box.xmin:.0f},{o.box.ymin:.0f}"
+            f" {o.box.xmax:.0f},{o.box.ymax:.0f}"
+            for o in found.objects
+        ]
+        or ["(nothing above the threshold)"]
+        for found in results
+    )
+    return Report(results_data(results), labelled(args.files, blocks))
+
+
+async def caption(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
+    # The server's CaptionImage RPC has no SDK method yet; say so instead of a traceback.
+    raise CommandError(
+        "caption: this version of the modelwire SDK has no CaptionImage method yet "
+        "(the server's modelwire.v1.InferenceService/CaptionImage can be called with grpcurl)"
+    )
+
+
+async def transcribe(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
+    results = await client.transcribe_audio(
+        _files(args),
+        return_timestamps=args.timestamps,
+        language=args.language,
+        model=args.model,
+    )
+    blocks = (
+        [r.text]
+        + [
+            f"  [{c.start_s:.2f}-{'' if c.end_s is None else f'{c.end_s:.2f}'}] {c.text}"
+            for c in r.chunks
+        ]
+        for r in results
+    )
+    return Report(results_data(results), labelled(args.files, blocks))
+
+
+async def classify_audio(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
+    results = await client.classify_audio(_files(args), top_k=args.top_k, model=args.model)
+    return Report(results_data(results), labelled(args.files, map(label_lines, results)))
+
+
+async def speak(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
+    speech = await client.synthesize_speech(
+        args.text, voice=args.voice, seed=args.seed, model=args.model
+    )
+    args.output.write_bytes(speech.audio)
+    data = {
+        "request_id": speech.request_id,
+        "path": str(args.output),
+        "sample_rate": speech.sample_rate,
+        "num_samples": speech.num_samples,
+        "duration_s": speech.duration_s,
+        "format": speech.format,
+    }
+    line = f"wrote {args.output} ({speech.duration_s:.2f} s at {speech.sample_rate} Hz)"
+    return Report(data, [line])
+
+
+def _files(args: argparse.Namespace) -> list[Path]:
+    # Paths go to the SDK, which reads them off the event loop; a missing one is
+    # refused here first so the message names the file, not an argument index.
+    for path in args.files:
+        if not path.is_file():
+            raise ValueError(f"no such file: {path}")
+    return list(args.files)
+
+
+def add_media_commands(subparsers: Subparsers) -> None:
+    p = command(subparsers, "classify-image", "classify image files", classify_image)
+    p.add_argument("files", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("--top-k", type=int)
+
+    p = command(subparsers, "detect", "detect objects in image files", detect)
+    p.add_argument("files", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("--threshold", type=float, help="minimum score (default 0.5)")
+
+    p = command(subparsers, "caption", "caption image files (not in this SDK yet)", caption)
+    p.add_argument("files", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("--prompt")
+
+    p = command(subparsers, "transcribe", "transcribe audio files", transcribe)
+    p.add_argument("files", nargs="+", type=Path, metavar="AUDIO")
+    p.add_argument("--timestamps", choices=["segment", "word", "char"])
+    p.add_argument("--language")
+
+    p = command(subparsers, "classify-audio", "classify audio files", classify_audio)
+    p.add_argument("files", nargs="+", type=Path, metavar="AUDIO")
+    p.add_argument("--top-k", type=int)
+
+    p = command(subparsers, "speak", "synthesize speech into a WAV file", speak)
+    p.add_argument("text")
+    p.add_argument("--output", "-o", type=Path, required=True, help="the WAV file to write")
+    p.add_argument("--voice", help="a speaker id of a multi-speaker model")
+    p.add_argument("--seed", type=int)
+
+
+# --- models and health -----------------------------------------------------------
+
+
+async def models(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
+    found = await client.list_models(args.task)
+    lines = [
+        f"{m.name:<20} {m.task:<30} {m.state:<8}{'  default' if m.default_for_task else ''}"
+        + (f"  ({m.failure_message})" if m.failure_message else "")
+        for m in found
+    ]
+    return Report(results_data(found), lines)
+
+
+async def health(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
+    status = await client.health(args.service)
+    # Scripts test the exit code: only SERVING is healthy.
+    return Report({"status": status}, [status], exit_code=0 if status == "SERVING" else 1)
+
+
+def add_admin_commands(subparsers: Subparsers) -> None:
+    p = add_parser(subparsers, "models", "list the server's models")
+    p.add_argument("--task", help="only this task's models")
+    p.set_defaults(handler=models)
+
+    p = add_parser(subparsers, "health", "the server's health (exit 1 unless SERVING)")
+    p.add_argument(
+        "--service",
+        default="modelwire.v1.InferenceService",
+        help='the health service to check ("" = the process is live)',
+    )
+    p.set_defaults(handler=health)

@@ -1,0 +1,194 @@
+"""The ``modelwire`` command, run in-process (``main([...])``) against the session server.
+
+Tests are plain functions: ``main`` runs its own event loop with ``asyncio.run``, as the
+console script does. Expected values come from the SDK, called in the same test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from modelwire import AsyncClient
+from modelwire.cli import main
+
+REQUEST_ID = re.compile(r"\(request id [0-9a-f]{32}\)$")
+
+
+def sdk(server: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def call() -> Any:
+        async with AsyncClient(server.target) as client:
+            return await getattr(client, method)(*args, **kwargs)
+
+    return asyncio.run(call())
+
+
+class RecordingStdout(io.StringIO):
+    """stdout that keeps each write, to see text arrive in steps; ``on_text`` hooks it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+        self.on_text: Any = None
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        if self.on_text is not None:
+            self.on_text(text)
+        return super().write(text)
+
+
+def test_classify_prints_label_and_score(server: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    [expected] = sdk(server, "classify_text", "I love this", model="tiny-sentiment")
+    argv = ["--target", server.target, "classify", "I love this", "--model", "tiny-sentiment"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out == f"{expected.top.label}  {expected.top.score:.4f}\n"
+
+
+def test_json_after_the_subcommand_and_target_from_env(
+    server: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELWIRE_TARGET", server.target)
+    expected = sdk(server, "embed", ["a red fox", "a blue fish"], model="minilm", normalize=True)
+    argv = ["embed", "a red fox", "a blue fish", "--model", "minilm", "--normalize", "--json"]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert re.fullmatch(r"[0-9a-f]{32}", data["request_id"])
+    for row, embedding in zip(data["results"], expected, strict=True):
+        assert row["values"] == pytest.approx(embedding.values, abs=1e-6)
+    assert len(data["results"][0]["values"]) == 384
+
+
+def test_zero_shot_and_ner_json(server: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    t = ["--target", server.target, "--json"]
+    argv = [*t, "zero-shot", "a match", "--labels", "sport, cooking", "--model", "tiny-nli"]
+    assert main(argv) == 0
+    [result] = json.loads(capsys.readouterr().out)["results"]
+    assert sorted(label["label"] for label in result["labels"]) == ["cooking", "sport"]
+    [expected] = sdk(server, "recognize_entities", "Ada Lovelace in London", model="tiny-ner")
+    assert main([*t, "ner", "Ada Lovelace in London", "--model", "tiny-ner"]) == 0
+    [entities] = json.loads(capsys.readouterr().out)["results"]
+    assert [(e["label"], e["start"], e["end"]) for e in entities] == [
+        (e.label, e.start, e.end) for e in expected
+    ]
+
+
+def test_models_and_health(server: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--target", server.target, "--json"]) == 0
+    names = {m["name"] for m in json.loads(capsys.readouterr().out)["results"]}
+    assert {"tiny-gpt2", "minilm"} <= names
+    assert main(["health", "--target", server.target]) == 0
+    assert capsys.readouterr().out == "SERVING\n"
+    assert main(["health", "--target", server.target, "--service", "no.such.Service"]) == 1
+
+
+def test_generate_streams_deltas_as_they_arrive(
+    server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = {"temperature": 0, "max_new_tokens": 12, "ignore_eos": True}
+    expected = sdk(server, "generate", "Once upon a time", model="tiny-gpt2", **params)
+    stdout = RecordingStdout()
+    monkeypatch.setattr("sys.stdout", stdout)
+    argv = ["--target", server.target, "generate", "Once upon a time", "--model", "tiny-gpt2"]
+    argv += ["--temperature", "0", "--max-new-tokens", "12", "--ignore-eos"]
+    assert main(argv) == 0
+    assert stdout.getvalue() == expected.text + "\n"
+    deltas = [w for w in stdout.writes if w and w != "\n"]
+    assert len(deltas) > 3, deltas  # streamed piece by piece, not printed once at the end
+
+
+def test_error_is_one_line_with_the_request_id(
+    server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--target", server.target, "classify", "hi", "--model", "no-such-model"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("modelwire: error: NOT_FOUND") and REQUEST_ID.search(err.strip())
+
+    assert main(["--json", "--target", server.target, "classify", "hi", "--model", "nope"]) == 1
+    data = json.loads(capsys.readouterr().err)
+    assert data["code"] == "NOT_FOUND" and re.fullmatch(r"[0-9a-f]{32}", data["request_id"])
+
+
+def test_usage_errors_exit_2(server: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["classify"]) == 2  # argparse: a missing argument
+    assert main(["--target", server.target, "classify", "hi", "--top-k", "0"]) == 2  # the SDK
+    assert "top_k" in capsys.readouterr().err
+
+
+def test_caption_says_it_is_not_in_the_sdk_yet(
+    server: Any, capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    image = tmp_path / "x.png"
+    image.write_bytes(b"\x89PNG")
+    assert main(["--target", server.target, "caption", str(image)]) == 1
+    err = capsys.readouterr().err
+    assert "no CaptionImage method" in err and err.count("\n") == 1
+
+
+def test_missing_image_file_is_named(server: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--target", server.target, "classify-image", "/no/such.png"]) == 2
+    assert "no such file: /no/such.png" in capsys.readouterr().err
+
+
+class ScriptedStdin(io.StringIO):
+    """Lines typed at the prompt; then Ctrl-C at the prompt (input() raises there)."""
+
+    def readline(self, *args: Any) -> str:
+        line = super().readline(*args)
+        if not line:
+            raise KeyboardInterrupt
+        return line
+
+
+def test_chat_streams_each_answer_and_ctrl_c_stops_only_the_answer(
+    server: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    engine = server.runner("tiny-llama").engine
+    generated_before = engine.stats().generated_tokens
+    stdout = RecordingStdout()
+    answers: list[str] = []
+
+    def interrupt_first_answer(text: str) -> None:
+        # A real SIGINT, delivered as the first answer's first text reaches the terminal.
+        if text.strip() and text not in {"> ", "\n"} and not answers:
+            answers.append(text)
+            signal.raise_signal(signal.SIGINT)
+
+    stdout.on_text = interrupt_first_answer
+    monkeypatch.setattr("sys.stdout", stdout)
+    monkeypatch.setattr("sys.stdin", ScriptedStdin("Hello there\nAnd again\n"))
+    argv = ["--target", server.target, "chat", "--model", "tiny-llama", "--temperature", "0"]
+    argv += ["--max-new-tokens", "400", "--ignore-eos"]
+    assert main(argv) == 0
+
+    turns = _split_at_prompts(stdout.writes)
+    assert len(turns) == 4, turns  # two answered prompts, a third one left with Ctrl-C
+    assert capsys.readouterr().err.count("[stopped]") == 1
+    first, second = turns[1], turns[2]
+    assert len(first) < len(second) / 4, (first, second)  # cut short, then a full answer
+    deadline = time.monotonic() + 30
+    while (stats := engine.stats()).running_rows and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling the engine's state, not waiting for a guess of time
+    # The second answer ran its 400 tokens; the stopped one was cancelled on the server
+    # instead of running its 400 too.
+    assert 400 <= stats.generated_tokens - generated_before < 500, stats
+
+
+def _split_at_prompts(writes: list[str]) -> list[str]:
+    """The text between input()'s prompt writes (each prompt is one write of "> ")."""
+    turns = [""]
+    for text in writes:
+        if text == "> ":
+            turns.append("")
+        else:
+            turns[-1] += text
+    return turns
