@@ -100,3 +100,18 @@ def configure_logging(level: str, log_format: str) -> None:
         JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    if log_format == "json":
+        _only_log_records()
+
+
+def _only_log_records() -> None:
+    """Keep stderr parseable: warnings and transformers' messages become log records, and
+    the progress bars model loading draws (not log lines at all) are turned off."""
+    import huggingface_hub.utils
+    import transformers.utils.logging as transformers_logging
+
+    logging.captureWarnings(True)
+    transformers_logging.disable_default_handler()
+    transformers_logging.enable_propagation()
+    transformers_logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
