@@ -77,6 +77,7 @@ class Registry:
         # Calls cut off by an unload, so the servicer can answer them UNAVAILABLE.
         self._evicted: weakref.WeakSet[asyncio.Task[object]] = weakref.WeakSet()
         self._loads: set[asyncio.Task[None]] = set()
+        self.draining = False
 
     # -- loading ---------------------------------------------------------------------
 
@@ -169,6 +170,17 @@ class Registry:
         if pending:  # a cancelled call ends at its next await; bounded all the same
             await asyncio.wait(pending, timeout=grace_s)
 
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new calls (UNAVAILABLE) and wait up to ``grace_s`` for running ones.
+
+        The server drains here rather than in grpc's own stop(grace), which cancels
+        calls that arrive meanwhile (health checks included) instead of answering them.
+        """
+        self.draining = True
+        running = {task for entry in self.entries.values() for task in entry.calls}
+        if running:
+            await asyncio.wait(running, timeout=grace_s)
+
     def evicted(self, task: asyncio.Task[object] | None) -> bool:
         """Whether ``task`` was cut off by an unload (not cancelled by its client)."""
         return task is not None and task in self._evicted
@@ -201,6 +213,8 @@ class Registry:
     def runner_for(self, rpc: str, model: str) -> TaskRunner:
         """The runner that serves ``rpc`` for ``model`` (empty: the task's default)."""
         serving = tasks.RPC_TASKS[rpc]
+        if self.draining:
+            raise Unavailable("the server is shutting down; retry on another replica")
         if model:
             entry = self.get(model)
             if entry.config.task not in serving:

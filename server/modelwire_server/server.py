@@ -181,7 +181,12 @@ class ModelwireServer:
         grace = self.config.grace_period_s if grace is None else grace
         await self._set_inference_health(serving=False)
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        # Drain first, while still answering: new calls get UNAVAILABLE, health checks
+        # NOT_SERVING; grpc's stop(grace) would cancel them instead. It then ends
+        # whatever is left of the grace period.
+        started = asyncio.get_running_loop().time()
+        await self.registry.drain(grace)
+        await self.server.stop(max(0.0, grace - (asyncio.get_running_loop().time() - started)))
         if self._metrics_endpoint is not None:  # last, so a drain can still be watched
             await self._metrics_endpoint.close()
         if self._loading is not None and not self._loading.done():
