@@ -24,9 +24,10 @@ from modelwire.v1 import inference_service_pb2 as pb
 from modelwire.v1 import inference_service_pb2_grpc as pb_grpc
 from modelwire.v1 import model_service_pb2, model_service_pb2_grpc
 from modelwire_server.access_log import JsonFormatter, key_values
+from modelwire_server.config import ServerConfig
 from modelwire_server.preset import ensure_model
 from modelwire_server.tracing import parse_traceparent
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, start_server
 
 TRACE_ID, PARENT_ID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
@@ -239,3 +240,30 @@ def _json_lines_until(lines: queue.Queue[str], done: Any) -> list[dict[str, Any]
         except ValueError:
             raise AssertionError(f"not a JSON line: {text!r}") from None
     return seen
+
+
+async def test_with_opentelemetry_the_line_names_the_server_span(access: AccessLines) -> None:
+    """Only where opentelemetry-instrumentation-grpc and the SDK are installed (optional)."""
+    pytest.importorskip("opentelemetry.instrumentation.grpc")
+    sdk = pytest.importorskip("opentelemetry.sdk.trace")
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    if not isinstance(trace.get_tracer_provider(), sdk.TracerProvider):
+        trace.set_tracer_provider(sdk.TracerProvider())
+    exporter = InMemorySpanExporter()
+    trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(exporter))  # type: ignore[attr-defined]
+    running = start_server(ServerConfig(port=0))
+    try:
+        async with grpc.aio.insecure_channel(running.target) as channel:
+            stub = model_service_pb2_grpc.ModelServiceStub(channel)
+            metadata = (("x-request-id", "log-otel"), ("traceparent", TRACEPARENT))
+            await stub.ListModels(model_service_pb2.ListModelsRequest(), metadata=metadata)
+        line = fields(access.line("log-otel"))
+    finally:
+        running.stop()
+    [span] = [s for s in exporter.get_finished_spans() if s.name.endswith("/ListModels")]
+    assert span.parent is not None and format(span.parent.span_id, "016x") == PARENT_ID
+    assert line["trace_id"] == TRACE_ID
+    assert line["span_id"] == format(span.get_span_context().span_id, "016x") != PARENT_ID
