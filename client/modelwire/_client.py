@@ -71,8 +71,14 @@ class AsyncClient(TextTaskMethods, MediaTaskMethods, Seq2SeqTaskMethods):
     server processed them are retried up to ``max_retries`` times by gRPC itself, with
     exponential backoff and jitter (gRPC honours at most 4 retries). The channel is TLS
     when any of ``root_certificates``, ``private_key`` or ``certificate_chain`` is given.
-    ``channel_options`` go to gRPC as they are and win over the SDK's own (e.g.
-    ``("grpc.lb_policy_name", "round_robin")`` with a ``dns:///`` target for replicas).
+    ``channel_options`` go to gRPC as they are and win over the SDK's own.
+
+    Replicas: ``target`` may be a list of ``host:port`` (e.g. ``["10.0.0.1:50051",
+    "10.0.0.2:50051"]``) or a ``dns:///name:port`` whose name has several addresses;
+    calls are then spread round-robin over the replicas that are up, by gRPC itself.
+    Host names in a list are looked up once, when the client is made. With TLS over a
+    list, the certificate must name the addresses, or pass
+    ``("grpc.ssl_target_name_override", "host")`` in ``channel_options``.
 
     Every call sends an ``x-request-id`` (a fresh uuid4 hex unless the caller gives one
     with ``request_id=`` or in ``metadata``); results and errors carry the id the server
@@ -81,7 +87,7 @@ class AsyncClient(TextTaskMethods, MediaTaskMethods, Seq2SeqTaskMethods):
 
     def __init__(
         self,
-        target: str = "127.0.0.1:50051",
+        target: str | Sequence[str] = "127.0.0.1:50051",
         *,
         api_key: str | None = None,
         timeout: float | None = 60.0,
