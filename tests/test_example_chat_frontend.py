@@ -1,0 +1,113 @@
+"""examples/chat_frontend in headless Chromium: deltas render as they arrive, and Stop
+cancels the gRPC call on the server.
+
+Needs aiohttp and Playwright's Python package (``pip install -e '.[examples]' playwright``)
+and Debian's Chromium (``apt-get install -y chromium``); skipped, saying which, without them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelwire import AsyncClient
+
+pytest.importorskip(
+    "aiohttp", reason="the chat example needs aiohttp: pip install -e '.[examples]'"
+)
+pytest.importorskip(
+    "playwright", reason="the browser test needs Playwright: pip install playwright"
+)
+CHROMIUM = "/usr/bin/chromium"
+if not shutil.which(CHROMIUM):
+    pytest.skip(
+        f"the browser test needs {CHROMIUM}: apt-get install -y chromium", allow_module_level=True
+    )
+
+from aiohttp.test_utils import TestServer  # noqa: E402
+from playwright.async_api import Page, async_playwright  # noqa: E402
+
+APP_PATH = Path(__file__).parent.parent / "examples" / "chat_frontend" / "app.py"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# A short prompt and its answer fit tiny-llama's 512-token context.
+MAX_NEW_TOKENS = 480
+
+
+def _load_app() -> Any:
+    spec = importlib.util.spec_from_file_location("chat_frontend_app", APP_PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+async def page(server: Any) -> AsyncIterator[Page]:
+    app_module = _load_app()
+    settings = app_module.Settings(
+        server.target, model="tiny-llama", max_new_tokens=MAX_NEW_TOKENS, ignore_eos=True
+    )
+    async with TestServer(app_module.create_app(settings)) as web_server:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
+            )
+            page = await browser.new_page()
+            page.set_default_timeout(60_000)
+            await page.goto(str(web_server.make_url("/")))
+            yield page
+            await browser.close()
+
+
+async def _ask(page: Page, text: str) -> None:
+    await page.fill("#message", text)
+    await page.click("#send")
+
+
+async def test_stop_cancels_the_call_on_the_server(server: Any, page: Page) -> None:
+    engine = server.runner("tiny-llama").engine
+    generated_before = engine.stats().generated_tokens
+    await _ask(page, "Tell me a long story")
+    answer = page.locator(".answer").nth(0)
+    await page.wait_for_function("Number(document.querySelector('.answer').dataset.deltas) >= 1")
+    await page.click("#stop")
+    await page.wait_for_function("document.querySelector('.answer').dataset.state !== 'streaming'")
+    # "stopped": the stream ended without a finish reason, i.e. it was cancelled; had Stop
+    # not reached the call, the answer would have run to its length ("done").
+    assert await answer.get_attribute("data-state") == "stopped"
+    deadline = time.monotonic() + 30
+    while (stats := engine.stats()).running_rows and time.monotonic() < deadline:
+        await page.wait_for_timeout(10)  # polling the engine's state
+    assert stats.running_rows == 0
+    assert stats.generated_tokens - generated_before < MAX_NEW_TOKENS, stats
+
+
+async def test_answers_render_delta_by_delta(client: AsyncClient, page: Page) -> None:
+    reference = await client.generate(
+        messages=[{"role": "user", "content": "Hello"}],
+        model="tiny-llama",
+        max_new_tokens=MAX_NEW_TOKENS,
+        ignore_eos=True,
+    )
+    await _ask(page, "Hello")
+    answer = page.locator(".answer").nth(0)
+    await page.wait_for_function("document.querySelector('.answer').dataset.state !== 'streaming'")
+    assert await answer.get_attribute("data-state") == "done"
+    assert await answer.text_content() == reference.text
+    assert int(await answer.get_attribute("data-deltas") or 0) > 3  # rendered piece by piece
