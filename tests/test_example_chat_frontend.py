@@ -46,6 +46,17 @@ CHROMIUM_FLAGS = [
 ]
 # A short prompt and its answer fit tiny-llama's 512-token context.
 MAX_NEW_TOKENS = 480
+STOP_AT_FIRST_DELTA = """() => {
+  const observer = new MutationObserver(() => {
+    const answer = document.querySelector(".answer");
+    if (answer && Number(answer.dataset.deltas) >= 1) {
+      observer.disconnect();
+      document.getElementById("stop").click();
+    }
+  });
+  const log = document.getElementById("log");
+  observer.observe(log, {subtree: true, attributes: true, attributeFilter: ["data-deltas"]});
+}"""
 
 
 def _load_app() -> Any:
@@ -83,10 +94,11 @@ async def _ask(page: Page, text: str) -> None:
 async def test_stop_cancels_the_call_on_the_server(server: Any, page: Page) -> None:
     engine = server.runner("tiny-llama").engine
     generated_before = engine.stats().generated_tokens
+    # The page itself clicks Stop when the first delta renders: a round trip through
+    # Playwright can take longer than the whole answer on a fast machine.
+    await page.evaluate(STOP_AT_FIRST_DELTA)
     await _ask(page, "Tell me a long story")
     answer = page.locator(".answer").nth(0)
-    await page.wait_for_function("Number(document.querySelector('.answer').dataset.deltas) >= 1")
-    await page.click("#stop")
     await page.wait_for_function("document.querySelector('.answer').dataset.state !== 'streaming'")
     # "stopped": the stream ended without a finish reason, i.e. it was cancelled; had Stop
     # not reached the call, the answer would have run to its length ("done").
