@@ -104,6 +104,14 @@ def test_generate_streams_deltas_as_they_arrive(
     deltas = [w for w in stdout.writes if w and w != "\n"]
     assert len(deltas) > 3, deltas  # streamed piece by piece, not printed once at the end
 
+    stdout.writes.clear()
+    stdout.seek(0)
+    stdout.truncate()
+    assert main([*argv, "--json"]) == 0  # for scripts: one document at the end
+    data = json.loads(stdout.getvalue())
+    assert data["sequences"][0]["text"] == expected.text
+    assert data["sequences"][0]["finish_reason"] == "length" and data["request_id"]
+
 
 def test_error_is_one_line_with_the_request_id(
     server: Any, capsys: pytest.CaptureFixture[str]
