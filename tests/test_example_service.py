@@ -13,13 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from modelwire import AsyncClient, RateLimitError
-
-pytest.importorskip(
-    "aiohttp", reason="the service example needs aiohttp: pip install -e '.[examples]'"
-)
-from aiohttp.test_utils import TestClient, TestServer
 
 APP_PATH = Path(__file__).parent.parent / "examples" / "service_to_service" / "app.py"
 
