@@ -1,6 +1,6 @@
 """examples/service_to_service: the HTTP service against the session server.
 
-Needs aiohttp (the ``examples`` extra); without it the module is skipped, saying so.
+Needs aiohttp (in the dev extra, and the ``examples`` extra for running the example).
 """
 
 from __future__ import annotations
