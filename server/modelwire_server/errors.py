@@ -4,9 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Messages often quote what the client sent (a model name, a label). Status messages
+# and details travel in trailing metadata, which clients cap (gRPC: 16 KiB), so a
+# giant value echoed back would turn a clean error into a transport failure
+# (RESOURCE_EXHAUSTED: "received metadata size exceeds ...").
+MAX_MESSAGE_CHARS = 500  # non-ASCII is percent-encoded: up to 12 bytes a character
+
+
+def clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, marked when cut."""
+    return text if len(text) <= limit else f"{text[: limit - 15]}... [truncated]"
+
 
 class ModelwireError(Exception):
     """Base of errors whose message is safe to show a client."""
+
+    def __str__(self) -> str:
+        return clip(super().__str__())
 
 
 @dataclass
@@ -22,7 +36,7 @@ class InvalidArgument(ModelwireError):
 
     def __init__(self, field: str, description: str) -> None:
         super().__init__(f"{field}: {description}" if field else description)
-        self.violations = [FieldViolation(field, description)]
+        self.violations = [FieldViolation(clip(field, 200), clip(description))]
 
 
 class NotFound(ModelwireError):
