@@ -213,3 +213,33 @@ def test_load_model_is_disabled_without_an_allow_list(preset_cache: Path) -> Non
         asyncio.run(attempt())
     finally:
         running.stop()
+
+
+def test_allow_list_matching(tmp_path: Path) -> None:
+    from modelwire_server.allow_list import allowed
+
+    models = tmp_path / "models"
+    (models / "a").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (models / "link").symlink_to(tmp_path / "outside")
+    allow = [str(models), "my-org/*", "preset:tiny-*"]
+    assert allowed(str(models / "a"), allow)
+    assert allowed("my-org/bert", allow) and allowed("preset:tiny-gpt2", allow)
+    assert not allowed("other/bert", allow)
+    assert not allowed(str(models / "link"), allow)  # a symlink out of the directory
+    assert not allowed(f"{models}/../outside", allow)
+    assert not allowed(str(tmp_path / "models-evil"), allow)  # a prefix, not a directory
+    assert not allowed("my-org/../../etc", allow)  # path-like: never matched by a glob
+    assert not allowed(str(models / "a"), ["*"])  # "*" matches hub ids, not paths
+
+
+def test_load_allow_list_in_the_config_file() -> None:
+    from modelwire_server.config import ConfigError, parse_config
+
+    assert parse_config({"load_allow_list": ["/srv/models", "org/*"]}).load_allow_list == [
+        "/srv/models",
+        "org/*",
+    ]
+    for bad in ("/srv/models", [""], [3]):
+        with pytest.raises(ConfigError, match="load_allow_list"):
+            parse_config({"load_allow_list": bad})
