@@ -19,7 +19,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import string
+import tempfile
+from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 from tokenizers import (
     AddedToken,
@@ -218,6 +222,34 @@ def _wrap(
 _BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
+def _learn_bpe_pieces(texts: list[str], size: int, pre_tokenizer: object) -> list[str]:
+    """Pieces learned by a plain BPE trainer, in the order it created them.
+
+    The ``tokenizers`` trainers are only deterministic without ``limit_alphabet`` and
+    without a continuing-subword prefix (both break count ties in hash-map order), so
+    every trainer here goes through this plain form and derives its own vocabulary.
+    """
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizer
+    trainer = trainers.BpeTrainer(vocab_size=size, special_tokens=["[UNK]"], show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    vocab: dict[str, int] = json.loads(tok.to_str())["model"]["vocab"]
+    return [t for t in sorted(vocab, key=vocab.__getitem__) if t != "[UNK]"]
+
+
+def _wordpiece_vocab(size: int, specials: list[str], normalizer: normalizers.Normalizer) -> dict:
+    # Each learned piece serves both as a word start and, with "##", as a continuation.
+    texts = [normalizer.normalize_str(t) for t in _training_iterator()]
+    pieces = _learn_bpe_pieces(
+        texts, (size - len(specials)) // 2, pre_tokenizers.BertPreTokenizer()
+    )
+    vocab = {token: i for i, token in enumerate(specials)}
+    for piece in pieces:
+        for token in (piece, f"##{piece}"):
+            vocab.setdefault(token, len(vocab))
+    return vocab
+
+
 def train_wordpiece(
     vocab_size: int = 1000,
     *,
@@ -229,21 +261,18 @@ def train_wordpiece(
     Specials come first, so ``[PAD]`` is id 0 as in BERT checkpoints.
     """
     specials = _specials(_BERT_SPECIALS, extra_special)
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.BertNormalizer(
+    normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
     )
+    vocab = _wordpiece_vocab(vocab_size, specials, normalizer)
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizer
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        continuing_subword_prefix="##",
-        show_progress=False,
+    tok.add_special_tokens([AddedToken(t, special=True) for t in specials])
+    tok.post_processor = processors.BertProcessing(
+        ("[SEP]", vocab["[SEP]"]), ("[CLS]", vocab["[CLS]"])
     )
-    tok.train_from_iterator(_training_iterator(), trainer=trainer)
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.BertProcessing(("[SEP]", sep_id), ("[CLS]", cls_id))
     return _wrap(
         tok,
         extra_special,
@@ -308,18 +337,27 @@ def _metaspace_tokenizer(model: models.Model) -> Tokenizer:
     return tok
 
 
-def _train_plain_bpe(vocab_size: int, limit_alphabet: int) -> tuple[dict[str, int], list]:
+def _common_chars_only(texts: list[str], keep: int) -> list[str]:
+    """Blank out all but the ``keep`` most frequent characters (ties by code point).
+
+    Rare characters (emoji, most CJK) then never enter the vocabulary and go through the
+    byte fallback, as in real Llama/T5 vocabularies. This replaces the trainer's own
+    ``limit_alphabet``, which breaks frequency ties differently on every run.
+    """
+    counts = Counter(ch for text in texts for ch in text)
+    ranked = sorted(counts, key=lambda ch: (-counts[ch], ch))
+    kept = {*ranked[:keep], " "}
+    return ["".join(ch if ch in kept else " " for ch in text) for text in texts]
+
+
+def _train_plain_bpe(vocab_size: int, alphabet_size: int) -> tuple[dict[str, int], list]:
     """Train the word-piece part of the vocabulary; returns (vocab, merges)."""
     tok = _metaspace_tokenizer(models.BPE(unk_token="<unk>"))
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<unk>"],
-        # A small alphabet leaves rare characters (emoji, most CJK) to the byte fallback,
-        # as in real Llama/T5 vocabularies.
-        limit_alphabet=limit_alphabet,
-        show_progress=False,
+        vocab_size=vocab_size, special_tokens=["<unk>"], show_progress=False
     )
-    tok.train_from_iterator(_training_iterator(), trainer=trainer)
+    texts = _common_chars_only(list(_training_iterator()), alphabet_size)
+    tok.train_from_iterator(texts, trainer=trainer)
     model = json.loads(tok.to_str())["model"]
     return model["vocab"], model["merges"]
 
@@ -383,8 +421,45 @@ def set_template(
     )
 
 
+def _fillers(prefix: str, taken: dict[str, int]) -> Iterator[str]:
+    """Word-like pieces (" ab", " abc", ...) that are not in the vocabulary yet."""
+    for length in itertools.count(2):
+        for letters in itertools.product(string.ascii_lowercase, repeat=length):
+            piece = prefix + "".join(letters)
+            if piece not in taken:
+                yield piece
+
+
+def pad_vocabulary(tokenizer: PreTrainedTokenizerFast, size: int) -> PreTrainedTokenizerFast:
+    """A copy of a BPE ``tokenizer`` whose vocabulary has exactly ``size`` ids.
+
+    For models built with a real checkpoint's vocabulary size (GPT-2's 50257, ...): every
+    id the model can generate must decode to text. The added pieces have no merge rule
+    that produces them, so encoding is unchanged; decoding them gives short words.
+    """
+    if len(tokenizer) >= size:
+        return tokenizer
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        path = Path(tmp) / "tokenizer.json"
+        data = json.loads(path.read_text(encoding="utf-8"))
+        vocab: dict[str, int] = data["model"]["vocab"]
+        # Added tokens join the model vocabulary first: on load, an added token missing
+        # from it gets id = model size, which after padding would clash with a filler.
+        for added in data["added_tokens"]:
+            vocab.setdefault(added["content"], added["id"])
+        prefix = "Ġ" if data["decoder"]["type"] == "ByteLevel" else "▁"
+        # strict=False: the fillers never run out, the id range decides how many are used.
+        new_ids = range(len(tokenizer), size)
+        for token_id, piece in zip(new_ids, _fillers(prefix, vocab), strict=False):
+            vocab[piece] = token_id
+        path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+        return PreTrainedTokenizerFast.from_pretrained(tmp)
+
+
 __all__ = [
     "corpus",
+    "pad_vocabulary",
     "set_template",
     "train_byte_level_bpe",
     "train_sentencepiece_bpe",
