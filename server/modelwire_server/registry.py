@@ -124,6 +124,8 @@ class Registry:
 
     async def add(self, config: ModelConfig) -> ModelEntry:
         """Register and load one more model; returns once it is READY or FAILED."""
+        if self.draining:
+            raise Unavailable("the server is shutting down; load the model elsewhere")
         if config.name in self.entries:
             raise InvalidArgument("model", f"a model named {config.name!r} exists; unload it first")
         # It becomes its task's default only once READY, so calls that use the default
