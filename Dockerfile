@@ -28,7 +28,7 @@ RUN pip install '.[server]'
 RUN useradd --create-home --uid 10001 modelwire \
     && mkdir -p /cache /config \
     && chown -R modelwire:modelwire /cache
-USER modelwire
+USER 10001:10001
 WORKDIR /home/modelwire
 VOLUME ["/cache"]
 EXPOSE 50051
