@@ -1,0 +1,159 @@
+"""Summarize throughput: the server's continuous batching vs in-process model.generate().
+
+256 concurrent single-input Summarize calls through the SDK against a server subprocess,
+compared with ``model.generate()`` in this process over the same inputs, batched
+(batch 32, padded) and one at a time. Same model (a random T5 built like the preset,
+half t5-small's width: 4+4 layers, d_model 256, 4 heads, d_ff 1024, the preset's small
+vocabulary; small enough that 256 one-at-a-time generations finish on a shared CPU),
+greedy, every output exactly ``--max-new-tokens`` long (EOS ignored) so all contenders
+generate the same number of tokens; same torch thread count, all warmed
+up, runs interleaved, median of 3. Prints raw numbers and ratios.
+
+    python bench/seq2seq.py [--requests 256] [--threads 2] [--rounds 3] [--max-new-tokens 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+WORDS = (
+    "the city council met on tuesday to discuss the new budget for schools roads and "
+    "parks after months of debate residents asked for more buses while the mayor said "
+    "taxes would not rise this year and that the plan would be voted on next week"
+).split()
+
+
+def make_inputs(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(WORDS, k=rng.randint(20, 48))) for _ in range(n)]
+
+
+def build_model(root: Path) -> Path:
+    from modelwire_server.preset.text import build_t5
+
+    path = root / "t5-mini-random"
+    build_t5(path, d_model=256, d_kv=64, d_ff=1024, num_layers=4, num_decoder_layers=4, num_heads=4)
+    return path
+
+
+def start_server(model: Path, threads: int) -> tuple[subprocess.Popen[str], str]:
+    config = model.parent / "bench.yaml"
+    config.write_text(
+        f"models:\n  - name: bench\n    task: summarization\n    source: {model}\n"
+        "    max_waiting: 1024\n    max_batch_tokens: 32768\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MODELWIRE_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelwire_server", "serve", "--config", str(config), "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("modelwire-server listening on"):
+            return proc, line.split()[-1]
+    raise RuntimeError("server did not start")
+
+
+async def run_server(target: str, inputs: list[str], max_new: int) -> float:
+    from modelwire import AsyncClient
+
+    async with AsyncClient(target, timeout=1200) as client:
+        started = time.perf_counter()
+        results = await asyncio.gather(
+            *(
+                client.summarize(
+                    text, model="bench", temperature=0, max_new_tokens=max_new, ignore_eos=True
+                )
+                for text in inputs
+            )
+        )
+        elapsed = time.perf_counter() - started
+    assert all(r.generated_tokens == max_new for [r] in results)
+    return elapsed
+
+
+def run_generate(model: Any, tokenizer: Any, inputs: list[str], batch: int, max_new: int) -> float:
+    import torch
+
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(inputs), batch):
+            encoded = tokenizer(inputs[i : i + batch], padding=True, return_tensors="pt")
+            out = model.generate(
+                **encoded, do_sample=False, max_new_tokens=max_new, min_new_tokens=max_new
+            )
+            assert out.shape[1] == max_new + 1  # decoder start + the new tokens
+    return time.perf_counter() - started
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    torch.set_num_threads(args.threads)
+    inputs, max_new = make_inputs(args.requests), args.max_new_tokens
+    with tempfile.TemporaryDirectory() as tmp:
+        path = build_model(Path(tmp))
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSeq2SeqLM.from_pretrained(path).eval()
+        proc, target = start_server(path, args.threads)
+        try:
+            from modelwire import AsyncClient
+
+            async with AsyncClient(target) as client:
+                await client.wait_until_ready(timeout=300)
+            # Warm-up of every contender.
+            await run_server(target, inputs[:64], max_new)
+            run_generate(model, tokenizer, inputs[:64], 32, max_new)
+            run_generate(model, tokenizer, inputs[:4], 1, max_new)
+            times: dict[str, list[float]] = {"server": [], "generate_b32": [], "generate_b1": []}
+            for _ in range(args.rounds):  # interleaved, so drift hits all alike
+                times["server"].append(await run_server(target, inputs, max_new))
+                times["generate_b32"].append(run_generate(model, tokenizer, inputs, 32, max_new))
+                times["generate_b1"].append(run_generate(model, tokenizer, inputs, 1, max_new))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    report(times, args.requests, args.threads, max_new)
+
+
+def report(times: dict[str, list[float]], n: int, threads: int, max_new: int) -> None:
+    median = {k: statistics.median(v) for k, v in times.items()}
+    print(
+        f"Summarize, {n} single-input requests x {max_new} new tokens, random T5 (4+4 layers, "
+        f"d_model 256), greedy, {threads} torch threads, median of {len(times['server'])}"
+    )
+    print(f"{'contender':<30}{'seconds (runs)':<34}{'tokens/s':>10}")
+    for name, label in (
+        ("server", f"modelwire ({n} concurrent)"),
+        ("generate_b32", "generate() batch 32"),
+        ("generate_b1", "generate() one at a time"),
+    ):
+        runs = ", ".join(f"{t:.2f}" for t in times[name])
+        rate = n * max_new / median[name]
+        print(f"{label:<30}{median[name]:<8.2f}({runs}){'':<4}{rate:>10.1f}")
+    print(f"ratio vs generate() batched:       {median['generate_b32'] / median['server']:.2f}x")
+    print(f"ratio vs generate() one at a time: {median['generate_b1'] / median['server']:.2f}x")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
