@@ -8,7 +8,6 @@ is blocking work that must not stall the caller's event loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from modelwire import _media_inputs as inputs
@@ -25,14 +24,13 @@ from modelwire._media_types import (
     TimestampGranularity,
     Transcription,
 )
+from modelwire._mixin import TaskMethods
 from modelwire._tasks import classifications
 from modelwire._types import Classification, ResultList
 from modelwire.v1 import inference_service_pb2 as pb
 
 if TYPE_CHECKING:
-    import grpc
-
-    from modelwire._transport import Stubs
+    pass
 
 _TIMESTAMPS: dict[str, pb.TimestampGranularity] = {
     "segment": pb.TIMESTAMP_GRANULARITY_SEGMENT,
@@ -174,18 +172,8 @@ def speech(response: pb.SynthesizeSpeechResponse, request_id: str | None) -> Spe
 # --- methods ------------------------------------------------------------------------
 
 
-class MediaTaskMethods:
-    """Mixed into AsyncClient, which provides ``_unary``."""
-
-    if TYPE_CHECKING:
-
-        async def _unary(
-            self,
-            pick: Callable[[Stubs], grpc.aio.UnaryUnaryMultiCallable[Any, Any]],
-            request: Any,
-            timeout: float | None,
-            request_id: str | None,
-        ) -> tuple[Any, str]: ...
+class MediaTaskMethods(TaskMethods):
+    """Mixed into AsyncClient."""
 
     async def classify_image(
         self,

@@ -8,20 +8,19 @@ output options (logprobs, echoed prompts, ...) are ``generate``'s alone, and so 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypedDict, Unpack
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 from modelwire import _validation as check
 from modelwire._generation import _FINISH_REASONS, generate_request
+from modelwire._mixin import TaskMethods
 from modelwire._types import FinishReason, ResultList
 from modelwire.v1 import common_pb2
 from modelwire.v1 import inference_service_pb2 as pb
 
 if TYPE_CHECKING:
-    import grpc
-
-    from modelwire._transport import Stubs
+    pass
 
 
 class TextGenerationParams(TypedDict, total=False):
@@ -121,18 +120,8 @@ def generated_texts(results: Sequence[common_pb2.GeneratedText]) -> list[Generat
     ]
 
 
-class Seq2SeqTaskMethods:
-    """Mixed into AsyncClient, which provides ``_unary``."""
-
-    if TYPE_CHECKING:
-
-        async def _unary(
-            self,
-            pick: Callable[[Stubs], grpc.aio.UnaryUnaryMultiCallable[Any, Any]],
-            request: Any,
-            timeout: float | None,
-            request_id: str | None,
-        ) -> tuple[Any, str]: ...
+class Seq2SeqTaskMethods(TaskMethods):
+    """Mixed into AsyncClient."""
 
     async def summarize(
         self,

@@ -4,10 +4,11 @@ summarization, translation): each a request builder, a result converter and a me
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from modelwire import _validation as check
+from modelwire._mixin import TaskMethods
 from modelwire._tasks import classifications
 from modelwire._text_types import (
     AggregationStrategyName,
@@ -21,9 +22,7 @@ from modelwire._types import Classification, ResultList
 from modelwire.v1 import inference_service_pb2 as pb
 
 if TYPE_CHECKING:
-    import grpc
-
-    from modelwire._transport import Stubs
+    pass
 
 _AGGREGATIONS: dict[str, pb.AggregationStrategy] = {
     "none": pb.AGGREGATION_STRATEGY_NONE,
@@ -175,18 +174,8 @@ def answer_question_results(response: pb.AnswerQuestionResponse) -> list[Answer]
     return [Answer(a.text, a.score, a.start, a.end) for a in response.answers]
 
 
-class TextTaskMethods:
-    """Mixed into AsyncClient, which provides ``_unary``."""
-
-    if TYPE_CHECKING:
-
-        async def _unary(
-            self,
-            pick: Callable[[Stubs], grpc.aio.UnaryUnaryMultiCallable[Any, Any]],
-            request: Any,
-            timeout: float | None,
-            request_id: str | None,
-        ) -> tuple[Any, str]: ...
+class TextTaskMethods(TaskMethods):
+    """Mixed into AsyncClient."""
 
     async def classify_zero_shot(
         self,
