@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypedDict, Unpack
+from typing import TypedDict, Unpack
 
 from modelwire import _validation as check
 from modelwire._generation import _FINISH_REASONS, generate_request
@@ -18,9 +18,6 @@ from modelwire._mixin import TaskMethods
 from modelwire._types import FinishReason, ResultList
 from modelwire.v1 import common_pb2
 from modelwire.v1 import inference_service_pb2 as pb
-
-if TYPE_CHECKING:
-    pass
 
 
 class TextGenerationParams(TypedDict, total=False):
