@@ -26,6 +26,7 @@ RUNNERS: dict[str, str] = {
     "question-answering": "question_answering:QuestionAnsweringTask",
     "summarization": "seq2seq:SummarizationTask",
     "translation": "seq2seq:TranslationTask",
+    "image-text-to-text": "image_text_to_text:ImageTextToTextTask",
 }
 
 # RPC → the tasks whose models can serve it; the first task's default model serves
