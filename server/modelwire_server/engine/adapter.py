@@ -35,11 +35,13 @@ class BatchState(Protocol):
 
 @dataclass(slots=True)
 class PrefillInput:
-    """One prompt to prefill; ``extras`` carries model inputs such as pixel values."""
+    """One prompt to prefill; ``extras`` carries model inputs such as pixel values, and
+    ``decoder_ids`` an encoder-decoder's own decoder start (None: the adapter's)."""
 
     prompt_ids: list[int]
     want_prompt_logits: bool = False
     extras: dict[str, Any] | None = None
+    decoder_ids: list[int] | None = None
 
 
 @dataclass(slots=True)
@@ -88,7 +90,16 @@ def model_context_length(config: Any) -> int | None:
 
 
 class CausalLMAdapter:
-    """Decoder-only models (GPT-2, Llama, ...) with a ``DynamicCache``."""
+    """Decoder-only models (GPT-2, Llama, ...) with a ``DynamicCache``.
+
+    Image-text-to-text models of the LLaVA kind are causal LMs too: a prompt's
+    ``extras`` (``pixel_values``, one image per item along axis 0) go into the prefill
+    forward pass beside its tokens, and the model puts the image features in place of
+    the prompt's image placeholder tokens, in row order; so the extras of a prefill's
+    rows are concatenated in row order, and rows without images add nothing. Rows whose
+    extras cannot be concatenated (images of different sizes) prefill separately and
+    join as one state. Decode steps are plain tokens.
+    """
 
     def __init__(self, model: torch.nn.Module, device: torch.device | str) -> None:
         self.model = model
@@ -98,11 +109,35 @@ class CausalLMAdapter:
         self.max_context = model_context_length(model.config)
         self.max_prompt: int | None = None
         self.decoder_prefix: list[int] | None = None
+        # Padding is masked out, but a multimodal model finds its image placeholders by
+        # token id before it looks at the mask: padding must never be one.
+        placeholders = {
+            getattr(model.config, name, None) for name in ("image_token_id", "image_token_index")
+        }
+        self.pad_id = next(i for i in range(len(placeholders) + 1) if i not in placeholders)
 
     @torch.inference_mode()
     def prefill(self, inputs: list[PrefillInput]) -> PrefillOutput:
+        groups = _extras_groups(inputs)
+        if len(groups) == 1:
+            return self._prefill(inputs)
+        # One pass per group, then one state in the callers' order (``select`` with the
+        # inverse of the grouped order).
+        order = [index for group in groups for index in group]
+        parts = [self._prefill([inputs[i] for i in group]) for group in groups]
+        state = parts[0].state
+        for part in parts[1:]:
+            state.merge(part.state)
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        state.select(inverse.to(self.device))
+        logits = torch.cat([part.logits for part in parts])[inverse.to(self.device)]
+        grouped = [logits for part in parts for logits in part.prompt_logits]
+        return PrefillOutput(logits, state, [grouped[int(i)] for i in inverse])
+
+    def _prefill(self, inputs: list[PrefillInput]) -> PrefillOutput:
         width = max(len(i.prompt_ids) for i in inputs)
-        ids = torch.zeros((len(inputs), width), dtype=torch.long)
+        ids = torch.full((len(inputs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(inputs), width), dtype=torch.long)
         for row, item in enumerate(inputs):
             n = len(item.prompt_ids)
@@ -120,6 +155,7 @@ class CausalLMAdapter:
             cache=cache,
             use_cache=True,
             logits_to_keep=0 if want_all else 1,
+            **self._extras(inputs),
         )
         logits = out.logits[:, -1, :].float()
         prompt_logits: list[torch.Tensor | None] = [None] * len(inputs)
@@ -129,6 +165,20 @@ class CausalLMAdapter:
                     n = len(item.prompt_ids)
                     prompt_logits[row] = out.logits[row, width - n :, :].float()
         return PrefillOutput(logits, CausalState(cache, mask), prompt_logits)
+
+    def _extras(self, inputs: list[PrefillInput]) -> dict[str, torch.Tensor]:
+        """The rows' extras concatenated in row order, on the model's device and dtype."""
+        present = [item.extras for item in inputs if item.extras]
+        if not present:
+            return {}
+        dtype = getattr(self.model, "dtype", None)
+        joined = {}
+        for key in present[0]:
+            value = torch.cat([extras[key] for extras in present]).to(self.device)
+            if value.is_floating_point() and dtype is not None:
+                value = value.to(dtype)
+            joined[key] = value
+        return joined
 
     @torch.inference_mode()
     def decode(self, state: BatchState, tokens: torch.Tensor) -> torch.Tensor:
@@ -143,3 +193,24 @@ class CausalLMAdapter:
         )
         state.commit_step(step_mask)
         return out.logits[:, -1, :].float()
+
+
+def _extras_signature(extras: dict[str, Any]) -> tuple[object, ...]:
+    return tuple(sorted((key, tuple(value.shape[1:])) for key, value in extras.items()))
+
+
+def _extras_groups(inputs: list[PrefillInput]) -> list[list[int]]:
+    """Row indices by what their extras concatenate with: one group when all of them do
+    (the usual case: rows without extras join any group)."""
+    groups: dict[tuple[object, ...], list[int]] = {}
+    plain: list[int] = []
+    for index, item in enumerate(inputs):
+        if item.extras:
+            groups.setdefault(_extras_signature(item.extras), []).append(index)
+        else:
+            plain.append(index)
+    if not groups:
+        return [plain]
+    ordered = list(groups.values())
+    ordered[0] = sorted(ordered[0] + plain)
+    return ordered

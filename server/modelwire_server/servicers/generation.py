@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
@@ -150,7 +151,10 @@ def fold_finish(
 
 async def prompt_ids(
     runner: TextGenerationTask, request: generate_pb2.GenerateRequest
-) -> list[int]:
+) -> tuple[list[int], dict[str, Any] | None]:
+    """The prompt's token ids, and the model inputs beside them (an image-text-to-text
+    chat's pixel values; None for text)."""
+    extras: dict[str, Any] | None = None
     which = request.WhichOneof("input")
     if which == "prompt":
         if not request.prompt:
@@ -163,17 +167,26 @@ async def prompt_ids(
             )
         ids = await asyncio.to_thread(runner.encode_prompt, request.prompt)
     elif which == "messages":
-        ids = await asyncio.to_thread(runner.encode_chat, chat_turns(request.messages))
+        ids, extras = await asyncio.to_thread(runner.prompt_inputs, chat_turns(request.messages))
     else:
         raise errors.InvalidArgument("prompt", "set either prompt or messages")
     keep = optional(request.options, "truncate_prompt_tokens")
     if keep is not None:
         if keep < 1:
             raise errors.InvalidArgument("options.truncate_prompt_tokens", "must be at least 1")
+        cut = ids[: max(len(ids) - keep, 0)]
+        if runner.placeholder_ids.intersection(cut):
+            # The model would get image features without their places in the prompt.
+            first = next(i for i, t in enumerate(ids) if t in runner.placeholder_ids)
+            raise errors.InvalidArgument(
+                "options.truncate_prompt_tokens",
+                f"would cut into the prompt's images; keep at least {len(ids) - first} "
+                f"of its {len(ids)} tokens",
+            )
         ids = ids[-keep:]  # type: ignore[index]
     if not ids:
         raise errors.InvalidArgument("prompt", "tokenizes to no tokens")
-    return ids
+    return ids, extras
 
 
 async def generate(
@@ -182,8 +195,10 @@ async def generate(
     context: grpc.aio.ServicerContext,
     request_id: str,
 ) -> AsyncIterator[generate_pb2.GenerateResponse]:
+    ids, extras = await prompt_ids(runner, request)
     gen_request = et.GenerationRequest(
-        prompt_ids=await prompt_ids(runner, request),
+        prompt_ids=ids,
+        extras=extras,
         sampling=sampling_params(request.sampling),
         stopping=stopping_params(request.stopping),
         options=output_options(request.options),

@@ -108,6 +108,9 @@ class EngineDriver:
 class TextGenerationTask(TaskRunner):
     task = "text-generation"
     rpcs = ("Generate", "Tokenize")
+    # Prompt tokens that stand for model inputs beside the tokens (image placeholders):
+    # truncating a prompt must not cut any of them off.
+    placeholder_ids: frozenset[int] = frozenset()
 
     def load(self) -> None:
         source, kwargs = self.config.source, self.pretrained_kwargs()
@@ -202,6 +205,10 @@ class TextGenerationTask(TaskRunner):
         text = self.render_chat(turns, add_generation_prompt=True)
         # The template already holds BOS and the like.
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt_inputs(self, turns: Sequence[ChatTurn]) -> tuple[list[int], dict[str, Any] | None]:
+        """A chat's prompt ids and the model inputs beside them (``extras``; None: text)."""
+        return self.encode_chat(turns), None
 
     def tokenize(
         self,
