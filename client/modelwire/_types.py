@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 _T = TypeVar("_T")
 
@@ -158,11 +158,23 @@ class GenerationResult:
         return self.sequences[0].text if self.sequences else ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ImagePart:
-    """An image inside a chat message, as encoded bytes (PNG, JPEG, WebP, ...)."""
+    """An image inside a chat message, as encoded bytes (PNG, JPEG, WebP, ...).
+
+    ``ImagePart(data)`` also takes a path (``str`` or ``os.PathLike``: the file's bytes),
+    a PIL image or a uint8 numpy array ``(H, W)`` / ``(H, W, C)`` (sent as PNG), as the
+    media calls do; ``data`` always holds the bytes.
+    """
 
     data: bytes
+
+    def __init__(self, data: Any) -> None:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            from modelwire._media_inputs import image  # only a non-bytes input needs it
+
+            data = image("ImagePart.data", data).data
+        object.__setattr__(self, "data", bytes(data))
 
 
 @dataclass(frozen=True)

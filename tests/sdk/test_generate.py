@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+from pathlib import Path
 
 import grpc
 import pytest
@@ -10,8 +12,10 @@ from google.protobuf.duration_pb2 import Duration
 
 from modelwire import (
     AsyncClient,
+    ChatMessage,
     FinishReason,
     GenerationChunk,
+    ImagePart,
     InternalServerError,
     NotFoundError,
     SequenceResult,
@@ -215,6 +219,56 @@ async def test_chat_messages_become_the_input(client: AsyncClient, fakes: Fakes)
     assert request.WhichOneof("input") == "messages"
     [turn] = request.messages.messages
     assert turn.role == "user" and turn.content[0].text == "Hi"
+
+
+async def test_image_parts_are_sent_in_order(
+    client: AsyncClient, fakes: Fakes, tmp_path: Path
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("RGB", (3, 2), "red").save(png, format="PNG")
+    path = tmp_path / "red.png"
+    path.write_bytes(png.getvalue())
+    array = np.zeros((2, 5, 3), np.uint8)
+    parts: list[str | ImagePart] = [
+        "Compare",
+        ImagePart(png.getvalue()),
+        ImagePart(path),
+        ImagePart(str(path)),
+        ImagePart(Image.new("RGB", (4, 4), "blue")),
+        ImagePart(array),
+    ]
+    messages = [ChatMessage("user", parts)]
+    await client.generate(messages=messages, model="llava")
+    async with client.generate_stream(messages=messages, model="llava") as stream:
+        await stream.final()
+    fakes.inference.responses["Tokenize"] = generate_pb2.TokenizeResponse()
+    await client.tokenize(messages=messages, model="llava")
+
+    sent = [r.messages for r in fakes.recorder.requests("Generate")]
+    sent += [r.messages for r in fakes.recorder.requests("Tokenize")]
+    assert len(sent) == 3
+    for chat in sent:
+        [turn] = chat.messages
+        kinds = [p.WhichOneof("part") for p in turn.content]
+        assert kinds == ["text"] + ["image"] * 5
+        assert turn.content[0].text == "Compare"
+        images = [p.image.data for p in turn.content[1:]]
+        assert images[:3] == [png.getvalue()] * 3  # bytes as given; paths read
+        decoded = [Image.open(io.BytesIO(data)) for data in images[3:]]
+        assert [d.size for d in decoded] == [(4, 4), (5, 2)]
+        assert decoded[0].convert("RGB").getpixel((0, 0)) == (0, 0, 255)
+        assert np.array_equal(np.asarray(decoded[1].convert("RGB")), array)
+
+
+def test_image_part_refuses_what_is_not_an_image(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"ImagePart\.data"):
+        ImagePart(3)
+    with pytest.raises(ValueError, match="cannot read"):
+        ImagePart(tmp_path / "missing.png")
+    assert ImagePart(data=b"x") == ImagePart(bytearray(b"x"))
 
 
 async def test_close_cancels_the_call_on_the_server(client: AsyncClient, fakes: Fakes) -> None:
