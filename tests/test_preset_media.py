@@ -39,6 +39,7 @@ EXPECTED = {
     "tiny-vit": ("image-classification", True),
     "tiny-detr": ("object-detection", True),
     "tiny-blip": ("image-to-text", True),
+    "tiny-vit-gpt2": ("image-to-text", False),
     "tiny-wav2vec2-ctc": ("automatic-speech-recognition", True),
     "tiny-whisper": ("automatic-speech-recognition", False),
     "tiny-audio-cls": ("audio-classification", True),
@@ -149,6 +150,28 @@ def test_blip_captions_depend_on_the_image(
         max_new_tokens=4,
     )
     assert processor.decode(prompted[0], skip_special_tokens=True).startswith("a picture of")
+
+
+def test_vit_gpt2_captions_depend_on_the_image(
+    built: dict[str, Path], images: list[Image.Image]
+) -> None:
+    path = built["tiny-vit-gpt2"]
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    assert type(model).__name__ == "VisionEncoderDecoderModel"
+    image_processor = AutoImageProcessor.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    start = model.generation_config.decoder_start_token_id
+    assert start == model.generation_config.eos_token_id == tokenizer.eos_token_id
+    pixels = [image_processor(images=image, return_tensors="pt").pixel_values for image in images]
+    captions = [model.generate(pixel_values=p, max_new_tokens=8)[0].tolist() for p in pixels]
+    assert captions[0] != captions[1]
+    assert max(len(set(c[1:])) for c in captions) > 2, f"degenerate captions: {captions}"
+    # A decoder prompt is a forced prefix the caption continues.
+    prompt = [start, *tokenizer("a picture of", add_special_tokens=False)["input_ids"]]
+    prompted = model.generate(
+        pixel_values=pixels[0], decoder_input_ids=torch.tensor([prompt]), max_new_tokens=4
+    )
+    assert tokenizer.decode(prompted[0], skip_special_tokens=True).startswith("a picture of")
 
 
 def test_llava_chat_generation_depends_on_the_image(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Bump when any builder changes, so stale caches are rebuilt rather than reused.
-PRESET_VERSION = "2"
+PRESET_VERSION = "3"
 
 
 @dataclass(frozen=True)

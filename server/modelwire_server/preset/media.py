@@ -225,6 +225,55 @@ def build_blip(path: Path) -> None:
     _save(path, model, transformers.BlipProcessor(image_processor, tokenizer))
 
 
+def build_vit_gpt2(path: Path) -> None:
+    """``tiny-vit-gpt2``: vision-encoder-decoder captioner, ViT encoder + GPT-2 decoder.
+
+    The decoder cross-attends to the ViT patches; captions start from
+    ``<|endoftext|>`` (the decoder start, as in nlpconnect/vit-gpt2-image-captioning),
+    which also ends them and pads. Loads as ``VisionEncoderDecoderModel`` with
+    ``AutoImageProcessor`` (ViT) and ``AutoTokenizer`` (byte-level BPE); there is no
+    joint processor, as in the Hub checkpoints of this kind.
+    """
+    tokenizer = train_byte_level_bpe(600)
+    tokenizer.model_max_length = 64
+    eos = tokenizer.eos_token_id
+    encoder = transformers.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        initializer_range=_INIT,
+    )
+    decoder = transformers.GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=64,  # wider than the ViT (32): exercises enc_to_dec_proj, varies more
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        add_cross_attention=True,
+        is_decoder=True,
+        initializer_range=_INIT,
+        bos_token_id=eos,
+        eos_token_id=eos,
+    )
+    config = transformers.VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id = eos
+    config.pad_token_id = eos
+    config.eos_token_id = eos
+    with _seeded():
+        model = transformers.VisionEncoderDecoderModel(config=config).eval()
+    model.generation_config = transformers.GenerationConfig(
+        decoder_start_token_id=eos,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+        max_new_tokens=20,
+    )
+    _save(path, model, transformers.ViTImageProcessor(size={"height": 32, "width": 32}), tokenizer)
+
+
 def build_llava(path: Path) -> None:
     """``tiny-llava``: CLIP vision tower + Llama decoder, 16 ``<image>`` tokens per image.
 
@@ -667,6 +716,9 @@ MODELS: list[PresetModel] = [
     PresetModel("tiny-vit", "image-classification", build_vit, True, "ViT, 5 labels"),
     PresetModel("tiny-detr", "object-detection", build_detr, True, "DETR, ResNet backbone"),
     PresetModel("tiny-blip", "image-to-text", build_blip, True, "BLIP captioner"),
+    PresetModel(
+        "tiny-vit-gpt2", "image-to-text", build_vit_gpt2, False, "ViT + GPT-2 encoder-decoder"
+    ),
     PresetModel(
         "tiny-wav2vec2-ctc",
         "automatic-speech-recognition",

@@ -14,6 +14,7 @@ import grpc
 from modelwire.v1 import common_pb2
 from modelwire.v1 import inference_service_pb2 as pb
 from modelwire_server.errors import InvalidArgument
+from modelwire_server.interceptors import current_request_id
 from modelwire_server.media import AudioInput, PcmInput
 from modelwire_server.servicers.common import (
     RpcGroup,
@@ -22,10 +23,16 @@ from modelwire_server.servicers.common import (
     enum_value,
     optional,
 )
+from modelwire_server.servicers.generation import (
+    generated_text_pb,
+    sampling_params,
+    stopping_params,
+)
 
 if TYPE_CHECKING:
     from modelwire_server.tasks.audio_classification import AudioClassificationTask
     from modelwire_server.tasks.image_classification import ImageClassificationTask
+    from modelwire_server.tasks.image_to_text import ImageToTextTask
     from modelwire_server.tasks.object_detection import Detection, ObjectDetectionTask
     from modelwire_server.tasks.speech_recognition import SpeechRecognitionTask, Transcript
     from modelwire_server.tasks.text_to_speech import TextToSpeechTask
@@ -47,8 +54,9 @@ DEFAULT_THRESHOLD = 0.5
 
 
 class MediaTaskRpcs(RpcGroup):
-    """ClassifyImage, DetectObjects, TranscribeAudio, ClassifyAudio, SynthesizeSpeech
-    (CaptionImage is generation: it lands with the engine's image support)."""
+    """ClassifyImage, DetectObjects, CaptionImage, TranscribeAudio, ClassifyAudio,
+    SynthesizeSpeech. CaptionImage is generation: sampling and stopping read as
+    Generate's do, and each image becomes one engine request."""
 
     def _runner(self, rpc: str, model: str) -> Any:
         # RpcGroup.runner wants the runner class itself, which would import the task.
@@ -77,6 +85,20 @@ class MediaTaskRpcs(RpcGroup):
             deadline=deadline_of(context),
         )
         return pb.DetectObjectsResponse(results=[_detections(r) for r in results])
+
+    async def CaptionImage(
+        self, request: pb.CaptionImageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CaptionImageResponse:
+        runner = cast("ImageToTextTask", self._runner("CaptionImage", request.model))
+        results = await runner.caption(
+            [image.data for image in request.images],
+            optional(request, "prompt"),
+            sampling_params(request.sampling),
+            stopping_params(request.stopping),
+            request_id=current_request_id.get(),
+            deadline=deadline_of(context),
+        )
+        return pb.CaptionImageResponse(results=[generated_text_pb(r) for r in results])
 
     async def TranscribeAudio(
         self, request: pb.TranscribeAudioRequest, context: grpc.aio.ServicerContext

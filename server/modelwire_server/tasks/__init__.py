@@ -17,6 +17,7 @@ RUNNERS: dict[str, str] = {
     "text-generation": "text_generation:TextGenerationTask",
     "image-classification": "image_classification:ImageClassificationTask",
     "object-detection": "object_detection:ObjectDetectionTask",
+    "image-to-text": "image_to_text:ImageToTextTask",
     "automatic-speech-recognition": "speech_recognition:SpeechRecognitionTask",
     "audio-classification": "audio_classification:AudioClassificationTask",
     "text-to-speech": "text_to_speech:TextToSpeechTask",

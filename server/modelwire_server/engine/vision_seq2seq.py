@@ -1,0 +1,120 @@
+"""Vision-encoder-decoder captioners (``VisionEncoderDecoderModel``) in the continuous batch.
+
+``Seq2SeqAdapter`` already runs a feature encoder: a request without prompt tokens
+brings its pixel values in ``extras``, prefill encodes them and fills both halves of the
+``EncoderDecoderCache``, and a request may bring its own decoder start
+(``decoder_prompt_ids``: the decoder start token and a text prompt, a forced prefix the
+caption continues). What differs is how a decode step positions each row's token.
+
+The decoder of a vision-encoder-decoder is a causal LM (GPT-2, TrOCR, BERT, ...) inside
+the composite model, so ``DecoderPositions`` (which hooks the ``embed_positions`` table
+of ``model.get_decoder()``) finds nothing to hook. A decoder whose forward takes
+``position_ids`` (GPT-2 and most causal LMs) gets each row's position as
+``decoder_position_ids``, which ``VisionEncoderDecoderModel.forward`` hands to the
+decoder; one with a BART-style ``embed_positions`` table (TrOCR) gets it through
+``DecoderPositions`` on that inner decoder.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from transformers.modeling_outputs import BaseModelOutput
+
+from modelwire_server.engine.adapter import model_context_length
+from modelwire_server.engine.positions import DecoderPositions
+from modelwire_server.engine.seq2seq import Seq2SeqAdapter, Seq2SeqState
+
+
+class _InnerDecoder:
+    """What ``DecoderPositions`` reads of a model, for the decoder inside a composite."""
+
+    def __init__(self, decoder: Any) -> None:
+        self._decoder = decoder
+        self.config = decoder.config
+
+    def get_decoder(self) -> Any:
+        inner = self._decoder.get_decoder() if hasattr(self._decoder, "get_decoder") else None
+        return inner if inner is not None else self._decoder
+
+
+def _takes_position_ids(module: Any) -> bool:
+    return "position_ids" in inspect.signature(module.forward).parameters
+
+
+class VisionSeq2SeqAdapter(Seq2SeqAdapter):
+    """``Seq2SeqAdapter`` with per-row decoder positions for a composite model's decoder."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device | str) -> None:
+        # Not Seq2SeqAdapter.__init__: it hooks model.get_decoder().embed_positions, which
+        # a composite's causal-LM decoder lacks, and refuses the model for it.
+        self.model = model
+        self.device = torch.device(device)
+        config = model.config
+        decoder_config = config.get_text_config(decoder=True)
+        self.vocab_size = int(decoder_config.vocab_size)
+        start = model.generation_config.decoder_start_token_id
+        if start is None:
+            start = config.decoder_start_token_id
+        if start is None:
+            raise ValueError("the model has no decoder_start_token_id")
+        self.decoder_prefix: list[int] | None = [int(start)]
+        pad = config.pad_token_id
+        if pad is None:
+            pad = getattr(decoder_config, "pad_token_id", None)
+        self.pad_id = int(pad if pad is not None else 0)
+        self.max_prompt: int | None = None  # the encoder reads pixels, not tokens
+        self.max_context = model_context_length(decoder_config)
+        self.encoder_tokens = _patches(config)
+        decoder = model.get_decoder()
+        self.explicit_positions = _takes_position_ids(decoder)
+        self.inner_positions = (
+            None if self.explicit_positions else DecoderPositions(_InnerDecoder(decoder))
+        )
+
+    @torch.inference_mode()
+    def decode(self, state: Any, tokens: torch.Tensor) -> torch.Tensor:
+        assert isinstance(state, Seq2SeqState)
+        step_mask = state.decoder.mask_for_step()
+        tokens = tokens.to(self.device).view(-1, 1)
+        positions = state.decoder.positions().view(-1, 1)
+        kwargs: dict[str, Any] = {}
+        if self.explicit_positions:
+            kwargs["decoder_position_ids"] = positions
+        out = self._forward(state, tokens, step_mask, positions, kwargs)
+        state.decoder.commit_step(step_mask)
+        return out.logits[:, -1, :].float()
+
+    def _forward(
+        self,
+        state: Seq2SeqState,
+        tokens: torch.Tensor,
+        step_mask: torch.Tensor,
+        positions: torch.Tensor,
+        kwargs: dict[str, Any],
+    ) -> Any:
+        def run() -> Any:
+            return self.model(
+                encoder_outputs=BaseModelOutput(last_hidden_state=state.encoder_hidden),
+                decoder_input_ids=tokens,
+                decoder_attention_mask=step_mask,
+                cache=state.cache,
+                use_cache=True,
+                **kwargs,
+            )
+
+        if self.inner_positions is None:
+            return run()
+        with self.inner_positions.override(positions, tokens):
+            return run()
+
+
+def _patches(config: Any) -> int | None:
+    """Encoder positions of a ViT-style encoder (patches and CLS), if fixed."""
+    encoder = getattr(config, "encoder", None)
+    image, patch = getattr(encoder, "image_size", None), getattr(encoder, "patch_size", None)
+    if isinstance(image, int) and isinstance(patch, int) and patch > 0:
+        return (image // patch) ** 2 + 1
+    return None
