@@ -130,6 +130,7 @@ class GenerationEngine:
             eos_ids=eos_token_ids(generation_config, model, tokenizer),
             decoder_prefix=tuple(prefix) if prefix is not None else None,
             max_prompt=self.adapter.max_prompt,
+            encoder_tokens=getattr(self.adapter, "encoder_tokens", None) or 0,
         )
         self._texts = TokenTexts(tokenizer)
         self._byte_ids = byte_fallback_ids(tokenizer)
@@ -257,7 +258,15 @@ class GenerationEngine:
             group.prepare_tensors(self.device)
             options = group.prepared.request.options
             echo_logprobs = options.echo_prompt_tokens and options.logprobs
-            inputs.append(PrefillInput(group.prompt_ids, want_prompt_logits=echo_logprobs))
+            request = group.prepared.request
+            inputs.append(
+                PrefillInput(
+                    group.prompt_ids,
+                    want_prompt_logits=echo_logprobs,
+                    extras=request.extras,
+                    decoder_ids=request.decoder_prompt_ids,
+                )
+            )
         try:
             out = self.adapter.prefill(inputs)
         except torch.OutOfMemoryError:

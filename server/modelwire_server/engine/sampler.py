@@ -1,9 +1,10 @@
 """Token selection for one batched step, vectorised over rows with per-row parameters.
 
 Order, as in the spec: logit bias → repetition penalty → presence/frequency penalties
-→ (banned ids and n-gram repeats, EOS below min_new_tokens, forced BOS/EOS) →
-temperature → top-k → top-p → min-p → typical-p → sample or argmax. Beam rows stop
-after the penalties: their scores are log-probabilities (transformers runs its
+→ (banned ids and n-gram repeats, EOS below min_new_tokens, forced BOS/EOS) → the
+request's own logits hook (where generate puts a caller's processors) → temperature →
+top-k → top-p → min-p → typical-p → sample or argmax. Beam rows stop after the
+penalties and the hook: their scores are log-probabilities (transformers runs its
 processors on log_softmax for beams) and the beam group picks the continuations.
 
 Sampling uses inverse-CDF with one uniform draw per row from that row's own CPU
@@ -81,6 +82,9 @@ def apply_penalties(scores: torch.Tensor, rows: list[SamplingRow]) -> torch.Tens
         if row.forced:  # ForcedBOS/EOSTokenLogitsProcessor: forced ids 0, all else -inf
             scores[i] = lp.NEG_INF
             scores[i, list(row.forced)] = 0.0
+        hook = getattr(row, "logits_hook", None)
+        if hook is not None:
+            scores[i] = hook(row.history(), scores[i])
     return scores
 
 

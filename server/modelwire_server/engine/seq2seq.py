@@ -43,6 +43,9 @@ class Seq2SeqState:
         self.decoder = PaddedCache(cache.self_attention_cache, decoder_mask)
         self.cross = PaddedCache(cache.cross_attention_cache, encoder_mask)
         self.encoder_hidden = encoder_hidden  # [rows, encoder width, d_model]
+        # Token encoders have a padding mask the decoder's cross-attention must see;
+        # feature encoders (fixed-size inputs) have none and their models take none.
+        self.token_encoder = True
 
     @property
     def rows(self) -> int:
@@ -78,12 +81,35 @@ def _pad_left(hidden: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def _positions_limit(config: Any) -> int | None:
-    value = getattr(config, "max_position_embeddings", None)
-    return value if isinstance(value, int) and value > 0 else None
+    for name in ("max_position_embeddings", "max_target_positions", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _encoder_width(config: Any) -> int | None:
+    """Positions a feature encoder outputs (audio frames, image patches), if fixed."""
+    value = getattr(config, "max_source_positions", None)  # Whisper-style audio
+    if isinstance(value, int) and value > 0:
+        return value
+    encoder = getattr(config, "encoder", None)  # vision-encoder-decoder: ViT-style patches
+    image, patch = getattr(encoder, "image_size", None), getattr(encoder, "patch_size", None)
+    if isinstance(image, int) and isinstance(patch, int) and patch > 0:
+        return (image // patch) ** 2 + 1
+    return None
 
 
 class Seq2SeqAdapter:
-    """``AutoModelForSeq2SeqLM`` models: the prompt is the encoder input."""
+    """``AutoModelForSeq2SeqLM``-style models: the prompt is the encoder input.
+
+    An encoder that reads features instead of tokens (Whisper's log-mel input, a
+    vision-encoder-decoder's pixel values) takes them from each request's ``extras``,
+    one item each; those encoders see fixed-size inputs, so no encoder mask is needed.
+    Each request may bring its own decoder start (``decoder_ids``, e.g. Whisper's
+    language and task tokens); rows whose starts differ in length prefill separately
+    and join as one state.
+    """
 
     def __init__(self, model: torch.nn.Module, device: torch.device | str) -> None:
         self.model = model
@@ -96,38 +122,73 @@ class Seq2SeqAdapter:
         if start is None:
             raise ValueError("the model has no decoder_start_token_id")
         self.decoder_prefix: list[int] | None = [int(start)]
-        self.pad_id = int(config.pad_token_id if config.pad_token_id is not None else 0)
+        pad = config.pad_token_id
+        if pad is None:
+            pad = getattr(config.get_text_config(decoder=True), "pad_token_id", None)
+        self.pad_id = int(pad if pad is not None else 0)
+        decoder_config = config.get_text_config(decoder=True)
         # Learned or sinusoidal tables bound both sides; T5's relative bias has no bound.
         self.max_prompt = _positions_limit(config)
-        self.max_context = _positions_limit(config)
+        self.max_context = _positions_limit(decoder_config) or _positions_limit(config)
+        self.encoder_tokens = _encoder_width(config)
         self.positions = DecoderPositions(model)
 
     @torch.inference_mode()
     def prefill(self, inputs: list[PrefillInput]) -> PrefillOutput:
-        width = max(len(i.prompt_ids) for i in inputs)
-        ids = torch.full((len(inputs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(inputs), width), dtype=torch.long)
-        for row, item in enumerate(inputs):
-            ids[row, : len(item.prompt_ids)] = torch.tensor(item.prompt_ids, dtype=torch.long)
-            mask[row, : len(item.prompt_ids)] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        encoder = self.model.get_encoder()
-        hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        assert self.decoder_prefix is not None
-        start = torch.tensor([self.decoder_prefix] * len(inputs), device=self.device)
+        starts = [i.decoder_ids or self.decoder_prefix or [] for i in inputs]
+        by_length: dict[int, list[int]] = {}
+        for index, start in enumerate(starts):
+            by_length.setdefault(len(start), []).append(index)
+        if len(by_length) == 1:
+            return self._prefill([(i, s) for i, s in zip(inputs, starts, strict=True)])
+        # Rows whose decoder starts differ in length: one pass per length, then one state
+        # in the callers' order (``select`` with the inverse of the grouped order).
+        order = [index for group in by_length.values() for index in group]
+        parts = [self._prefill([(inputs[i], starts[i]) for i in g]) for g in by_length.values()]
+        state = parts[0].state
+        for part in parts[1:]:
+            state.merge(part.state)
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        state.select(inverse.to(self.device))
+        logits = torch.cat([part.logits for part in parts])[inverse.to(self.device)]
+        return PrefillOutput(logits, state, [None] * len(inputs))
+
+    def _prefill(self, items: list[tuple[PrefillInput, list[int]]]) -> PrefillOutput:
+        features = [item.extras for item, _ in items]
+        if all(features) and not any(item.prompt_ids for item, _ in items):
+            encoder_inputs = {
+                key: torch.cat([f[key] for f in features if f]).to(self.device)
+                for key in features[0] or {}
+            }
+            hidden = self.model.get_encoder()(**encoder_inputs).last_hidden_state
+            mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=self.device)
+            encoder_mask: torch.Tensor | None = None
+        else:
+            width = max(len(item.prompt_ids) for item, _ in items)
+            ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(items), width), dtype=torch.long)
+            for row, (item, _) in enumerate(items):
+                ids[row, : len(item.prompt_ids)] = torch.tensor(item.prompt_ids, dtype=torch.long)
+                mask[row, : len(item.prompt_ids)] = 1
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            hidden = self.model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+            encoder_mask = mask
+        start = torch.tensor([s for _, s in items], dtype=torch.long, device=self.device)
         decoder_mask = torch.ones_like(start)
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         out = self.model(
             encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
-            attention_mask=mask,
+            **({"attention_mask": encoder_mask} if encoder_mask is not None else {}),
             decoder_input_ids=start,
             decoder_attention_mask=decoder_mask,
             cache=cache,
             use_cache=True,
         )
         state = Seq2SeqState(cache, decoder_mask, hidden, mask)
+        state.token_encoder = encoder_mask is not None
         # Encoder tokens have no next-token distribution: echoed prompts carry no logprobs.
-        return PrefillOutput(out.logits[:, -1, :].float(), state, [None] * len(inputs))
+        return PrefillOutput(out.logits[:, -1, :].float(), state, [None] * len(items))
 
     @torch.inference_mode()
     def decode(self, state: Any, tokens: torch.Tensor) -> torch.Tensor:
@@ -138,7 +199,7 @@ class Seq2SeqAdapter:
         with self.positions.override(positions, tokens):
             out = self.model(
                 encoder_outputs=BaseModelOutput(last_hidden_state=state.encoder_hidden),
-                attention_mask=state.cross.mask,
+                **({"attention_mask": state.cross.mask} if state.token_encoder else {}),
                 decoder_input_ids=tokens,
                 decoder_attention_mask=step_mask,
                 cache=state.cache,

@@ -128,6 +128,7 @@ class Row:
         if self.sampling.uses_penalties:
             self.counts = torch.zeros(group.vocab_size, dtype=torch.float32, device=device)
         self.pending = -1  # the last chosen token, not yet in the KV cache
+        self.logits_hook = group.prepared.request.logits_hook
 
     def generated(self) -> int:
         raise NotImplementedError
@@ -138,10 +139,12 @@ class Row:
 
     @property
     def suppressed(self) -> list[int]:
-        """Ids this step must not choose: banned ids, n-gram repeats, and EOS and stop ids
-        until min_new_tokens tokens exist."""
+        """Ids this step must not choose: banned ids (begin_suppress_tokens at their step),
+        n-gram repeats, and EOS and stop ids until min_new_tokens tokens exist."""
         prepared = self.group.prepared
         ids = list(prepared.banned)
+        if prepared.begin_banned and self.generated() == prepared.begin_index:
+            ids += prepared.begin_banned
         if prepared.no_repeat_ngram:
             ids += repeated_ngram_tokens(self.history(), prepared.no_repeat_ngram)
         if self.generated() < prepared.min_new_tokens:

@@ -138,6 +138,10 @@ class OutputOptions:
     skip_special_tokens: bool = True
 
 
+# (row ids so far, row scores [V]) -> new scores; see GenerationRequest.logits_hook
+LogitsHook = Callable[[list[int], Any], Any]
+
+
 @dataclass(slots=True)
 class GenerationRequest:
     """One Generate call, already tokenized (the servicer applies chat templates).
@@ -155,6 +159,22 @@ class GenerationRequest:
     # The token every sequence must start with (an M2M100/NLLB target language);
     # None takes the generation_config's forced_bos_token_id.
     forced_bos_token_id: int | None = None
+    # Model inputs beside the tokens, prepared by the runner off the worker: pixel values
+    # for an image-text-to-text prompt, or the encoder's whole input (pixel values, audio
+    # features) for an encoder-decoder whose encoder does not read tokens. Tensors of
+    # one item (batch axis 1), concatenated across the rows of a prefill.
+    extras: dict[str, Any] | None = None
+    # An encoder-decoder's decoder start tokens for this request (Whisper's language and
+    # task tokens); None: the model's decoder start token.
+    decoder_prompt_ids: list[int] | None = None
+    # A per-request logits processor, the last one before the warpers (where
+    # ``model.generate(logits_processor=[...])`` puts a caller's processors): called on the
+    # device worker for each row of this request at every step with the row's ids so far
+    # (context + output) and its ``[V]`` scores after the built-in processors (bias,
+    # penalties, suppression, forced tokens); returns the scores to choose from. Beam rows
+    # pass log-probabilities. Whisper's timestamp rules and language detection use it. It
+    # must not raise: an exception fails every request in that step.
+    logits_hook: LogitsHook | None = None
 
 
 class FinishReason(enum.Enum):

@@ -28,12 +28,24 @@ class Limits:
     # sequence that max_context bounds; the prompt (encoder input) has max_prompt.
     decoder_prefix: tuple[int, ...] | None = None
     max_prompt: int | None = None
+    # The encoder width of an encoder-decoder whose encoder reads features (pixel values,
+    # audio) rather than tokens: what a request's cross-attention cache holds per row.
+    encoder_tokens: int = 0
 
     def context_ids(self, request: GenerationRequest) -> list[int]:
-        """The tokens the generated ones follow: the decoder prefix, else the prompt."""
+        """The tokens the generated ones follow: the request's decoder start, else the
+        model's decoder prefix, else the prompt."""
         if self.decoder_prefix is not None:
+            if request.decoder_prompt_ids is not None:
+                return list(request.decoder_prompt_ids)
             return list(self.decoder_prefix)
         return request.prompt_ids
+
+    def encoder_cost(self, request: GenerationRequest) -> int:
+        """Cache tokens the encoder side of a row holds: its prompt, or its features."""
+        if self.decoder_prefix is not None and not request.prompt_ids and request.extras:
+            return self.encoder_tokens
+        return len(request.prompt_ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +62,9 @@ class Prepared:
     # Generated-token index -> the only tokens allowed there (forced BOS / EOS).
     forced: dict[int, tuple[int, ...]]
     banned: tuple[int, ...] = ()  # never chosen: single-token bad_words_ids, suppress_tokens
+    # begin_suppress_tokens: banned only at generated-token index ``begin_index``
+    begin_banned: tuple[int, ...] = ()
+    begin_index: int = 0
     no_repeat_ngram: int = 0  # no n-gram of this size twice (0 = off)
 
     @property
@@ -170,12 +185,38 @@ def _banned(generation_config: Any) -> tuple[int, ...]:
     return tuple(sorted(banned))
 
 
+def _begin_banned(
+    request: GenerationRequest, limits: Limits, generation_config: Any
+) -> tuple[tuple[int, ...], int]:
+    """begin_suppress_tokens and the generated-token index they apply at, as transformers'
+    SuppressTokensAtBeginLogitsProcessor places them: the first generated token, or the one
+    after a forced BOS when the context is a lone start token."""
+    ids = _ids(getattr(generation_config, "begin_suppress_tokens", None))
+    if not ids:
+        return (), 0
+    bos = request.forced_bos_token_id
+    if bos is None:
+        bos = getattr(generation_config, "forced_bos_token_id", None)
+    after_bos = bos is not None and len(limits.context_ids(request)) == 1
+    return tuple(sorted(set(ids))), 1 if after_bos else 0
+
+
 def prepare(request: GenerationRequest, limits: Limits, generation_config: Any) -> Prepared:
     """Validate ``request`` and resolve its parameters; raise ``InvalidRequest``."""
     prompt = len(request.prompt_ids)
-    _require(prompt > 0, "prompt", "the prompt has no tokens")
+    encoder_decoder = limits.decoder_prefix is not None
+    # An encoder that reads features (pixel values, audio) takes no prompt tokens.
+    _require(
+        prompt > 0 or (encoder_decoder and bool(request.extras)),
+        "prompt",
+        "the prompt has no tokens",
+    )
     _check_ids(request.prompt_ids, limits.vocab_size, "prompt")
     _check_prompt_length(prompt, limits)
+    if request.decoder_prompt_ids is not None:
+        _require(encoder_decoder, "prompt", "a decoder prompt needs an encoder-decoder model")
+        _require(bool(request.decoder_prompt_ids), "prompt", "the decoder prompt is empty")
+        _check_ids(request.decoder_prompt_ids, limits.vocab_size, "prompt")
     sampling = request.sampling.resolve(generation_config)
     _check_sampling(sampling, limits.vocab_size)
     stopping, options = request.stopping, request.options
@@ -200,13 +241,15 @@ def prepare(request: GenerationRequest, limits: Limits, generation_config: Any) 
     beam = sampling.num_beams > 1
     _require(not (beam and stopping.stop), "stopping.stop", "not supported with beam search")
     rows = sampling.num_beams if beam else sampling.n
-    cost = rows * (prompt + max_new)
+    prompt_cost = limits.encoder_cost(request)
+    cost = rows * (prompt_cost + max_new)
     _require(
         cost <= limits.max_batch_tokens,
         "stopping.max_new_tokens",
-        f"{rows} x (prompt {prompt} + max_new_tokens {max_new}) tokens exceed this server's "
+        f"{rows} x (prompt {prompt_cost} + max_new_tokens {max_new}) tokens exceed this server's "
         f"batch budget of {limits.max_batch_tokens}",
     )
+    begin_banned, begin_index = _begin_banned(request, limits, generation_config)
     return Prepared(
         request=request,
         sampling=sampling,
@@ -219,5 +262,7 @@ def prepare(request: GenerationRequest, limits: Limits, generation_config: Any) 
         context_ids=limits.context_ids(request),
         forced=_forced(request, limits, generation_config, max_new),
         banned=_banned(generation_config),
+        begin_banned=begin_banned,
+        begin_index=begin_index,
         no_repeat_ngram=int(getattr(generation_config, "no_repeat_ngram_size", None) or 0),
     )
