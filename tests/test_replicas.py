@@ -1,12 +1,16 @@
 """The SDK over several replicas: gRPC round_robin across a list of addresses.
 
-Two servers serve the same tiny model under different names, so which replica answered
-a ListModels is visible in its reply.
+Two server processes (``modelwire-server serve``, as an operator runs replicas) serve
+the same tiny model under different names, so which replica answered a ListModels is
+visible in its reply.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,28 +18,54 @@ import pytest
 
 from modelwire import AsyncClient, NotFoundError
 from modelwire._transport import channel_target, service_config
-from modelwire_server.config import ServerConfig
-from modelwire_server.server import preset_configs
-from tests.conftest import RunningServer, start_server
+from modelwire_server import preset
+from tests.test_cli import _read_port, _wait_serving
 
 
 @pytest.fixture(scope="module")
-def replicas(preset_cache: Path) -> Iterator[list[RunningServer]]:
-    [sentiment] = [m for m in preset_configs("tiny") if m.name == "tiny-sentiment"]
-    running: list[RunningServer] = []
+def replicas(preset_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """The targets of two server processes, each serving tiny-sentiment under its own name."""
+    source = preset.ensure_model("tiny-sentiment")  # built into the session's cache
+    root = tmp_path_factory.mktemp("replicas")
+    env = {**os.environ, "MODELWIRE_CACHE": str(preset_cache), "PYTHONUNBUFFERED": "1"}
+    procs: list[subprocess.Popen[str]] = []
+    targets: list[str] = []
     try:
         for name in ("on-a", "on-b"):
-            model = dataclasses.replace(sentiment, name=name)
-            running.append(start_server(ServerConfig(port=0, models=[model])))
-        yield running
+            config = root / f"{name}.yaml"
+            config.write_text(
+                f"models:\n  - name: {name}\n    task: sentiment-analysis\n    source: {source}\n"
+            )
+            command = ["serve", "--config", str(config), "--port", "0"]
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "modelwire_server", *command],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    env=env,
+                )
+            )
+        for proc in procs:
+            log: list[str] = []
+            target = f"127.0.0.1:{_read_port(proc, log)}"
+            _wait_serving(target, proc, log)
+            targets.append(target)
+        yield targets
     finally:
-        for server in running:
-            server.stop()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
-async def test_calls_spread_over_every_listed_replica(replicas: list[RunningServer]) -> None:
-    targets = [r.target for r in replicas]
-    async with AsyncClient(targets, timeout=30) as client:
+async def test_calls_spread_over_every_listed_replica(replicas: list[str]) -> None:
+    async with AsyncClient(replicas, timeout=30) as client:
         await client.wait_until_ready(timeout=30)
         seen: list[str] = []
         # round_robin uses the replicas that are connected; both are within a few calls.
