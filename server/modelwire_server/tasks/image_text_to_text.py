@@ -23,6 +23,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from modelwire_server import errors
+from modelwire_server.engine.types import Failed, GenerationRequest
 from modelwire_server.media import MediaLimits, _reason, decode_image
 from modelwire_server.tasks.text_generation import (
     ChatTurn,
@@ -70,6 +71,32 @@ class ImageTextToTextTask(TextGenerationTask):
         self.placeholder_ids = frozenset([self.image_token_id])
         self.engine = self.make_engine()
         self.driver = EngineDriver(self.engine, self.worker, self.config.name)
+
+    def warmup(self) -> None:
+        """Text as the base does, then one token from an image prompt (vision tower too)."""
+        super().warmup()
+        from PIL import Image
+
+        out = self.processor(
+            text=[f"{self.image_token} Hello"],
+            images=[Image.new("RGB", (8, 8))],
+            return_tensors="pt",
+        )
+        request = GenerationRequest(
+            prompt_ids=out["input_ids"][0].tolist(),
+            extras={key: out[key] for key in IMAGE_INPUTS if out.get(key) is not None},
+        )
+        request.stopping.max_new_tokens = 1
+        request.stopping.ignore_eos = True
+        done: list[object] = []
+        self.engine.submit(request, done.append)
+        for _ in range(8):
+            if not self.engine.has_work():
+                break
+            self.engine.step()
+        failed = [e for e in done if isinstance(e, Failed)]
+        if failed:
+            raise failed[0].error
 
     # -- prompts -----------------------------------------------------------------------
 
