@@ -20,7 +20,7 @@ import torch
 import transformers
 from scipy.signal import resample_poly
 
-from modelwire import AsyncClient, BadRequestError, RawAudio, UnimplementedError
+from modelwire import AsyncClient, BadRequestError, RawAudio
 from modelwire.v1 import common_pb2
 from modelwire.v1 import inference_service_pb2 as pb
 from modelwire_server.config import ModelConfig, ServerConfig
@@ -292,8 +292,10 @@ async def test_limits_refuse_oversize_clips_saying_the_limit(client: AsyncClient
         assert says in str(caught.value)
 
 
-async def test_whisper_is_unimplemented_with_a_reason(client: AsyncClient) -> None:
-    with pytest.raises(UnimplementedError) as caught:
-        await client.transcribe_audio(CLIPS[0], sample_rate=SR, model="tiny-whisper")
-    assert "sequence-to-sequence" in str(caught.value)
-    assert "CTC" in str(caught.value)
+async def test_whisper_is_served_beside_ctc(client: AsyncClient) -> None:
+    """Whisper goes through the generation engine (tests/test_media_whisper.py has its
+    parity tests); here: the same RPC serves it next to the CTC model."""
+    (whisper,) = await client.transcribe_audio(CLIPS[0], sample_rate=SR, model="tiny-whisper")
+    (ctc,) = await client.transcribe_audio(CLIPS[0], sample_rate=SR)
+    assert whisper.text.strip()
+    assert whisper.text != ctc.text

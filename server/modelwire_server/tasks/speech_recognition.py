@@ -5,8 +5,11 @@ ASR pipeline cuts them (a stride of a sixth of the chunk on each inner side, ali
 the model's frames). Every chunk is one batch item, so the chunks of a long clip and
 of concurrent requests share forward passes; each chunk's argmax tokens lose their
 strides and the clip's tokens are CTC-decoded together, with character offsets for
-timestamps. Sequence-to-sequence models (Whisper) generate their text token by token:
-they belong to the generation engine, and this runner answers them UNIMPLEMENTED.
+timestamps.
+
+Whisper generates its text token by token: a Whisper model is served by
+``tasks/whisper.py`` through the generation engine (see there); other
+sequence-to-sequence speech models answer UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -32,6 +35,9 @@ from modelwire_server.media import (
     min_samples,
 )
 from modelwire_server.tasks.base import BatchedTask
+
+if TYPE_CHECKING:
+    from modelwire_server.tasks.whisper import WhisperSpeech
 
 # With chunk_length_s unset, clips up to this long run whole (as the pipeline runs
 # them); longer ones are chunked, since attention cost grows with the square of length.
@@ -52,7 +58,7 @@ class ChunkItem:
 class TimedText:
     text: str
     start_s: float
-    end_s: float
+    end_s: float | None  # None: the model did not close the chunk (Whisper)
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,14 @@ class SpeechRecognitionTask(BatchedTask[ChunkItem, np.ndarray]):
         source, kwargs = self.config.source, self.pretrained_kwargs()
         self.model_config = AutoConfig.from_pretrained(source, **kwargs)
         self.ctc = self.model_config.model_type in MODEL_FOR_CTC_MAPPING_NAMES
+        self.whisper: WhisperSpeech | None = None
+        if self.model_config.model_type == "whisper":
+            from modelwire_server.tasks.whisper import WhisperSpeech
+
+            self.whisper = WhisperSpeech(self)
+            self.whisper.load()
+            self.model = self.whisper.model
+            return
         if not self.ctc:
             return  # answered UNIMPLEMENTED; nothing else to read
         self.extractor = AutoFeatureExtractor.from_pretrained(source, **kwargs)
@@ -88,8 +102,26 @@ class SpeechRecognitionTask(BatchedTask[ChunkItem, np.ndarray]):
     def architecture(self) -> str:
         return (self.model_config.architectures or [self.model_config.model_type])[0]
 
+    @property
+    def context_length(self) -> int | None:
+        return self.whisper.engine.limits.max_context if self.whisper is not None else None
+
+    async def start(self) -> None:
+        if self.whisper is not None:
+            await self.whisper.start()
+        else:
+            await super().start()
+
+    async def close(self) -> None:
+        if self.whisper is not None:
+            await self.whisper.close()
+        else:
+            await super().close()
+
     def warmup(self) -> None:
-        if self.ctc:
+        if self.whisper is not None:
+            self.whisper.warmup()
+        elif self.ctc:
             super().warmup()
 
     def warmup_item(self) -> ChunkItem:
@@ -104,6 +136,14 @@ class SpeechRecognitionTask(BatchedTask[ChunkItem, np.ndarray]):
         *,
         deadline: float | None = None,
     ) -> list[Transcript]:
+        if self.whisper is not None:
+            results = await self.whisper.transcribe(
+                clips, chunk_length_s, timestamps, language, deadline=deadline
+            )
+            return [
+                Transcript(text, [TimedText(c.text, c.start_s, c.end_s) for c in chunks])
+                for text, chunks in results
+            ]
         self._check_options(chunk_length_s, language)
         decoded = await asyncio.to_thread(decode_clips, clips, self.limits, self.rate)
         check_min_length(decoded, self.min_samples, self.rate)
@@ -118,9 +158,8 @@ class SpeechRecognitionTask(BatchedTask[ChunkItem, np.ndarray]):
     def _check_options(self, chunk_length_s: float | None, language: str | None) -> None:
         if not self.ctc:
             raise Unimplemented(
-                f"{self.architecture} is a sequence-to-sequence speech model: it generates "
-                "text token by token and needs the generation engine, which does not serve "
-                "speech recognition yet; this server transcribes with CTC models"
+                f"{self.architecture} is a sequence-to-sequence speech model other than "
+                "Whisper; this server transcribes with CTC models and Whisper"
             )
         if language:
             raise InvalidArgument(

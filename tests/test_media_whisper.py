@@ -1,0 +1,275 @@
+"""TranscribeAudio with Whisper (tiny-whisper) through the generation engine, against a
+real server, with transformers' ASR pipeline on the same samples as the reference.
+
+The pipeline adds its own default of ``num_beams=5`` to the model's generation_config
+(its ``_default_generation_config``); the server decodes as ``model.generate()`` does
+with the model's own generation_config, which is greedy here, so every reference
+passes ``generate_kwargs={"num_beams": 1}``. Everything else (decoder start, language
+detection, suppression, timestamp rules, length limit, chunking and merging) is the
+pipeline's own, and the comparisons are exact: text equal, timestamps equal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import transformers
+
+from modelwire import AsyncClient, BadRequestError
+from modelwire.v1 import common_pb2
+from modelwire.v1 import inference_service_pb2 as pb
+from modelwire_server.config import ServerConfig
+from modelwire_server.errors import InvalidArgument
+from modelwire_server.server import preset_configs
+from tests.conftest import RunningServer, start_server
+from tests.helpers import bad_request_fields, raw_error
+
+SR = 16_000
+MODEL = "tiny-whisper"
+GREEDY = {"num_beams": 1}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def whisper(preset_cache: Path) -> Iterator[RunningServer]:
+    models = [m for m in preset_configs("tiny") if m.name == MODEL]
+    running = start_server(ServerConfig(port=0, models=models))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def client(whisper: RunningServer) -> Any:
+    async with AsyncClient(whisper.target, timeout=300) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def asr(whisper: RunningServer) -> transformers.Pipeline:
+    source = whisper.runner(MODEL).config.source
+    return transformers.pipeline("automatic-speech-recognition", model=source, device="cpu")
+
+
+def signal(seconds: float, hz: float, seed: int = 0) -> np.ndarray:
+    """A tone swelling a few times a second over a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    swell = 0.5 + 0.5 * np.sin(2 * np.pi * (3 + seed) * t)
+    noise = 0.3 * rng.standard_normal(t.size)
+    return (np.sin(2 * np.pi * hz * t) * swell + noise).astype(np.float32)
+
+
+CLIPS = [signal(2.0, 440), signal(2.5, 2000, 1), signal(1.5, 440, 2), signal(3.0, 2000, 3)]
+
+
+def long_clip(seconds_each: float, count: int) -> np.ndarray:
+    return np.concatenate([signal(seconds_each, (440, 2000, 900)[i % 3], i) for i in range(count)])
+
+
+def reference(asr: transformers.Pipeline, clip: np.ndarray, **kwargs: Any) -> dict[str, Any]:
+    generate_kwargs = {**GREEDY, **kwargs.pop("generate_kwargs", {})}
+    return asr(clip, generate_kwargs=generate_kwargs, **kwargs)
+
+
+def assert_chunks(result: Any, expected: dict[str, Any]) -> None:
+    """Timed chunks equal: text, start and end (None: the model did not close it)."""
+    assert [c.text for c in result.chunks] == [c["text"] for c in expected["chunks"]]
+    for chunk, ref in zip(result.chunks, expected["chunks"], strict=True):
+        start, end = ref["timestamp"]
+        assert chunk.start_s == pytest.approx(start or 0.0, abs=1e-4)
+        if end is None:
+            assert chunk.end_s is None
+        else:
+            assert chunk.end_s == pytest.approx(end, abs=1e-4)
+
+
+# ------------------------------------------------------------------- parity
+
+
+async def test_short_clips_match_the_pipeline(asr, client: AsyncClient) -> None:
+    """Language unset: detected per clip (as generate does), then greedy decoding."""
+    expected = [reference(asr, clip)["text"] for clip in CLIPS]
+    results = await client.transcribe_audio(CLIPS, sample_rate=SR, model=MODEL)
+    assert [r.text for r in results] == expected
+    assert all(r.chunks == [] for r in results)
+    assert len(set(expected)) == len(CLIPS), expected  # the tiny model hears the difference
+
+
+async def test_language_detection_matches_transformers(whisper, asr) -> None:
+    """The detected language is ``detect_language``'s, and the decoder start around it
+    is the one generate builds (read off the pipeline's own generate call)."""
+    runner = whisper.runner(MODEL).whisper
+    model = asr.model
+    for clip in CLIPS[:2]:
+        features = asr.feature_extractor(clip, sampling_rate=SR, return_tensors="pt")
+        expected = int(model.detect_language(features.input_features)[0])
+        assert expected in runner.lang_to_id.values()
+        detected = await asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(
+                runner._detect_language(features.input_features, "t", None), whisper.loop
+            )
+        )
+        assert detected == expected
+        assert runner.init_tokens(None, detected, False) == [
+            runner.sot,
+            detected,
+            runner.no_timestamps,
+        ]
+
+
+@pytest.mark.parametrize("language", ["fr", "french", "<|fr|>", "de"])
+async def test_forced_language_matches_the_pipeline(
+    asr, client: AsyncClient, language: str
+) -> None:
+    expected = [reference(asr, c, generate_kwargs={"language": language}) for c in CLIPS[:2]]
+    results = await client.transcribe_audio(
+        CLIPS[:2], sample_rate=SR, model=MODEL, language=language
+    )
+    assert [r.text for r in results] == [e["text"] for e in expected]
+    unforced = [reference(asr, c)["text"] for c in CLIPS[:2]]
+    assert [r.text for r in results] != unforced  # the language token steered the decoder
+
+
+async def test_segment_timestamps_match_the_pipeline(asr, client: AsyncClient) -> None:
+    results = await client.transcribe_audio(
+        CLIPS, sample_rate=SR, model=MODEL, return_timestamps="segment"
+    )
+    plain = await client.transcribe_audio(CLIPS, sample_rate=SR, model=MODEL)
+    for result, clip in zip(results, CLIPS, strict=True):
+        expected = reference(asr, clip, return_timestamps=True)
+        assert result.text == expected["text"]
+        assert result.chunks, expected
+        assert_chunks(result, expected)
+    # Timestamp decoding is another decoding (no <|notimestamps|>, timestamp rules).
+    assert [r.text for r in results] != [p.text for p in plain]
+    with_french = await client.transcribe_audio(
+        CLIPS[0], sample_rate=SR, model=MODEL, return_timestamps=True, language="fr"
+    )
+    expected = reference(asr, CLIPS[0], return_timestamps=True, generate_kwargs={"language": "fr"})
+    assert with_french[0].text == expected["text"]
+    assert_chunks(with_french[0], expected)
+
+
+@pytest.mark.parametrize("timestamps", [False, True])
+async def test_chunked_long_clip_matches_the_pipeline(
+    whisper, asr, client: AsyncClient, timestamps: bool
+) -> None:
+    clip = long_clip(4.0, 6)  # 24 s: 10 s windows with 1.67 s strides start every 6.67 s
+    expected = reference(
+        asr, clip, chunk_length_s=10.0, batch_size=2, return_timestamps=timestamps or None
+    )
+    engine = whisper.runner(MODEL).whisper.engine
+    before = engine.stats().steps
+    (result,) = await client.transcribe_audio(
+        clip,
+        sample_rate=SR,
+        model=MODEL,
+        chunk_length_s=10.0,
+        return_timestamps="segment" if timestamps else None,
+    )
+    assert engine.stats().steps > before
+    assert result.text == expected["text"]
+    if timestamps:
+        assert_chunks(result, expected)
+    (whole,) = await client.transcribe_audio(clip, sample_rate=SR, model=MODEL)
+    assert whole.text != result.text  # one 24 s window decodes otherwise
+
+
+async def test_audio_over_the_window_is_chunked_by_thirty_seconds(asr, client: AsyncClient) -> None:
+    """Unset chunk_length_s over 30 s: the pipeline's chunking with 30 s windows (the
+    pipeline itself would run generate's sequential long-form decoding there)."""
+    clip = long_clip(5.0, 8)  # 40 s
+    (result,) = await client.transcribe_audio(clip, sample_rate=SR, model=MODEL)
+    assert result.text == reference(asr, clip, chunk_length_s=30.0)["text"]
+    (first,) = await client.transcribe_audio(clip[: 30 * SR], sample_rate=SR, model=MODEL)
+    assert result.text != first.text  # the last 10 s were heard, not cut
+
+
+async def test_encoded_audio_matches(asr, client: AsyncClient) -> None:
+    buffer = io.BytesIO()
+    sf.write(buffer, CLIPS[1], SR, format="FLAC", subtype="PCM_16")
+    (result,) = await client.transcribe_audio(buffer.getvalue(), model=MODEL)
+    samples, _ = sf.read(io.BytesIO(buffer.getvalue()), dtype="float32")
+    assert result.text == reference(asr, samples)["text"]
+
+
+# ------------------------------------------------------------------- batching
+
+
+async def test_concurrent_calls_share_decode_steps(whisper, client: AsyncClient) -> None:
+    engine = whisper.runner(MODEL).whisper.engine
+    before = dict(engine.stats().decode_batch_sizes)
+    calls = [
+        client.transcribe_audio(clip, sample_rate=SR, model=MODEL, language="en")
+        for clip in CLIPS[:2]
+    ]
+    results = await asyncio.gather(*calls)
+    after = engine.stats().decode_batch_sizes
+    shared = sum(n - before.get(size, 0) for size, n in after.items() if size >= 2)
+    assert shared > 0, (before, after)
+    alone = [
+        (await client.transcribe_audio(clip, sample_rate=SR, model=MODEL, language="en"))[0]
+        for clip in CLIPS[:2]
+    ]
+    assert [r[0].text for r in results] == [a.text for a in alone]
+
+
+# ------------------------------------------------------------------- refusals
+
+
+async def test_bad_options_are_invalid_argument_naming_the_field(
+    whisper, client: AsyncClient
+) -> None:
+    cases = [
+        ({"language": "klingon"}, "language", "unknown language"),
+        ({"language": "<|xx|>"}, "language", "unknown language"),
+        ({"return_timestamps": "char"}, "return_timestamps", "CTC"),
+        ({"return_timestamps": "word"}, "return_timestamps", "word timestamps"),
+        ({"chunk_length_s": 45.0}, "chunk_length_s", "30 s window"),
+        ({"chunk_length_s": 0.5}, "chunk_length_s", "between"),
+    ]
+    for options, field, says in cases:
+        with pytest.raises(BadRequestError) as caught:
+            await client.transcribe_audio(CLIPS[0], sample_rate=SR, model=MODEL, **options)
+        assert caught.value.field_violations[0].field == field, options
+        assert says in str(caught.value), options
+
+
+async def test_word_timestamps_without_alignment_heads_say_why(whisper) -> None:
+    runner = whisper.runner(MODEL).whisper
+    heads, runner.gc.alignment_heads = runner.gc.alignment_heads, None
+    try:
+        with pytest.raises(InvalidArgument) as caught:
+            runner.check_options(None, "word", None)
+    finally:
+        runner.gc.alignment_heads = heads
+    assert caught.value.violations[0].field == "return_timestamps"
+    assert "alignment heads" in str(caught.value)
+
+
+async def test_empty_and_corrupt_audio_are_invalid_argument(whisper) -> None:
+    empty = pb.TranscribeAudioRequest(
+        model=MODEL, clips=[common_pb2.Audio(pcm=common_pb2.PcmAudio(samples=b"", sample_rate=SR))]
+    )
+    corrupt = pb.TranscribeAudioRequest(
+        model=MODEL, clips=[common_pb2.Audio(encoded=b"RIFF\x00\x00not a wav at all")]
+    )
+    for request in (empty, corrupt):
+        error = await raw_error(whisper, "TranscribeAudio", request)
+        assert error.code().name == "INVALID_ARGUMENT"
+        assert bad_request_fields(error)[0].startswith("clips[0]")
