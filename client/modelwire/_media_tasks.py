@@ -8,7 +8,7 @@ is blocking work that must not stall the caller's event loop.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from modelwire import _media_inputs as inputs
 from modelwire import _validation as check
@@ -25,6 +25,12 @@ from modelwire._media_types import (
     Transcription,
 )
 from modelwire._mixin import TaskMethods
+from modelwire._seq2seq_tasks import (
+    GeneratedText,
+    TextGenerationParams,
+    generated_texts,
+)
+from modelwire._seq2seq_tasks import _parameters as generation_parameters
 from modelwire._tasks import classifications
 from modelwire._types import Classification, ResultList
 from modelwire.v1 import inference_service_pb2 as pb
@@ -69,6 +75,23 @@ def detect_objects_request(
     )
     if threshold is not None:
         request.threshold = threshold
+    return request
+
+
+def caption_image_request(
+    images: Any, *, model: str | None, prompt: str | None, params: TextGenerationParams
+) -> pb.CaptionImageRequest:
+    sampling, stopping = generation_parameters(params)
+    if prompt is not None and not isinstance(prompt, str):
+        raise TypeError(f"`prompt` must be a string or None, not {type(prompt).__name__}")
+    request = pb.CaptionImageRequest(
+        model=check.optional_str("model", model),
+        images=inputs.images("images", images),
+        sampling=sampling,
+        stopping=stopping,
+    )
+    if prompt:
+        request.prompt = prompt
     return request
 
 
@@ -194,6 +217,34 @@ class MediaTaskMethods(TaskMethods):
             lambda s: s.inference.ClassifyImage, request, timeout, request_id
         )
         return ResultList(classifications(response.results), request_id=rid)
+
+    async def caption_image(
+        self,
+        images: ImageInput,
+        *,
+        prompt: str | None = None,
+        model: str | None = None,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **params: Unpack[TextGenerationParams],
+    ) -> ResultList[GeneratedText]:
+        """Caption images (image-to-text); one ``GeneratedText`` per image, in order.
+
+        Images are as in ``classify_image``. ``prompt`` is text the caption starts from
+        (conditional captioning): BLIP continues it, and a vision-encoder-decoder takes
+        it as the start of its output; the returned text includes it, while
+        ``generated_tokens`` counts only the tokens after it. ``params`` are
+        ``generate``'s sampling and stopping keywords (``num_beams=3``,
+        ``max_new_tokens=30``, ``temperature=0.7, seed=1``, ...), checked here before
+        anything is sent; the images decode together on the server, with other calls'.
+        """
+        request = await asyncio.to_thread(
+            caption_image_request, images, model=model, prompt=prompt, params=params
+        )
+        response, rid = await self._unary(
+            lambda s: s.inference.CaptionImage, request, timeout, request_id
+        )
+        return ResultList(generated_texts(response.results), request_id=rid)
 
     async def detect_objects(
         self,

@@ -125,10 +125,16 @@ class ImageToTextTask(TextGenerationTask):
 
     # -- inputs ------------------------------------------------------------------------
 
-    def _prepare(self, images: Sequence[bytes], prompt: str | None) -> list[CaptionInput]:
-        """Decode and preprocess in a thread of the caller's, not on the device worker."""
-        decoded = decode_images(images, self.limits)
-        return self._prepare_images(decoded, prompt, "images")
+    def _prepare(
+        self, images: Sequence[bytes], prompt: str | None
+    ) -> tuple[list[CaptionInput], str]:
+        """Decode and preprocess in a thread of the caller's, not on the device worker;
+        also the text the captions start from, decoded as the reference decodes it, so
+        that it and the engine's text make ``decode(prompt + generated tokens)``."""
+        items = self._prepare_images(decode_images(images, self.limits), prompt, "images")
+        head = items[0].decoder_ids or items[0].prompt_ids
+        prefix = self.tokenizer.decode(head, skip_special_tokens=True) if prompt else ""
+        return items, prefix
 
     def _prepare_images(
         self, images: Sequence[Any], prompt: str | None, field: str
@@ -142,6 +148,18 @@ class ImageToTextTask(TextGenerationTask):
         return items
 
     def _prompt(self, prompt: str | None) -> tuple[list[int], list[int] | None]:
+        """(prompt_ids, decoder_ids) of a text prompt, leaving room for one token."""
+        prompt_ids, decoder_ids = self._prompt_ids(prompt)
+        length, limit = len(decoder_ids or prompt_ids), self.engine.limits.max_context
+        if limit is not None and length >= limit:
+            raise errors.InvalidArgument(
+                "prompt",
+                f"takes {length} tokens with the caption's start; this model's context is "
+                f"{limit} tokens, and the caption needs at least one",
+            )
+        return prompt_ids, decoder_ids
+
+    def _prompt_ids(self, prompt: str | None) -> tuple[list[int], list[int] | None]:
         """(prompt_ids, decoder_ids) of a text prompt, as ``generate`` builds them."""
         if self.kind == "blip":
             text = self.model.config.text_config
@@ -191,11 +209,7 @@ class ImageToTextTask(TextGenerationTask):
             raise errors.InvalidArgument(
                 "sampling.n", "this RPC returns one caption per image; use n = 1"
             )
-        items = await asyncio.to_thread(self._prepare, images, prompt)
-        # The text the caption starts from: decoded as the reference decodes it, so that
-        # prompt text + the engine's text is decode(prompt + generated tokens).
-        head = items[0].decoder_ids or items[0].prompt_ids
-        prefix = self.tokenizer.decode(head, skip_special_tokens=True) if prompt else ""
+        items, prefix = await asyncio.to_thread(self._prepare, images, prompt)
         loop = asyncio.get_running_loop()
         handles: list[Handle] = []
         results: list[TextResult] = []

@@ -1,0 +1,339 @@
+"""CaptionImage through the SDK against a real server, with ``model.generate`` on the
+same images (and prompts) as the reference, computed here.
+
+Two captioners: tiny-blip (a text decoder cross-attending to the image, which
+continues a prompt) and tiny-vit-gpt2 (a vision-encoder-decoder, whose decoder start
+and prompt are a forced prefix). A caption's text includes its prompt, as the
+image-to-text pipeline's does; ``generated_tokens`` counts the tokens after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import (
+    AutoImageProcessor,
+    AutoProcessor,
+    AutoTokenizer,
+    BlipForConditionalGeneration,
+    VisionEncoderDecoderModel,
+)
+
+from modelwire import AsyncClient, BadRequestError, FinishReason, GeneratedText
+from modelwire.v1 import common_pb2
+from modelwire.v1 import inference_service_pb2 as pb
+from modelwire_server.config import ModelConfig, ServerConfig
+from modelwire_server.server import preset_configs
+from tests.conftest import RunningServer, start_server
+from tests.helpers import bad_request_fields, raw_error
+
+N = 10
+LIMITS = {"max_image_pixels": 50 * 50, "max_input_bytes": 4_000, "max_inputs": 3}
+PROMPT = "a picture of"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    # Tiny models on a shared CPU: thread hand-offs cost more than the arithmetic.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def captioners(preset_cache: Path) -> Iterator[RunningServer]:
+    models = [m for m in preset_configs("tiny") if m.name in ("tiny-blip", "tiny-vit-gpt2")]
+    models.append(ModelConfig(name="blip-limited", task="image-to-text",
+                              source="preset:tiny-blip", preset=True, **LIMITS))  # fmt: skip
+    running = start_server(ServerConfig(port=0, models=models))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def client(captioners: RunningServer) -> Any:
+    async with AsyncClient(captioners.target, timeout=120) as c:
+        yield c
+
+
+def encode(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def sample_images() -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    noise = [Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)) for _ in range(3)]
+    gradient = np.linspace(0, 255, 40 * 70 * 3).reshape(40, 70, 3).astype(np.uint8)
+    return [*noise, Image.fromarray(gradient), Image.new("RGB", (1, 1), "red")]
+
+
+class Blip:
+    """tiny-blip loaded again in the test; ``generate`` as its model card calls it."""
+
+    def __init__(self, path: str) -> None:
+        self.processor = AutoProcessor.from_pretrained(path)
+        self.model = BlipForConditionalGeneration.from_pretrained(path).eval()
+        self.eos = self.model.config.text_config.sep_token_id
+
+    def caption(self, image: Image.Image, prompt: str | None = None, **kwargs: Any) -> list[int]:
+        inputs = self.processor(images=image, text=prompt, return_tensors="pt")
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=N, do_sample=False, **kwargs)
+        return out[0].tolist()
+
+    def expect(self, ids: list[int], prompt: str | None = None) -> GeneratedText:
+        # generate() returns [DEC] + prompt + caption tokens.
+        start = len(self.processor.tokenizer(prompt)["input_ids"]) - 1 if prompt else 1
+        generated = ids[start:]
+        ends = bool(generated) and generated[-1] == self.eos
+        text = self.processor.decode(ids, skip_special_tokens=True)
+        return GeneratedText(
+            text, FinishReason.EOS if ends else FinishReason.LENGTH, len(generated)
+        )
+
+
+class VitGpt2:
+    """tiny-vit-gpt2 loaded again in the test."""
+
+    def __init__(self, path: str) -> None:
+        self.image_processor = AutoImageProcessor.from_pretrained(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = VisionEncoderDecoderModel.from_pretrained(path).eval()
+        self.eos = self.model.generation_config.eos_token_id
+
+    def start(self, prompt: str | None) -> list[int]:
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+        return [self.model.generation_config.decoder_start_token_id, *ids]
+
+    def caption(self, image: Image.Image, prompt: str | None = None, **kwargs: Any) -> list[int]:
+        pixels = self.image_processor(images=image, return_tensors="pt").pixel_values
+        if prompt:
+            kwargs["decoder_input_ids"] = torch.tensor([self.start(prompt)])
+        with torch.inference_mode():
+            out = self.model.generate(
+                pixel_values=pixels, max_new_tokens=N, do_sample=False, **kwargs
+            )
+        return out[0].tolist()
+
+    def expect(self, ids: list[int], prompt: str | None = None) -> GeneratedText:
+        generated = ids[len(self.start(prompt)) :]
+        ends = bool(generated) and generated[-1] == self.eos
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return GeneratedText(
+            text, FinishReason.EOS if ends else FinishReason.LENGTH, len(generated)
+        )
+
+
+@pytest.fixture(scope="module")
+def blip(captioners: RunningServer) -> Blip:
+    return Blip(captioners.runner("tiny-blip").config.source)
+
+
+@pytest.fixture(scope="module")
+def vitgpt2(captioners: RunningServer) -> VitGpt2:
+    return VitGpt2(captioners.runner("tiny-vit-gpt2").config.source)
+
+
+# ---------------------------------------------------------------------- parity
+
+
+async def test_blip_greedy_captions_match_generate(client: AsyncClient, blip: Blip) -> None:
+    images = sample_images()
+    plain = await client.caption_image(images, model="tiny-blip", max_new_tokens=N)
+    prompted = await client.caption_image(
+        images, model="tiny-blip", prompt=PROMPT, max_new_tokens=N, temperature=0
+    )
+    for image, got, got_prompted in zip(images, plain, prompted, strict=True):
+        assert got == blip.expect(blip.caption(image))
+        assert got_prompted == blip.expect(blip.caption(image, PROMPT), PROMPT)
+        assert got_prompted.text.startswith(PROMPT)
+    assert len({r.text for r in plain}) >= 4, "captions should vary with the image"
+    assert any(r.generated_tokens > 3 for r in prompted), "the prompt should be continued"
+
+
+async def test_vit_gpt2_greedy_captions_match_generate(
+    client: AsyncClient, vitgpt2: VitGpt2
+) -> None:
+    images = sample_images()
+    plain = await client.caption_image(images, model="tiny-vit-gpt2", max_new_tokens=N)
+    for image, got in zip(images, plain, strict=True):
+        assert got == vitgpt2.expect(vitgpt2.caption(image))
+    assert len({r.text for r in plain}) >= 4, "captions should vary with the image"
+    # A prompt is a forced decoder prefix: the caption starts with it and continues it.
+    prompted = await client.caption_image(
+        images[:2], model="tiny-vit-gpt2", prompt=PROMPT, max_new_tokens=N
+    )
+    for image, got in zip(images[:2], prompted, strict=True):
+        assert got == vitgpt2.expect(vitgpt2.caption(image, PROMPT), PROMPT)
+        assert got.text.startswith(PROMPT) and got.generated_tokens > 0
+
+
+@pytest.mark.parametrize("name", ["tiny-blip", "tiny-vit-gpt2"])
+async def test_beam_search_matches_generate(
+    client: AsyncClient, blip: Blip, vitgpt2: VitGpt2, name: str
+) -> None:
+    reference: Any = blip if name == "tiny-blip" else vitgpt2
+    images = sample_images()[:4]
+    beams = await client.caption_image(images, model=name, num_beams=3, max_new_tokens=N)
+    greedy = await client.caption_image(images, model=name, max_new_tokens=N)
+    for image, got in zip(images, beams, strict=True):
+        assert got == reference.expect(reference.caption(image, num_beams=3))
+    assert beams != greedy, "beam search should find something greedy did not"
+
+
+async def test_seeded_sampling_is_reproducible(client: AsyncClient) -> None:
+    images = sample_images()[:3]
+    for name in ("tiny-blip", "tiny-vit-gpt2"):
+        kwargs = {"model": name, "temperature": 1.5, "top_k": 0, "max_new_tokens": N}
+        first = await client.caption_image(images, seed=7, **kwargs)
+        again = await client.caption_image(images, seed=7, **kwargs)
+        other = await client.caption_image(images, seed=8, **kwargs)
+        assert first == again
+        assert first != other, "another seed should sample other captions"
+
+
+@pytest.mark.parametrize("name", ["tiny-blip", "tiny-vit-gpt2"])
+async def test_concurrent_calls_decode_in_the_same_steps(
+    captioners: RunningServer, client: AsyncClient, blip: Blip, vitgpt2: VitGpt2, name: str
+) -> None:
+    """With the device held until three calls (prompts of different lengths, and none)
+    have queued their images, they all decode together, each still equal to generate:
+    rows of different lengths share a left-padded cache, each at its own positions."""
+    reference: Any = blip if name == "tiny-blip" else vitgpt2
+    runner = captioners.runner(name)
+    engine = runner.engine
+    images = sample_images()[:4]
+    prompts = [None, PROMPT, "two dogs"]
+    total = len(images) * len(prompts)
+    queued, gate = threading.Event(), threading.Event()
+    submit = engine.submit
+
+    def counting_submit(*args: Any, **kwargs: Any) -> Any:
+        handle = submit(*args, **kwargs)
+        if engine.stats().waiting == total:
+            queued.set()
+        return handle
+
+    engine.submit = counting_submit
+    held = asyncio.run_coroutine_threadsafe(runner.worker.run(gate.wait), captioners.loop)
+    try:
+        calls = asyncio.gather(
+            *(client.caption_image(images, model=name, prompt=p, max_new_tokens=N) for p in prompts)
+        )
+        assert await asyncio.to_thread(queued.wait, 60)
+    finally:
+        gate.set()
+        engine.submit = submit
+    results = await calls
+    held.result(60)
+    assert engine.stats().max_decode_rows >= total
+    for p, got in zip(prompts, results, strict=True):
+        assert list(got) == [reference.expect(reference.caption(i, p), p) for i in images]
+
+
+async def test_model_code_runs_on_the_worker_thread(
+    captioners: RunningServer, client: AsyncClient
+) -> None:
+    seen: set[str] = set()
+    hooks = [
+        captioners.runner(name)
+        .model.get_decoder()
+        .register_forward_pre_hook(lambda *_: seen.add(threading.current_thread().name))
+        for name in ("tiny-vit-gpt2",)
+    ]
+    blip_model = captioners.runner("tiny-blip").model
+    hooks += [
+        module.register_forward_pre_hook(lambda *_: seen.add(threading.current_thread().name))
+        for module in (blip_model.vision_model, blip_model.text_decoder)
+    ]
+    try:
+        await client.caption_image(encode(sample_images()[0]), max_new_tokens=2)
+        await client.caption_image(sample_images()[0], model="tiny-vit-gpt2", max_new_tokens=2)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen and all(name.startswith("modelwire-worker") for name in seen), seen
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def image_bytes(kind: str) -> bytes:
+    png = encode(sample_images()[0])
+    return {"png": png, "cut": png[: len(png) // 2], "empty": b"", "junk": b"not an image"}[kind]
+
+
+@pytest.mark.parametrize(
+    ("images", "extra", "field", "says"),
+    [
+        (["empty", "png"], {}, "images[0]", "is empty"),
+        (["png", "junk"], {}, "images[1]", "not a decodable image"),
+        (["png", "png", "cut"], {}, "images[2]", "could not be decoded"),
+        ([], {}, "images", "at least one"),
+        (["png"], {"sampling": common_pb2.SamplingParameters(n=2)}, "sampling.n", "one caption"),
+        (["png"], {"prompt": "word " * 80}, "prompt", "context is 64 tokens"),
+        (
+            ["png"],
+            {"stopping": common_pb2.StoppingParameters(max_new_tokens=1000)},
+            "stopping.max_new_tokens",
+            "exceeds the context",
+        ),
+    ],
+)
+@pytest.mark.parametrize("model", ["tiny-blip", "tiny-vit-gpt2"])
+async def test_bad_requests_are_invalid_argument_naming_the_field(
+    captioners: RunningServer,
+    client: AsyncClient,
+    model: str,
+    images: list[str],
+    extra: dict,
+    field: str,
+    says: str,
+) -> None:
+    # Through the raw stub: the SDK refuses some of these before sending.
+    request = pb.CaptionImageRequest(
+        model=model, images=[common_pb2.Image(data=image_bytes(kind)) for kind in images], **extra
+    )
+    error = await raw_error(captioners, "CaptionImage", request)
+    assert error.code().name == "INVALID_ARGUMENT", error.details()
+    assert bad_request_fields(error) == [field]
+    assert says in error.details()
+    (still,) = await client.caption_image(image_bytes("png"), model=model, max_new_tokens=2)
+    assert still.generated_tokens == 2 or still.finish_reason == FinishReason.EOS
+
+
+async def test_limits_refuse_oversize_input_saying_the_limit(client: AsyncClient) -> None:
+    small = Image.new("RGB", (50, 50), "blue")
+    (fits,) = await client.caption_image(small, model="blip-limited", max_new_tokens=3)
+    assert fits.generated_tokens > 0
+    noise = np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8)
+    cases = [
+        (Image.new("RGB", (51, 50)), "images[0]", "51x50 pixels; the limit is 2500 pixels"),
+        ([small, noise], "images[1]", "the limit is 4000 bytes"),
+        ([small] * 4, "images", "at most 3"),
+    ]
+    for images, field, says in cases:
+        with pytest.raises(BadRequestError) as caught:
+            await client.caption_image(images, model="blip-limited")
+        assert caught.value.field_violations[0].field == field
+        assert says in str(caught.value)
+
+
+async def test_a_model_of_another_task_is_refused(captioners: RunningServer) -> None:
+    request = pb.ClassifyImageRequest(
+        model="tiny-blip", images=[common_pb2.Image(data=image_bytes("png"))]
+    )
+    error = await raw_error(captioners, "ClassifyImage", request)
+    assert error.code().name == "INVALID_ARGUMENT"
