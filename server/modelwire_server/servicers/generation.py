@@ -2,6 +2,9 @@
 
 Generate streams the engine's events of one request; Summarize and Translate submit
 one engine request per input (encoder-decoder models) and answer when all are done.
+A chat with image parts (image-text-to-text models) brings the model's image inputs
+beside its prompt ids, and Tokenize gives that chat's expanded prompt (one token per
+image feature), the ids Generate prefills.
 """
 
 from __future__ import annotations
