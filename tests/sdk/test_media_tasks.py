@@ -23,6 +23,8 @@ from modelwire import (
     Classification,
     DetectedObject,
     Detections,
+    FinishReason,
+    GeneratedText,
     LabelScore,
     RawAudio,
     Speech,
@@ -33,8 +35,8 @@ from modelwire.v1 import common_pb2, inference_service_pb2_grpc
 from modelwire.v1 import inference_service_pb2 as pb
 from tests.sdk.fakes import FakeInference, Recorder
 
-MEDIA_RPCS = ("ClassifyImage", "DetectObjects", "TranscribeAudio", "ClassifyAudio",
-              "SynthesizeSpeech")  # fmt: skip
+MEDIA_RPCS = ("ClassifyImage", "DetectObjects", "CaptionImage", "TranscribeAudio",
+              "ClassifyAudio", "SynthesizeSpeech")  # fmt: skip
 
 
 class MediaFakes(FakeInference):
@@ -132,6 +134,56 @@ async def test_image_results_are_typed(client, fake) -> None:
     assert found.request_id
     (request,) = inference.recorder.requests("DetectObjects")
     assert request.threshold == 0.25 and request.model == "detr"
+
+
+async def test_caption_image_request_and_results(client, fake, tmp_path: Path) -> None:
+    inference, _ = fake
+    inference.responses["CaptionImage"] = pb.CaptionImageResponse(
+        results=[
+            common_pb2.GeneratedText(
+                text="a cat on a mat",
+                finish_reason=common_pb2.FINISH_REASON_EOS,
+                generated_tokens=5,
+            ),
+            common_pb2.GeneratedText(
+                text="a dog", finish_reason=common_pb2.FINISH_REASON_LENGTH, generated_tokens=2
+            ),
+        ]
+    )
+    rgb = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    path = tmp_path / "photo.png"
+    Image.fromarray(rgb).save(path)
+    bare = await client.caption_image(b"img")
+    captions = await client.caption_image(
+        [path, Image.fromarray(rgb)],
+        model="blip",
+        prompt="a picture of",
+        num_beams=3,
+        max_new_tokens=30,
+        stop=["."],
+        repetition_penalty=1.2,
+        timeout=5,
+    )
+    sampled = await client.caption_image(rgb, temperature=0.7, seed=3, prompt="")
+    assert captions == [
+        GeneratedText("a cat on a mat", FinishReason.EOS, 5),
+        GeneratedText("a dog", FinishReason.LENGTH, 2),
+    ]
+    assert captions.request_id and bare == sampled == captions
+    first, second, third = inference.recorder.requests("CaptionImage")
+    assert [i.data for i in first.images] == [b"img"] and first.model == ""
+    assert not first.HasField("prompt")
+    assert not first.sampling.HasField("temperature") and not first.stopping.HasField(
+        "max_new_tokens"
+    )
+    assert second.model == "blip" and second.prompt == "a picture of"
+    assert second.images[0].data == path.read_bytes()
+    np.testing.assert_array_equal(png_pixels(second.images[1].data), rgb)
+    assert second.sampling.num_beams == 3 and second.stopping.max_new_tokens == 30
+    assert list(second.stopping.stop) == ["."]
+    assert second.sampling.repetition_penalty == pytest.approx(1.2)
+    assert third.sampling.temperature == pytest.approx(0.7) and third.sampling.seed == 3
+    assert not third.HasField("prompt")  # an empty prompt is no prompt
 
 
 # ------------------------------------------------------------------------------- audio
@@ -233,6 +285,10 @@ async def test_synthesize_speech_request_and_result(client, fake) -> None:
         (lambda c: c.classify_image(np.zeros((2, 2), np.float32)), "uint8"),
         (lambda c: c.classify_image(b"x", top_k=0), "`top_k`"),
         (lambda c: c.detect_objects(b"x", threshold=1.5), "`threshold`"),
+        (lambda c: c.caption_image([]), "`images` must not be empty"),
+        (lambda c: c.caption_image(b"x", temperature=-1), "`temperature`"),
+        (lambda c: c.caption_image(b"x", n=2), "`n` must be 1"),
+        (lambda c: c.caption_image(b"x", max_new_tokens=0), "`max_new_tokens`"),
         (lambda c: c.transcribe_audio(np.zeros(4)), "pass its `sample_rate`"),
         (lambda c: c.transcribe_audio([0.1, 0.2]), "wrap raw samples in RawAudio"),
         (lambda c: c.transcribe_audio(b"x", chunk_length_s=0), "`chunk_length_s`"),
@@ -249,6 +305,15 @@ async def test_mistakes_are_caught_before_sending(client, fake, call: Any, messa
     with pytest.raises(ValueError) as caught:
         await call(client)
     assert message in str(caught.value)
+    assert inference.recorder.calls == []
+
+
+async def test_caption_image_refuses_unknown_keywords_and_non_text_prompts(client, fake) -> None:
+    inference, _ = fake
+    with pytest.raises(TypeError, match="bogus"):
+        await client.caption_image(b"x", bogus=1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="`prompt`"):
+        await client.caption_image(b"x", prompt=3)  # type: ignore[arg-type]
     assert inference.recorder.calls == []
 
 
