@@ -12,8 +12,10 @@ import json
 import re
 import signal
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 from modelwire import AsyncClient
@@ -132,14 +134,48 @@ def test_usage_errors_exit_2(server: Any, capsys: pytest.CaptureFixture[str]) ->
     assert "top_k" in capsys.readouterr().err
 
 
-def test_caption_says_it_is_not_in_the_sdk_yet(
-    server: Any, capsys: pytest.CaptureFixture[str], tmp_path: Any
+@pytest.fixture(scope="module")
+def captioner(preset_cache: Any) -> Iterator[Any]:
+    from modelwire_server.config import ServerConfig
+    from modelwire_server.server import preset_configs
+    from tests.conftest import start_server
+
+    models = [m for m in preset_configs("tiny") if m.name == "tiny-blip"]
+    running = start_server(ServerConfig(port=0, models=models))
+    yield running
+    running.stop()
+
+
+def test_caption_prints_one_caption_per_image(
+    captioner: Any, capsys: pytest.CaptureFixture[str], tmp_path: Any
 ) -> None:
-    image = tmp_path / "x.png"
-    image.write_bytes(b"\x89PNG")
-    assert main(["--target", server.target, "caption", str(image)]) == 1
-    err = capsys.readouterr().err
-    assert "no CaptionImage method" in err and err.count("\n") == 1
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(paths[-1])
+    options = {"prompt": "a picture of", "max_new_tokens": 6, "num_beams": 2}
+    expected = sdk(captioner, "caption_image", paths, **options)
+    assert expected[0].text != expected[1].text
+    argv = ["--target", captioner.target, "caption", *map(str, paths)]
+    argv += ["--prompt", "a picture of", "--max-new-tokens", "6", "--num-beams", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out == "".join(f"{p}\n  {r.text}\n" for p, r in zip(paths, expected, strict=True))
+
+    assert main([*argv[:4], "--json", "--max-new-tokens", "6", "--prompt", "a picture of"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    [alone] = sdk(captioner, "caption_image", paths[0], prompt="a picture of", max_new_tokens=6)
+    assert data["results"] == [
+        {
+            "text": alone.text,
+            "finish_reason": alone.finish_reason.value,
+            "generated_tokens": alone.generated_tokens,
+        }
+    ]
+    assert re.fullmatch(r"[0-9a-f]{32}", data["request_id"])
 
 
 def test_missing_image_file_is_named(server: Any, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from modelwire._cli_output import CommandError, Output, Report, label_lines, labelled, results_data
+from modelwire._cli_output import Output, Report, label_lines, labelled, results_data
 from modelwire._client import AsyncClient
 
 Handler = Callable[[AsyncClient, argparse.Namespace, Output], Awaitable[Report]]
@@ -219,11 +219,17 @@ async def detect(client: AsyncClient, args: argparse.Namespace, _: Output) -> Re
 
 
 async def caption(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
-    # The server's CaptionImage RPC has no SDK method yet; say so instead of a traceback.
-    raise CommandError(
-        "caption: this version of the modelwire SDK has no CaptionImage method yet "
-        "(the server's modelwire.v1.InferenceService/CaptionImage can be called with grpcurl)"
+    params: dict[str, Any] = _limit(args.max_new_tokens)
+    if args.num_beams is not None:
+        params["num_beams"] = args.num_beams
+    if args.temperature is not None:
+        params["temperature"] = args.temperature
+    if args.seed is not None:
+        params["seed"] = args.seed
+    results = await client.caption_image(
+        _files(args), prompt=args.prompt, model=args.model, **params
     )
+    return Report(results_data(results), labelled(args.files, ([r.text] for r in results)))
 
 
 async def transcribe(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
@@ -284,9 +290,13 @@ def add_media_commands(subparsers: Subparsers) -> None:
     p.add_argument("files", nargs="+", type=Path, metavar="IMAGE")
     p.add_argument("--threshold", type=float, help="minimum score (default 0.5)")
 
-    p = command(subparsers, "caption", "caption image files (not in this SDK yet)", caption)
+    p = command(subparsers, "caption", "caption image files (image-to-text)", caption)
     p.add_argument("files", nargs="+", type=Path, metavar="IMAGE")
-    p.add_argument("--prompt")
+    p.add_argument("--prompt", help="text the captions start from (conditional captioning)")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--num-beams", type=int, help="beam search with this many beams")
+    p.add_argument("--temperature", type=float, help="sample at this temperature (0: greedy)")
+    p.add_argument("--seed", type=int, help="sampling seed, for reproducible captions")
 
     p = command(subparsers, "transcribe", "transcribe audio files", transcribe)
     p.add_argument("files", nargs="+", type=Path, metavar="AUDIO")
