@@ -12,6 +12,7 @@ pipeline's own, and the comparisons are exact: text equal, timestamps equal.
 from __future__ import annotations
 
 import asyncio
+import copy
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,6 +166,35 @@ async def test_segment_timestamps_match_the_pipeline(asr, client: AsyncClient) -
     assert_chunks(with_french[0], expected)
 
 
+@pytest.fixture(scope="module")
+def asr_eager(whisper: RunningServer) -> transformers.Pipeline:
+    """A pipeline of its own for word timestamps: generate switches its model to eager
+    attention for them, for good."""
+    source = whisper.runner(MODEL).config.source
+    return transformers.pipeline("automatic-speech-recognition", model=source, device="cpu")
+
+
+async def test_word_timestamps_match_the_pipeline(asr_eager, client: AsyncClient) -> None:
+    """Word times come from the alignment heads' cross-attention through DTW; the server
+    takes it from one teacher-forced pass where generate records it step by step."""
+    results = await client.transcribe_audio(
+        CLIPS[:2], sample_rate=SR, model=MODEL, return_timestamps="word"
+    )
+    for result, clip in zip(results, CLIPS[:2], strict=True):
+        expected = reference(asr_eager, clip, return_timestamps="word")
+        assert result.text == expected["text"]
+        assert len(result.chunks) >= 3, expected
+        assert_chunks(result, expected)
+    assert [c.end_s for c in results[0].chunks] != [c.end_s for c in results[1].chunks]
+    clip = long_clip(4.0, 5)  # 20 s in 10 s chunks: word times across strides
+    (chunked,) = await client.transcribe_audio(
+        clip, sample_rate=SR, model=MODEL, chunk_length_s=10.0, return_timestamps="word"
+    )
+    expected = reference(asr_eager, clip, chunk_length_s=10.0, return_timestamps="word")
+    assert chunked.text == expected["text"]
+    assert_chunks(chunked, expected)
+
+
 @pytest.mark.parametrize("timestamps", [False, True])
 async def test_chunked_long_clip_matches_the_pipeline(
     whisper, asr, client: AsyncClient, timestamps: bool
@@ -208,6 +238,56 @@ async def test_encoded_audio_matches(asr, client: AsyncClient) -> None:
     assert result.text == reference(asr, samples)["text"]
 
 
+# ------------------------------------------------------------------- pieces
+
+
+def test_segment_split_and_seek_follow_generate(whisper) -> None:
+    """generate's seek loop, which these tiny outputs rarely reach: a window whose output
+    closes a segment with two timestamps is cut there and decoded again from it."""
+    from transformers import WhisperForConditionalGeneration as Whisper
+
+    from modelwire_server.tasks.whisper import split_segments
+
+    runner = whisper.runner(MODEL).whisper
+    begin = runner.timestamp_begin
+    sequences = [
+        [begin, 5, 6, begin + 40, begin + 40, 7, 8, begin + 90, begin + 90, 9],
+        [begin, 5, 6, begin + 40, begin + 40, 7, begin + 90],  # single ending
+        [begin + 3, 5, 6, 7],  # no segment closed
+        [5, 6, begin + 20],
+        [],
+    ]
+    for sequence in sequences:
+        segments, offset = Whisper._retrieve_segment(
+            seek_sequence=torch.tensor(sequence, dtype=torch.long),
+            seek_outputs=[{}],
+            time_offset=torch.zeros(1, dtype=torch.float64),
+            timestamp_begin=begin,
+            seek_num_frames=torch.tensor([3000]),
+            time_precision=0.02,
+            time_precision_features=0.01,
+            input_stride=2,
+            prev_idx=0,
+            idx=0,
+            return_token_timestamps=False,
+            decoder_input_ids=torch.zeros((1, 3), dtype=torch.long),
+        )
+        kept = [t for s in segments for t in s["tokens"].tolist()]
+        assert split_segments(sequence, begin, 3000, 2) == (kept, int(offset)), sequence
+    assert split_segments(sequences[0], begin, 3000, 2)[1] == 180  # seek to <|1.80|>
+
+
+def test_length_limit_grows_per_seek_round_as_in_generate(whisper, asr) -> None:
+    runner = whisper.runner(MODEL).whisper
+    config = copy.deepcopy(asr.model.generation_config)
+    max_length = int(config.max_length)
+    init = torch.zeros((1, 3), dtype=torch.long)
+    for _ in range(4):
+        asr.model._set_max_new_tokens_and_length(asr.model.config, init, config)
+        max_new, max_length = runner._max_new_tokens(3, max_length)
+        assert (max_new, max_length) == (config.max_length - 3, config.max_length)
+
+
 # ------------------------------------------------------------------- batching
 
 
@@ -239,7 +319,6 @@ async def test_bad_options_are_invalid_argument_naming_the_field(
         ({"language": "klingon"}, "language", "unknown language"),
         ({"language": "<|xx|>"}, "language", "unknown language"),
         ({"return_timestamps": "char"}, "return_timestamps", "CTC"),
-        ({"return_timestamps": "word"}, "return_timestamps", "word timestamps"),
         ({"chunk_length_s": 45.0}, "chunk_length_s", "30 s window"),
         ({"chunk_length_s": 0.5}, "chunk_length_s", "between"),
     ]

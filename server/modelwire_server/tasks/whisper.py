@@ -28,6 +28,12 @@ calls it) and how:
 - a window whose output closes a segment with two timestamps before its end is decoded
   again from that timestamp (generate's seek loop over the 3000 feature frames, which it
   runs even for short-form input), and the rounds' tokens are concatenated;
+- word timestamps (``return_timestamps="word"``: timestamp decoding plus
+  ``return_token_timestamps``) time each token by transformers' own
+  ``_extract_token_timestamps`` (DTW over the generation_config's ``alignment_heads``),
+  fed the cross-attention of one teacher-forced, eager-attention pass over the decoded
+  sequence on the device worker, where generate records it step by step; a model
+  without alignment heads answers INVALID_ARGUMENT for them;
 - chunking is the ASR pipeline's ``chunk_iter`` (a sixth of the chunk as stride on
   inner sides), and the windows' tokens are merged into text and timed chunks by the
   tokenizer's ``_decode_asr``, exactly as the pipeline's postprocess does.
@@ -146,7 +152,7 @@ class WhisperSpeech:
 
     def warmup(self) -> None:
         """Decode two tokens from silence (on the worker: engine steps run inline)."""
-        features = self._features(np.zeros(self.rate // 4, np.float32))
+        features, _ = self._features(np.zeros(self.rate // 4, np.float32))
         request = GenerationRequest(
             prompt_ids=[],
             sampling=SamplingParams(temperature=0.0, num_beams=1),
@@ -181,11 +187,6 @@ class WhisperSpeech:
                     "alignment heads, and this model's generation_config names none "
                     "(alignment_heads); ask for segment timestamps",
                 )
-            raise errors.InvalidArgument(
-                "return_timestamps",
-                "word timestamps (dynamic time warping over the alignment heads' "
-                "cross-attention) are not served yet; ask for segment timestamps",
-            )
         if timestamps is not None and self.no_timestamps is None:
             raise errors.InvalidArgument(
                 "return_timestamps",
@@ -253,17 +254,14 @@ class WhisperSpeech:
         call = current_call.get()
         request_id = call.request_id if call is not None else "transcribe"
         jobs = [
-            self._window_tokens(
-                f, language_id, timestamps is not None, f"{request_id}/{i}", deadline
-            )
-            for i, f in enumerate(features)
+            self._window_tokens(f, frames, language_id, timestamps, f"{request_id}/{i}", deadline)
+            for i, (f, frames) in enumerate(features)
         ]
-        tokens = await _gather_or_cancel(jobs)
+        outputs = await _gather_or_cancel(jobs)
         results, start = [], 0
-        for plan, samples in zip(plans, decoded, strict=True):
-            outputs = tokens[start : start + len(plan)]
+        for plan in plans:
+            results.append(self._merge(plan, outputs[start : start + len(plan)], timestamps))
             start += len(plan)
-            results.append(self._merge(plan, outputs, timestamps is not None, len(samples)))
         return results
 
     def windows(self, samples: np.ndarray, chunk_length_s: float | None) -> list[Window]:
@@ -285,24 +283,29 @@ class WhisperSpeech:
                 break
         return windows
 
-    def _features(self, samples: np.ndarray) -> torch.Tensor:
-        """Log-mel features padded to the 30 s window, as the pipeline prepares them."""
+    def _features(self, samples: np.ndarray) -> tuple[torch.Tensor, int]:
+        """Log-mel features padded to the 30 s window, as the pipeline prepares them, and
+        how many of their frames hold audio (for word timestamps)."""
         processed = self.extractor(
             samples, sampling_rate=self.rate, return_tensors="pt", return_attention_mask=True
         )
-        return processed["input_features"].to(dtype=self.runner.dtype)
+        frames = int(processed["attention_mask"].sum(-1)[0])
+        return processed["input_features"].to(dtype=self.runner.dtype), frames
 
     # -- one window -------------------------------------------------------------------
 
     async def _window_tokens(
         self,
         features: torch.Tensor,
+        audio_frames: int,
         language_id: int | None,
-        timestamps: bool,
+        granularity: str | None,
         request_id: str,
         deadline: float | None,
-    ) -> list[int]:
-        """generate's output for one window: its tokens after the decoder start, EOS cut."""
+    ) -> tuple[list[int], list[float] | None]:
+        """generate's output for one window: its tokens after the decoder start, EOS cut,
+        and with word timestamps, each token's time (``_extract_token_timestamps``)."""
+        timestamps = granularity is not None
         detected = None
         if language_id is None and self.lang_to_id and self._language_undefined():
             detected = await self._detect_language(features, request_id, deadline)
@@ -310,6 +313,7 @@ class WhisperSpeech:
         hook = self._timestamp_hook(len(init)) if timestamps else None
         max_frames = features.shape[-1]
         seek, rounds, output = 0, 0, []
+        times: list[float] | None = [] if granularity == "word" else None
         max_length = int(getattr(self.gc, "max_length", None) or 20)
         while seek < max_frames:
             rounds += 1
@@ -328,13 +332,23 @@ class WhisperSpeech:
                 decoder_prompt_ids=init,
                 logits_hook=hook,
             )
-            ids = await self._run(request)
+            generated = await self._run(request)
+            ids = generated
             if ids and ids[-1] in self.engine.limits.eos_ids:
                 ids = ids[:-1]
             kept, offset = split_segments(ids, self.timestamp_begin, frames, self.input_stride)
+            if times is not None:
+                sequence, left = init + generated, audio_frames - seek
+                token_times = await self.runner.worker.run(
+                    lambda s=segment, q=sequence, n=left: self._token_times(s, q, len(init), n)
+                )
+                # generate adds the window's offset (float64) to float32 times
+                offset_s = torch.tensor(seek * self.time_precision / self.input_stride)
+                shifted = token_times[len(init) : len(init) + len(kept)] + offset_s.double()
+                times += shifted.float().tolist()
             output += kept
             seek += offset
-        return output
+        return output, times
 
     def _legacy_prefix(self, language_id: int | None) -> list[int | None]:
         """The ``forced_decoder_ids`` prefix (positions 1, 2, ...) that generate honours
@@ -380,6 +394,41 @@ class WhisperSpeech:
         elif timestamps and tokens[-1] == self.no_timestamps:
             tokens = tokens[:-1]
         return [t for t in tokens if t is not None]
+
+    def _token_times(
+        self, features: torch.Tensor, sequence: list[int], num_input_ids: int, frames: int
+    ) -> torch.Tensor:
+        """Per-token times from the alignment heads' cross-attention, by transformers'
+        ``_extract_token_timestamps`` (DTW). generate records the attention step by step
+        while decoding; here one teacher-forced pass over the decoded sequence (all but its
+        last token, as generate has no attention for that one) gives the same weights.
+        Eager attention, as generate switches to for token timestamps, returns them. On the
+        device worker."""
+        config = self.model.config
+        previous = config._attn_implementation
+        config._attn_implementation = "eager"
+        try:
+            with torch.inference_mode():
+                ids = torch.tensor([sequence[:-1]], dtype=torch.long, device=self.runner.device)
+                out = self.model(
+                    input_features=features.to(self.runner.device),
+                    decoder_input_ids=ids,
+                    output_attentions=True,
+                    use_cache=False,
+                )
+                outputs = _Outputs(
+                    cross_attentions=(tuple(a.float().cpu() for a in out.cross_attentions),),
+                    sequences=torch.tensor([sequence]),
+                )
+                times = self.model._extract_token_timestamps(
+                    outputs,
+                    self.gc.alignment_heads,
+                    num_frames=torch.tensor([frames]),
+                    num_input_ids=num_input_ids,
+                )
+        finally:
+            config._attn_implementation = previous
+        return times[0]
 
     async def _detect_language(
         self, features: torch.Tensor, request_id: str, deadline: float | None
@@ -429,7 +478,9 @@ class WhisperSpeech:
         try:
             handle: Handle = self.engine.submit(request, buffer)
         except engine_errors.InvalidRequest as exc:
-            raise errors.InvalidArgument(exc.field, exc.message) from None
+            # The engine's fields are Generate's; here a window is what does not fit
+            # (e.g. a batch-token budget below one encoder window).
+            raise errors.InvalidArgument("clips", f"{exc.field}: {exc.message}") from None
         except engine_errors.EngineError as exc:
             raise domain_error(exc) from None
         self.driver.wake()
@@ -458,23 +509,28 @@ class WhisperSpeech:
     # -- merging ----------------------------------------------------------------------
 
     def _merge(
-        self, plan: list[Window], outputs: list[list[int]], timestamps: bool, samples: int
+        self,
+        plan: list[Window],
+        outputs: list[tuple[list[int], list[float] | None]],
+        granularity: str | None,
     ) -> tuple[str, list[WhisperChunk]]:
         """The pipeline's postprocess: strides in seconds, then ``_decode_asr``."""
         model_outputs: list[dict[str, Any]] = []
-        for window, ids in zip(plan, outputs, strict=True):
+        for window, (ids, times) in zip(plan, outputs, strict=True):
             item: dict[str, Any] = {"tokens": np.asarray([ids], dtype=np.int64)}
+            if times is not None:
+                item["token_timestamps"] = torch.tensor([times], dtype=torch.float32)
             if window.stride is not None:
                 item["stride"] = tuple(s / self.rate for s in window.stride)
             model_outputs.append(item)
         text, optional = self.tokenizer._decode_asr(
             model_outputs,
-            return_timestamps=timestamps,
+            return_timestamps="word" if granularity == "word" else granularity is not None,
             return_language=False,
             time_precision=self.time_precision,
         )
         chunks = []
-        for chunk in optional.get("chunks", []) if timestamps else []:
+        for chunk in optional.get("chunks", []) if granularity else []:
             start, end = chunk["timestamp"]
             chunks.append(WhisperChunk(chunk["text"], float(start or 0.0), end))
         return text, chunks
@@ -496,7 +552,14 @@ def split_segments(
     return ids[:last], (ids[last - 2] - timestamp_begin) * input_stride
 
 
-async def _gather_or_cancel(jobs: list[Any]) -> list[list[int]]:
+class _Outputs(dict):  # type: ignore[type-arg]
+    """What ``_extract_token_timestamps`` reads of generate's output: keys as attributes."""
+
+    def __getattr__(self, name: str) -> Any:
+        return self[name]
+
+
+async def _gather_or_cancel(jobs: list[Any]) -> list[Any]:
     """Run the windows side by side; the first failure cancels the rest."""
     tasks = [asyncio.ensure_future(job) for job in jobs]
     try:
