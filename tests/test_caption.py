@@ -337,3 +337,64 @@ async def test_a_model_of_another_task_is_refused(captioners: RunningServer) -> 
     )
     error = await raw_error(captioners, "ClassifyImage", request)
     assert error.code().name == "INVALID_ARGUMENT"
+
+
+# ------------------------------------------------- other vision-encoder-decoder decoders
+
+
+def test_trocr_style_decoder_matches_generate(vitgpt2: VitGpt2) -> None:
+    """A TrOCR decoder takes no position_ids (its embed_positions table reads the cache
+    length): rows with decoder starts of different lengths, left-padded into one batch,
+    still decode at their own positions. Engine-level, on a tiny random TrOCR built here."""
+    import transformers
+
+    from modelwire_server.engine.engine import GenerationEngine
+    from modelwire_server.engine.types import Finished, SamplingParams, StoppingParams
+    from modelwire_server.engine.types import GenerationRequest as Request
+    from modelwire_server.engine.vision_seq2seq import VisionSeq2SeqAdapter
+
+    tokenizer, eos = vitgpt2.tokenizer, vitgpt2.eos
+    encoder = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32,
+                                     num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, initializer_range=0.2)  # fmt: skip
+    decoder = transformers.TrOCRConfig(vocab_size=len(tokenizer), d_model=64, decoder_layers=2,
+                                       decoder_attention_heads=2, decoder_ffn_dim=64,
+                                       max_position_embeddings=64, init_std=0.2,
+                                       bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
+                                       decoder_start_token_id=eos)  # fmt: skip
+    config = transformers.VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id = config.pad_token_id = config.eos_token_id = eos
+    torch.manual_seed(0)
+    model = transformers.VisionEncoderDecoderModel(config=config).eval()
+    model.generation_config = transformers.GenerationConfig(
+        decoder_start_token_id=eos, eos_token_id=eos, pad_token_id=eos
+    )
+    adapter = VisionSeq2SeqAdapter(model, "cpu")
+    assert not adapter.explicit_positions  # the embed_positions path, not position_ids
+    engine = GenerationEngine(model, tokenizer, device="cpu",
+                              generation_config=model.generation_config,
+                              max_batch_tokens=100_000, max_waiting=100, max_new_tokens_cap=100,
+                              default_max_new_tokens=N, adapter=adapter)  # fmt: skip
+    prompts = ["the", None, "a long prompt here", "x"]
+    for beams in (1, 3):
+        requests, expected = [], []
+        for image, prompt in zip(sample_images()[:4], prompts, strict=True):
+            pixels = vitgpt2.image_processor(images=image, return_tensors="pt").pixel_values
+            start = vitgpt2.start(prompt) if prompt else None
+            kwargs = {"decoder_input_ids": torch.tensor([start])} if start else {}
+            with torch.inference_mode():
+                out = model.generate(pixel_values=pixels, max_new_tokens=N, do_sample=False,
+                                     num_beams=beams, **kwargs)[0].tolist()  # fmt: skip
+            expected.append(tokenizer.decode(out[len(start or [eos]) :]))
+            requests.append(Request(prompt_ids=[], sampling=SamplingParams(num_beams=beams),
+                                    stopping=StoppingParams(max_new_tokens=N),
+                                    extras={"pixel_values": pixels},
+                                    decoder_prompt_ids=start))  # fmt: skip
+        events: list[list[Any]] = [[] for _ in requests]
+        for request, sink in zip(requests, events, strict=True):
+            engine.submit(request, sink.append)
+        while engine.has_work():
+            engine.step()
+        texts = [next(e.text for e in sink if isinstance(e, Finished)) for sink in events]
+        assert texts == [t.removesuffix(tokenizer.eos_token) for t in expected]
+        assert len(set(texts)) == len(texts)
