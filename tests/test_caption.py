@@ -284,6 +284,7 @@ def image_bytes(kind: str) -> bytes:
         ([], {}, "images", "at least one"),
         (["png"], {"sampling": common_pb2.SamplingParameters(n=2)}, "sampling.n", "one caption"),
         (["png"], {"prompt": "word " * 80}, "prompt", "context is 64 tokens"),
+        (["png"], {"prompt": "x" * 100_001}, "prompt", "the limit is 100000"),
         (
             ["png"],
             {"stopping": common_pb2.StoppingParameters(max_new_tokens=1000)},

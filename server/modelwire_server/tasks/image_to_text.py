@@ -209,6 +209,11 @@ class ImageToTextTask(TextGenerationTask):
             raise errors.InvalidArgument(
                 "sampling.n", "this RPC returns one caption per image; use n = 1"
             )
+        if prompt is not None and len(prompt) > self.config.max_input_chars:
+            raise errors.InvalidArgument(
+                "prompt",
+                f"has {len(prompt)} characters; the limit is {self.config.max_input_chars}",
+            )
         items, prefix = await asyncio.to_thread(self._prepare, images, prompt)
         loop = asyncio.get_running_loop()
         handles: list[Handle] = []
