@@ -404,6 +404,10 @@ class WhisperSpeech:
         last token, as generate has no attention for that one) gives the same weights.
         Eager attention, as generate switches to for token timestamps, returns them. On the
         device worker."""
+        # generate crops the attention to ``frames // 2`` encoder positions; at 0 or 1
+        # frame left (a seek round at the very end of the audio) that leaves no column
+        # and its DTW fails, so keep one.
+        frames = 2 if 0 <= frames < 2 else frames
         config = self.model.config
         previous = config._attn_implementation
         config._attn_implementation = "eager"
