@@ -75,7 +75,7 @@ from modelwire_server.media import AudioInput, MediaLimits, decode_clips
 from modelwire_server.streams import EventBuffer
 from modelwire_server.tasks.text_generation import EngineDriver, domain_error
 
-WINDOW_S = 30.0  # Whisper's window: what the feature extractor pads or cuts to
+WINDOW_S = 30.0  # Whisper's window (the feature extractor's chunk_length) if unsaid
 MIN_CHUNK_S = 1.0
 
 
@@ -123,6 +123,7 @@ class WhisperSpeech:
         )
         self.driver = EngineDriver(self.engine, runner.worker, self.config.name)
         self.rate = int(self.extractor.sampling_rate)
+        self.window_s = float(getattr(self.extractor, "chunk_length", WINDOW_S))
         self.limits = MediaLimits.of(self.config)
         encoder = self.model.get_encoder()
         self.input_stride = int(encoder.conv1.stride[0] * encoder.conv2.stride[0])
@@ -131,18 +132,17 @@ class WhisperSpeech:
         self.time_precision = float(self.extractor.chunk_length) / config.max_source_positions
         self.max_target = int(config.max_target_positions)
         self.sot = int(self.gc.decoder_start_token_id)
-        self.eos = self.gc.eos_token_id
         self.no_timestamps = getattr(self.gc, "no_timestamps_token_id", None)
         self.timestamp_begin = (
             self.no_timestamps + 1 if self.no_timestamps is not None else config.vocab_size + 1
         )
         self.lang_to_id: dict[str, int] = dict(getattr(self.gc, "lang_to_id", None) or {})
         self.multilingual = bool(getattr(self.gc, "is_multilingual", bool(self.lang_to_id)))
-        # transformers' WhisperTimeStampLogitsProcessor compares its log-softmax over the
-        # vocabulary; the engine's scores are float32 whatever the model's dtype.
+        # detect_language's argmax runs over these tokens only
         self.language_mask = torch.zeros(self.engine.limits.vocab_size, dtype=torch.bool)
         if self.lang_to_id:
             self.language_mask[list(self.lang_to_id.values())] = True
+        self.language_mask = self.language_mask.to(runner.device)
 
     async def start(self) -> None:
         await self.driver.start()
@@ -194,11 +194,11 @@ class WhisperSpeech:
                 "timestamp tokens",
             )
         if chunk_length_s is not None and not (
-            math.isfinite(chunk_length_s) and MIN_CHUNK_S <= chunk_length_s <= WINDOW_S
+            math.isfinite(chunk_length_s) and MIN_CHUNK_S <= chunk_length_s <= self.window_s
         ):
             raise errors.InvalidArgument(
                 "chunk_length_s",
-                f"must be between {MIN_CHUNK_S:g} and Whisper's {WINDOW_S:g} s window, "
+                f"must be between {MIN_CHUNK_S:g} and Whisper's {self.window_s:g} s window, "
                 f"got {chunk_length_s}",
             )
         if language:
@@ -226,7 +226,7 @@ class WhisperSpeech:
         else:
             raise errors.InvalidArgument(
                 "language",
-                f"unknown language {language!r}; give a code such as 'en' or 'fr', a name "
+                f"unknown language {language[:40]!r}; give a code such as 'en' or 'fr', a name "
                 "such as 'french', or a token such as '<|fr|>'",
             )
         if token not in self.lang_to_id:
@@ -267,9 +267,9 @@ class WhisperSpeech:
     def windows(self, samples: np.ndarray, chunk_length_s: float | None) -> list[Window]:
         """The pipeline's ``chunk_iter`` (whose alignment is 1 sample for Whisper)."""
         if chunk_length_s is None:
-            if len(samples) <= WINDOW_S * self.rate:
+            if len(samples) <= self.window_s * self.rate:
                 return [Window(samples, None)]
-            chunk_length_s = WINDOW_S  # longer audio: 30 s chunks, not silent truncation
+            chunk_length_s = self.window_s  # longer audio: 30 s chunks, not truncation
         chunk_len = round(chunk_length_s * self.rate)
         stride = round(chunk_length_s / 6 * self.rate)
         windows = []
@@ -441,7 +441,7 @@ class WhisperSpeech:
         mask = self.language_mask
 
         def languages_only(_ids: list[int], scores: torch.Tensor) -> torch.Tensor:
-            return scores.masked_fill(~mask.to(scores.device), float("-inf"))
+            return scores.masked_fill(~mask, float("-inf"))
 
         request = GenerationRequest(
             prompt_ids=[],
