@@ -17,6 +17,7 @@ decoder; one with a BART-style ``embed_positions`` table (TrOCR) gets it through
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Any
 
@@ -80,23 +81,13 @@ class VisionSeq2SeqAdapter(Seq2SeqAdapter):
         step_mask = state.decoder.mask_for_step()
         tokens = tokens.to(self.device).view(-1, 1)
         positions = state.decoder.positions().view(-1, 1)
-        kwargs: dict[str, Any] = {}
-        if self.explicit_positions:
-            kwargs["decoder_position_ids"] = positions
-        out = self._forward(state, tokens, step_mask, positions, kwargs)
-        state.decoder.commit_step(step_mask)
-        return out.logits[:, -1, :].float()
-
-    def _forward(
-        self,
-        state: Seq2SeqState,
-        tokens: torch.Tensor,
-        step_mask: torch.Tensor,
-        positions: torch.Tensor,
-        kwargs: dict[str, Any],
-    ) -> Any:
-        def run() -> Any:
-            return self.model(
+        if self.inner_positions is None:
+            kwargs: dict[str, Any] = {"decoder_position_ids": positions}
+            placed: Any = contextlib.nullcontext()
+        else:
+            kwargs, placed = {}, self.inner_positions.override(positions, tokens)
+        with placed:
+            out = self.model(
                 encoder_outputs=BaseModelOutput(last_hidden_state=state.encoder_hidden),
                 decoder_input_ids=tokens,
                 decoder_attention_mask=step_mask,
@@ -104,11 +95,8 @@ class VisionSeq2SeqAdapter(Seq2SeqAdapter):
                 use_cache=True,
                 **kwargs,
             )
-
-        if self.inner_positions is None:
-            return run()
-        with self.inner_positions.override(positions, tokens):
-            return run()
+        state.decoder.commit_step(step_mask)
+        return out.logits[:, -1, :].float()
 
 
 def _patches(config: Any) -> int | None:
