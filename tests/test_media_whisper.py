@@ -341,6 +341,20 @@ async def test_word_timestamps_without_alignment_heads_say_why(whisper) -> None:
     assert "alignment heads" in str(caught.value)
 
 
+def test_english_only_models_take_no_language(whisper) -> None:
+    """As generate: ``language`` on a model that is not multilingual is refused."""
+    runner = whisper.runner(MODEL).whisper
+    runner.multilingual = False
+    try:
+        with pytest.raises(InvalidArgument) as caught:
+            runner.check_options(None, None, "en")
+    finally:
+        runner.multilingual = True
+    assert caught.value.violations[0].field == "language"
+    assert "English-only" in str(caught.value)
+    assert runner.check_options(None, None, "EN") == runner.lang_to_id["<|en|>"]
+
+
 async def test_empty_and_corrupt_audio_are_invalid_argument(whisper) -> None:
     empty = pb.TranscribeAudioRequest(
         model=MODEL, clips=[common_pb2.Audio(pcm=common_pb2.PcmAudio(samples=b"", sample_rate=SR))]
