@@ -1,8 +1,7 @@
 """InferenceService: one servicer composed of RPC groups, one module per group.
 
 Each group turns requests into runner calls and results into responses (no model code
-here). An RPC whose group has no method yet answers UNIMPLEMENTED, or NOT_FOUND /
-INVALID_ARGUMENT for a bad model name, through the registry.
+here). A bad model name is NOT_FOUND or INVALID_ARGUMENT, through the registry.
 """
 
 from __future__ import annotations
@@ -26,20 +25,7 @@ class InferenceServicer(*GROUPS, pb_grpc.InferenceServiceServicer):  # type: ign
     """Every RPC of modelwire.v1.InferenceService."""
 
 
-def _not_yet(rpc: str) -> Any:
-    async def method(self: InferenceServicer, request: Any, context: Any) -> Any:
-        self.registry.runner_for(rpc, request.model)
-        raise AssertionError(f"{rpc}: a model was found but no handler exists")
-
-    method.__name__ = rpc
-    return method
-
-
-for _method in pb.DESCRIPTOR.services_by_name["InferenceService"].methods:
-    if not any(_method.name in vars(group) for group in GROUPS):
-        setattr(InferenceServicer, _method.name, _not_yet(_method.name))
-
-
+# Every RPC of the service has its group's handler (tests/test_server.py checks it).
 def _unload_aware(method: Any) -> Any:
     """Answer UNAVAILABLE, not CANCELLED, to a call an UnloadModel cut off."""
 

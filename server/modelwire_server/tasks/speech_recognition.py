@@ -8,8 +8,8 @@ strides and the clip's tokens are CTC-decoded together, with character offsets f
 timestamps.
 
 Whisper generates its text token by token: a Whisper model is served by
-``tasks/whisper.py`` through the generation engine (see there); other
-sequence-to-sequence speech models answer UNIMPLEMENTED.
+``tasks/whisper.py`` through the generation engine (see there). Any other speech model
+fails to load, with a message saying which kinds this server transcribes with.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForCTC, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_CTC_MAPPING_NAMES
 
-from modelwire_server.errors import InvalidArgument, Unimplemented
+from modelwire_server.errors import InvalidArgument
 from modelwire_server.media import (
     AudioInput,
     MediaLimits,
@@ -84,7 +84,10 @@ class SpeechRecognitionTask(BatchedTask[ChunkItem, np.ndarray]):
             self.model = self.whisper.model
             return
         if not self.ctc:
-            return  # answered UNIMPLEMENTED; nothing else to read
+            raise ValueError(
+                f"{self.architecture} is neither a CTC model (wav2vec2 family) nor Whisper, "
+                "the speech models this server transcribes with"
+            )
         self.extractor = AutoFeatureExtractor.from_pretrained(source, **kwargs)
         self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         self.model = self.place(AutoModelForCTC.from_pretrained(source, **kwargs))
@@ -156,11 +159,6 @@ class SpeechRecognitionTask(BatchedTask[ChunkItem, np.ndarray]):
         return await asyncio.to_thread(lambda: [self._decode(t, timestamps) for t in per_clip])
 
     def _check_options(self, chunk_length_s: float | None, language: str | None) -> None:
-        if not self.ctc:
-            raise Unimplemented(
-                f"{self.architecture} is a sequence-to-sequence speech model other than "
-                "Whisper; this server transcribes with CTC models and Whisper"
-            )
         if language:
             raise InvalidArgument(
                 "language", "this CTC model transcribes the language it was trained on"
