@@ -23,6 +23,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Where test servers run their models: the CPU unless MODELWIRE_TEST_DEVICE says
+# otherwise (e.g. "cuda" on a GPU host, to check the server's device paths against the
+# CPU references the tests compute). Always float32, so parity tolerances hold; TF32
+# is off for the same reason.
+TEST_DEVICE = os.environ.get("MODELWIRE_TEST_DEVICE", "cpu")
+if TEST_DEVICE.startswith("cuda"):
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
 
 def _main_thread_only(fn: Callable[..., Any], what: str) -> Callable[..., Any]:
     def guard(*args: Any, **kwargs: Any) -> Any:
@@ -96,9 +107,20 @@ class RunningServer:
 
 
 def start_server(config: Any, *, wait_loaded: bool = True) -> RunningServer:
-    """Start ModelwireServer in a background thread with its own loop."""
+    """Start ModelwireServer in a background thread with its own loop.
+
+    Models left on device/dtype "auto" run on TEST_DEVICE in float32 (on a GPU host,
+    "auto" would mean CUDA bfloat16, which no float32 reference matches)."""
+    import dataclasses
+
     from modelwire_server.server import ModelwireServer
 
+    config.models = [
+        dataclasses.replace(m, device=TEST_DEVICE, dtype="float32")
+        if m.device == "auto" and m.dtype == "auto"
+        else m
+        for m in config.models
+    ]
     loop = asyncio.new_event_loop()
     started = threading.Event()
     holder: dict[str, Any] = {}
