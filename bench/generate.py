@@ -10,7 +10,8 @@ beside the ratios:
 - 8 and 16 streams sent at once (aggregate tokens/s: all tokens / first request to last
   token) vs generate on the same prompts as one static batch; the same streams with
   arrivals spread over the first second;
-- time to first token of a request arriving while 15 streams decode, vs alone.
+- time to first token of a request arriving while 15 streams decode (each has streamed
+  two tokens), vs alone.
 
     python bench/generate.py [--threads 2] [--rounds 3] [--device cpu|cuda]
 
@@ -121,8 +122,12 @@ def start_server(path: Path, device: str, threads: int) -> tuple[subprocess.Pope
     raise RuntimeError("server did not start")
 
 
-async def stream_one(client: Any, prompt: str, delay: float = 0.0) -> tuple[float, float, int]:
-    """(time of first token, time of last token, tokens), as perf_counter instants."""
+async def stream_one(
+    client: Any, prompt: str, delay: float = 0.0, decoding: asyncio.Semaphore | None = None
+) -> tuple[float, float, int]:
+    """(time of first token, time of last token, tokens), as perf_counter instants.
+
+    ``decoding`` is released once the stream has its second token (it is decoding)."""
     if delay:
         await asyncio.sleep(delay)
     first = 0.0
@@ -133,7 +138,9 @@ async def stream_one(client: Any, prompt: str, delay: float = 0.0) -> tuple[floa
         async for chunk in stream:
             if chunk.tokens and not first:
                 first = time.perf_counter()
-            tokens += len(chunk.tokens)
+            before, tokens = tokens, tokens + len(chunk.tokens)
+            if decoding is not None and before < 2 <= tokens:
+                decoding.release()
     return first, time.perf_counter(), tokens
 
 
@@ -152,8 +159,13 @@ async def ttft_under_load(client: Any, prompts: list[str]) -> tuple[float, float
     started = time.perf_counter()
     first, _, _ = await stream_one(client, prompts[0])
     alone = first - started
-    background = [asyncio.ensure_future(stream_one(client, p)) for p in prompts[1:16]]
-    await asyncio.sleep(0.5)  # let the 15 streams get past prefill into decoding
+    decoding = asyncio.Semaphore(0)
+    background = [
+        asyncio.ensure_future(stream_one(client, p, 0.0, decoding)) for p in prompts[1:16]
+    ]
+    for _ in background:  # all 15 past their prefill and decoding...
+        await decoding.acquire()
+    await asyncio.sleep(0.2)  # ...for a moment, so the probe lands mid-step, not on a boundary
     started = time.perf_counter()
     first, _, _ = await stream_one(client, prompts[0])
     loaded = first - started
