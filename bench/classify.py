@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+import _common as common
 
 WORDS = (
     "the a movie film plot actor acting was is were great terrible boring brilliant "
@@ -42,26 +40,6 @@ def build_model(root: Path) -> Path:
         path, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072
     )
     return path
-
-
-def start_server(model: Path, threads: int) -> tuple[subprocess.Popen[str], str]:
-    config = model.parent / "bench.yaml"
-    config.write_text(
-        f"models:\n  - name: bench\n    task: sentiment-analysis\n    source: {model}\n"
-        "    max_batch_size: 32\n    max_wait_ms: 5\n"
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MODELWIRE_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelwire_server", "serve", "--config", str(config), "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("modelwire-server listening on"):
-            return proc, line.split()[-1]
-    raise RuntimeError("server did not start")
 
 
 async def run_server(target: str, inputs: list[str]) -> float:
@@ -90,37 +68,35 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    import torch
     import transformers
 
-    torch.set_num_threads(args.threads)
+    common.set_threads(args.threads)
     inputs = make_inputs(args.requests)
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(Path(tmp))
         classifier = transformers.pipeline("sentiment-analysis", model=str(model), device="cpu")
-        proc, target = start_server(model, args.threads)
-        try:
-            from modelwire import AsyncClient
-
-            async with AsyncClient(target) as client:
-                await client.wait_until_ready(timeout=300)
+        entry = common.model_entry(
+            "bench", "sentiment-analysis", model, max_batch_size=32, max_wait_ms=5
+        )
+        with common.serve(Path(tmp) / "bench.yaml", [entry], args.threads) as server:
+            await common.wait_ready(server.target)
             # Warm-up of every contender.
-            await run_server(target, inputs[:64])
+            await run_server(server.target, inputs[:64])
             run_pipeline(classifier, inputs[:64], 32)
             run_pipeline(classifier, inputs[:16], 1)
-            times: dict[str, list[float]] = {"server": [], "pipeline_b32": [], "pipeline_b1": []}
-            for _ in range(args.rounds):  # interleaved, so drift hits all alike
-                times["server"].append(await run_server(target, inputs))
-                times["pipeline_b32"].append(run_pipeline(classifier, inputs, 32))
-                times["pipeline_b1"].append(run_pipeline(classifier, inputs, 1))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+            times = await common.interleave(
+                args.rounds,
+                {
+                    "server": lambda: run_server(server.target, inputs),
+                    "pipeline_b32": lambda: run_pipeline(classifier, inputs, 32),
+                    "pipeline_b1": lambda: run_pipeline(classifier, inputs, 1),
+                },
+            )
     report(times, args.requests, args.threads)
 
 
 def report(times: dict[str, list[float]], n: int, threads: int) -> None:
-    median = {k: statistics.median(v) for k, v in times.items()}
+    median = common.medians(times)
     print(
         f"ClassifyText, {n} single-input requests, BERT-base-shaped random model, "
         f"{threads} torch threads, median of {len(times['server'])}"
@@ -131,8 +107,12 @@ def report(times: dict[str, list[float]], n: int, threads: int) -> None:
         ("pipeline_b32", "pipeline batch_size=32"),
         ("pipeline_b1", "pipeline one at a time"),
     ):
-        runs = ", ".join(f"{t:.2f}" for t in times[name])
-        print(f"{label:<28}{median[name]:<8.2f}({runs}){'':<4}{n / median[name]:>10.1f}")
+        rate = n / median[name]
+        print(
+            common.contender_row(
+                label, times[name], rate, label_width=28, seconds_width=8, rate_width=10
+            )
+        )
     print(f"ratio vs pipeline batched:       {median['pipeline_b32'] / median['server']:.2f}x")
     print(f"ratio vs pipeline one at a time: {median['pipeline_b1'] / median['server']:.2f}x")
 

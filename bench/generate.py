@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import medians, model_entry, serve, set_threads
 
 PROMPT_TOKENS = 32
 NEW_TOKENS = 128
@@ -101,27 +99,6 @@ class Baseline:
             self.torch.cuda.synchronize()
 
 
-def start_server(path: Path, device: str, threads: int) -> tuple[subprocess.Popen[str], str]:
-    config = path.parent / "bench.yaml"
-    dtype = "bfloat16" if device == "cuda" else "float32"
-    config.write_text(
-        f"models:\n  - name: bench\n    task: text-generation\n    source: {path}\n"
-        f"    device: {device}\n    dtype: {dtype}\n    max_batch_tokens: 16384\n"
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MODELWIRE_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelwire_server", "serve", "--config", str(config), "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("modelwire-server listening on"):
-            return proc, line.split()[-1]
-    raise RuntimeError("server did not start")
-
-
 async def stream_one(
     client: Any, prompt: str, delay: float = 0.0, decoding: asyncio.Semaphore | None = None
 ) -> tuple[float, float, int]:
@@ -180,11 +157,9 @@ async def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
 
-    import torch
-
     from modelwire import AsyncClient
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     results: dict[str, list[float]] = {}
 
     def record(name: str, value: float) -> None:
@@ -194,9 +169,11 @@ async def main() -> None:
         path = build_model(Path(tmp))
         prompts = make_prompts(path, 16)
         baseline = Baseline(path, args.device)
-        proc, target = start_server(path, args.device, args.threads)
-        try:
-            async with AsyncClient(target, timeout=600) as client:
+        dtype = "bfloat16" if args.device == "cuda" else "float32"
+        entry = model_entry("bench", "text-generation", path, device=args.device, dtype=dtype,
+                            max_batch_tokens=16384)  # fmt: skip
+        with serve(Path(tmp) / "bench.yaml", [entry], args.threads) as server:
+            async with AsyncClient(server.target, timeout=600) as client:
                 await client.wait_until_ready(timeout=300)
                 baseline.run(prompts[:2])  # warm-up, both sides
                 await server_throughput(client, prompts[:2])
@@ -213,14 +190,11 @@ async def main() -> None:
                     alone, loaded = await ttft_under_load(client, prompts)
                     record("ttft alone", alone)
                     record("ttft under 15 streams", loaded)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
     report(results, args)
 
 
 def report(results: dict[str, list[float]], args: argparse.Namespace) -> None:
-    med = {k: statistics.median(v) for k, v in results.items()}
+    med = medians(results)
     print(
         f"Generate, GPT-2-small-shaped random model, {args.device}, {args.threads} threads, "
         f"{PROMPT_TOKENS}-token prompts, {NEW_TOKENS} new tokens, median of {args.rounds}"

@@ -1,17 +1,31 @@
-"""Image classification, object detection and CTC ASR throughput: the server under
-concurrency vs transformers' pipelines in process.
+"""Media tasks' throughput: the server under concurrency vs transformers in process.
 
 For each task, ``--requests`` concurrent single-input calls through the SDK against a
-server subprocess, compared with the task's pipeline in this process on the same
-inputs, batched (batch_size 16) and one at a time. The server is sent PNG bytes (it
-decodes them itself) and raw float32 PCM; the pipelines get the decoded PIL images and
-numpy arrays. Random-weight models (``--size small``: ViT 224 px / 6x384, DETR with a
-three-stage ResNet at 320-480 px, wav2vec2 4x384; ``tiny``: the preset's), same torch
-thread count, everything warmed up, runs interleaved, median of ``--rounds``. Prints
-raw numbers and ratios.
+server subprocess, compared with the in-process transformers reference on the same
+inputs, batched (batch_size 16) and one at a time:
+
+- ``image-classification``, ``object-detection``, ``asr`` (CTC): the task's pipeline;
+- ``whisper-asr``: ``pipeline("automatic-speech-recognition")`` with
+  ``generate_kwargs={"num_beams": 1}`` (greedy, as the server) on 3-5 s clips;
+- ``caption`` (BLIP): ``model.generate(**processor(images=...))``;
+- ``image-chat`` (LLaVA, through Generate with an ``ImagePart`` in a chat message):
+  ``model.generate`` on the processor's output for the chat template's text and the
+  image, left-padded when batched.
+
+The three generating tasks run on the server's generation engine; they are greedy and
+make exactly ``--max-new-tokens`` tokens on both sides (the server ignores EOS, generate
+gets ``min_new_tokens``), except Whisper, whose length is its own (the same on both
+sides, greedy parity). The server is sent PNG bytes (it decodes them itself) and raw
+float32 PCM; the references get the decoded PIL images and numpy arrays. Random-weight
+models (``--size small``: ViT 224 px / 6x384, DETR with a three-stage ResNet at
+320-480 px, wav2vec2 4x384; ``tiny``: the preset's; Whisper, BLIP and LLaVA are always
+the preset's ``tiny-whisper``, ``tiny-blip``, ``tiny-llava``), same torch thread count,
+everything warmed up, runs interleaved, median of ``--rounds``. Prints raw numbers and
+ratios.
 
     python bench/media_tasks.py [--requests 64] [--threads 2] [--rounds 3] [--size small]
-        [--tasks image-classification object-detection asr]
+        [--max-new-tokens 16]
+        [--tasks image-classification object-detection asr whisper-asr caption image-chat]
 """
 
 from __future__ import annotations
@@ -20,17 +34,14 @@ import argparse
 import asyncio
 import io
 import json
-import os
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import _common as common
 import numpy as np
 
 BATCH = 16
@@ -38,20 +49,20 @@ SR = 16_000
 # Classification images come in three sizes; detection images in one, since the
 # detection pipeline cannot batch images of different sizes (its collate fails).
 MIXED_SIZES = ((240, 320), (480, 640), (400, 400))
+CHAT_PROMPTS = ("What is in the picture?", "Describe this image.", "What colour is it, mostly?")
 
 
 @dataclass
 class Task:
-    """One task: its model, inputs, server call and pipeline call."""
+    """One task: its model, inputs, server call and in-process reference."""
 
     name: str
     config_task: str
-    pipeline_task: str
-    build: Callable[[Path], None]
+    build: Callable[[Path], None] | None  # None: always the preset's model
     preset: str
-    inputs: Callable[[np.random.Generator], tuple[Any, Any]]  # (server input, pipeline input)
+    inputs: Callable[[np.random.Generator], tuple[Any, Any]]  # (server input, reference input)
     call: Callable[[Any, Any], Awaitable[Any]]  # (client, server input)
-    pipeline_kwargs: dict[str, Any]
+    reference: Callable[[str], common.Reference]  # model path -> run(inputs, batch)
 
 
 # ------------------------------------------------------------------------------ models
@@ -122,133 +133,176 @@ def audio_input(rng: np.random.Generator) -> tuple[Any, np.ndarray]:
     return RawAudio(samples, SR), samples
 
 
-def tasks() -> list[Task]:
+# -------------------------------------------------------------------------- references
+
+
+def _blip_reference(new_tokens: int) -> Callable[[str], common.Reference]:
+    def make(path: str) -> common.Reference:
+        from transformers import AutoProcessor, BlipForConditionalGeneration
+
+        processor = AutoProcessor.from_pretrained(path)
+        model = BlipForConditionalGeneration.from_pretrained(path).eval()
+
+        def run(images: list[Any], batch: int) -> None:
+            for i in range(0, len(images), batch):
+                encoded = processor(images=images[i : i + batch], return_tensors="pt")
+                _generate(model, encoded, new_tokens)
+
+        return run
+
+    return make
+
+
+def _llava_reference(new_tokens: int) -> Callable[[str], common.Reference]:
+    def make(path: str) -> common.Reference:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(path)
+        processor.tokenizer.padding_side = "left"  # batched generation continues the right end
+        model = AutoModelForImageTextToText.from_pretrained(path).eval()
+
+        def text(prompt: str) -> str:
+            turn = {
+                "role": "user",
+                "content": [{"type": "image"}, {"type": "text", "text": prompt}],
+            }
+            return processor.apply_chat_template([turn], add_generation_prompt=True, tokenize=False)
+
+        def run(pairs: list[tuple[Any, str]], batch: int) -> None:
+            for i in range(0, len(pairs), batch):
+                chunk = pairs[i : i + batch]
+                encoded = processor(
+                    text=[text(p) for _, p in chunk], images=[im for im, _ in chunk],
+                    padding=True, return_tensors="pt",
+                )  # fmt: skip
+                _generate(model, encoded, new_tokens)
+
+        return run
+
+    return make
+
+
+def _generate(model: Any, encoded: Any, new_tokens: int) -> None:
+    """Greedy ``model.generate``, checked to make exactly ``new_tokens`` new tokens."""
+    import torch
+
+    with torch.inference_mode():
+        out = model.generate(
+            **encoded, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens
+        )
+    # BLIP's output starts with its [DEC] token in place of a prompt.
+    prompt = encoded["input_ids"].shape[1] if "input_ids" in encoded else 1
+    assert out.shape[1] == prompt + new_tokens, (out.shape, prompt, new_tokens)
+
+
+async def _caption(client: Any, png: bytes, new_tokens: int) -> None:
+    [result] = await client.caption_image(
+        png, model="caption", temperature=0, max_new_tokens=new_tokens, ignore_eos=True
+    )
+    assert result.generated_tokens == new_tokens, result
+
+
+async def _chat(client: Any, messages: list[Any], new_tokens: int) -> None:
+    result = await client.generate(
+        messages=messages, model="image-chat", temperature=0, max_new_tokens=new_tokens,
+        ignore_eos=True,
+    )  # fmt: skip
+    assert len(result.sequences[0].tokens) == new_tokens, result
+
+
+def chat_input(rng: np.random.Generator) -> tuple[Any, tuple[Any, str]]:
+    from modelwire import ChatMessage, ImagePart
+
+    png, image = image_input(rng, MIXED_SIZES)
+    prompt = CHAT_PROMPTS[int(rng.integers(len(CHAT_PROMPTS)))]
+    return [ChatMessage("user", [ImagePart(png), prompt])], (image, prompt)
+
+
+def tasks(new_tokens: int) -> list[Task]:
     return [
-        Task("image-classification", "image-classification", "image-classification",
-             build_vit, "tiny-vit", lambda rng: image_input(rng, MIXED_SIZES),
-             lambda client, x: client.classify_image(x, model="image-classification"), {}),
-        Task("object-detection", "object-detection", "object-detection",
-             build_detr, "tiny-detr", lambda rng: image_input(rng, ((480, 640),)),
-             lambda client, x: client.detect_objects(x, model="object-detection"), {}),
-        Task("asr", "automatic-speech-recognition", "automatic-speech-recognition",
-             build_ctc, "tiny-wav2vec2-ctc", audio_input,
-             lambda client, x: client.transcribe_audio(x, model="asr"), {}),
+        Task("image-classification", "image-classification", build_vit, "tiny-vit",
+             lambda rng: image_input(rng, MIXED_SIZES),
+             lambda client, x: client.classify_image(x, model="image-classification"),
+             common.pipeline_reference("image-classification")),
+        Task("object-detection", "object-detection", build_detr, "tiny-detr",
+             lambda rng: image_input(rng, ((480, 640),)),
+             lambda client, x: client.detect_objects(x, model="object-detection"),
+             common.pipeline_reference("object-detection")),
+        Task("asr", "automatic-speech-recognition", build_ctc, "tiny-wav2vec2-ctc", audio_input,
+             lambda client, x: client.transcribe_audio(x, model="asr"),
+             common.pipeline_reference("automatic-speech-recognition")),
+        Task("whisper-asr", "automatic-speech-recognition", None, "tiny-whisper", audio_input,
+             lambda client, x: client.transcribe_audio(x, model="whisper-asr"),
+             common.pipeline_reference("automatic-speech-recognition",
+                                generate_kwargs={"num_beams": 1})),
+        Task("caption", "image-to-text", None, "tiny-blip",
+             lambda rng: image_input(rng, MIXED_SIZES),
+             partial(_caption, new_tokens=new_tokens),
+             _blip_reference(new_tokens)),
+        Task("image-chat", "image-text-to-text", None, "tiny-llava", chat_input,
+             partial(_chat, new_tokens=new_tokens),
+             _llava_reference(new_tokens)),
     ]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- running
 
 
-def start_server(
-    sources: dict[str, Path], chosen: list[Task], root: Path, threads: int
-) -> tuple[subprocess.Popen[str], str]:
-    entries = "".join(
-        f"  - name: {t.name}\n    task: {t.config_task}\n    source: {sources[t.name]}\n"
-        f"    max_batch_size: {BATCH}\n    max_wait_ms: 5\n"
-        for t in chosen
-    )
-    config = root / "bench.yaml"
-    config.write_text("models:\n" + entries)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MODELWIRE_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelwire_server", "serve", "--config", str(config), "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("modelwire-server listening on"):
-            return proc, line.split()[-1]
-    raise RuntimeError("server did not start")
-
-
-async def run_server(client: Any, task: Task, items: list[Any]) -> float:
-    started = time.perf_counter()
-    await asyncio.gather(*(task.call(client, item) for item in items))
-    return time.perf_counter() - started
-
-
-def run_pipeline(pipe: Any, task: Task, items: list[Any], batch: int) -> float:
-    started = time.perf_counter()
-    if batch == 1:
-        for item in items:
-            pipe(item, **task.pipeline_kwargs)
-    else:
-        pipe(items, batch_size=batch, **task.pipeline_kwargs)
-    return time.perf_counter() - started
-
-
 def model_sources(chosen: list[Task], root: Path, size: str) -> dict[str, Path]:
-    if size == "tiny":
-        from modelwire_server import preset
+    from modelwire_server import preset
 
-        return {t.name: preset.ensure_model(t.preset) for t in chosen}
+    sources = {}
     for t in chosen:
-        t.build(root / t.name)
-    return {t.name: root / t.name for t in chosen}
+        if size == "tiny" or t.build is None:
+            sources[t.name] = preset.ensure_model(t.preset)
+        else:
+            t.build(root / t.name)
+            sources[t.name] = root / t.name
+    return sources
 
 
-async def bench(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
-    import torch
-    import transformers
-
+async def bench(args: argparse.Namespace) -> common.TaskTimes:
     from modelwire import AsyncClient
 
-    torch.set_num_threads(args.threads)
-    chosen = [t for t in tasks() if t.name in args.tasks]
+    common.set_threads(args.threads)
+    chosen = [t for t in tasks(args.max_new_tokens) if t.name in args.tasks]
     rng = np.random.default_rng(0)
     pairs = {t.name: [t.inputs(rng) for _ in range(args.requests)] for t in chosen}
-    sent = {name: [s for s, _ in p] for name, p in pairs.items()}
-    local = {name: [x for _, x in p] for name, p in pairs.items()}
-    times = {t.name: {"server": [], "batched": [], "one": []} for t in chosen}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         sources = model_sources(chosen, root, args.size)
-        pipes = {
-            t.name: transformers.pipeline(t.pipeline_task, model=str(sources[t.name]), device="cpu")
+        references = {t.name: t.reference(str(sources[t.name])) for t in chosen}
+        entries = [
+            common.model_entry(t.name, t.config_task, sources[t.name], max_batch_size=BATCH,
+                        max_wait_ms=5)
             for t in chosen
-        }
-        proc, target = start_server(sources, chosen, root, args.threads)
-        try:
-            async with AsyncClient(target, timeout=600) as client:
+        ]  # fmt: skip
+        with common.serve(root / "bench.yaml", entries, args.threads) as server:
+            async with AsyncClient(server.target, timeout=600) as client:
                 await client.wait_until_ready(timeout=600)
-                for t in chosen:  # warm-up of every contender
-                    await run_server(client, t, sent[t.name][:BATCH])
-                    run_pipeline(pipes[t.name], t, local[t.name][:BATCH], BATCH)
-                    run_pipeline(pipes[t.name], t, local[t.name][:4], 1)
-                for _ in range(args.rounds):  # interleaved, so drift hits all alike
-                    for t in chosen:
-                        pipe, name = pipes[t.name], t.name
-                        times[name]["server"].append(await run_server(client, t, sent[name]))
-                        times[name]["batched"].append(run_pipeline(pipe, t, local[name], BATCH))
-                        times[name]["one"].append(run_pipeline(pipe, t, local[name], 1))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-    return times
+                benches = [
+                    common.TaskBench(t.name, partial(t.call, client), references[t.name],
+                              sent=[s for s, _ in pairs[t.name]],
+                              local=[x for _, x in pairs[t.name]])
+                    for t in chosen
+                ]  # fmt: skip
+                return await common.bench_tasks(benches, args.rounds, BATCH, warm=(BATCH, BATCH, 4))
 
 
-def report(times: dict[str, dict[str, list[float]]], args: argparse.Namespace) -> None:
+def report(times: common.TaskTimes, args: argparse.Namespace) -> None:
     print(
         f"{args.requests} concurrent single-input requests per task, {args.size} random "
         f"models, {args.threads} torch threads, median of {args.rounds}"
     )
+    if {"caption", "image-chat"} & set(times):
+        print(f"caption and image-chat: {args.max_new_tokens} new tokens each, greedy, EOS ignored")
     print(f"{'task':<22}{'contender':<26}{'seconds (runs)':<30}{'inputs/s':>9}")
-    for task, runs in times.items():
-        median = {k: statistics.median(v) for k, v in runs.items()}
-        for key, label in (
-            ("server", "modelwire (concurrent)"),
-            ("batched", f"pipeline batch {BATCH}"),
-            ("one", "pipeline one at a time"),
-        ):
-            raw = ", ".join(f"{t:.2f}" for t in runs[key])
-            rate = args.requests / median[key]
-            print(f"{task:<22}{label:<26}{median[key]:<7.2f}({raw}){'':<4}{rate:>9.1f}")
-        print(
-            f"{'':<22}ratio vs batched {median['batched'] / median['server']:.2f}x, "
-            f"vs one at a time {median['one'] / median['server']:.2f}x"
-        )
+
+    def labels(task: str) -> tuple[str, str, str]:
+        reference = "generate" if task in ("caption", "image-chat") else "pipeline"
+        return "modelwire (concurrent)", f"{reference} batch {BATCH}", f"{reference} one at a time"
+
+    common.report_tasks(times, args.requests, labels=labels, widths=(22, 26), raw_width=None)
 
 
 def main() -> None:
@@ -257,10 +311,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size", choices=["small", "tiny"], default="small")
-    parser.add_argument(
-        "--tasks", nargs="+", default=["image-classification", "object-detection", "asr"]
-    )
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--tasks", nargs="+", default=[t.name for t in tasks(1)])
     args = parser.parse_args()
+    unknown = set(args.tasks) - {t.name for t in tasks(1)}
+    if unknown:
+        parser.error(f"unknown --tasks {sorted(unknown)}")
     report(asyncio.run(bench(args)), args)
 
 

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import _common as common
 
 WORDS = (
     "the city council met on tuesday to discuss the new budget for schools roads and "
@@ -44,26 +42,6 @@ def build_model(root: Path) -> Path:
     path = root / "t5-mini-random"
     build_t5(path, d_model=256, d_kv=64, d_ff=1024, num_layers=4, num_decoder_layers=4, num_heads=4)
     return path
-
-
-def start_server(model: Path, threads: int) -> tuple[subprocess.Popen[str], str]:
-    config = model.parent / "bench.yaml"
-    config.write_text(
-        f"models:\n  - name: bench\n    task: summarization\n    source: {model}\n"
-        "    max_waiting: 1024\n    max_batch_tokens: 32768\n"
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MODELWIRE_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelwire_server", "serve", "--config", str(config), "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("modelwire-server listening on"):
-            return proc, line.split()[-1]
-    raise RuntimeError("server did not start")
 
 
 async def run_server(target: str, inputs: list[str], max_new: int) -> float:
@@ -106,38 +84,36 @@ async def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     args = parser.parse_args()
 
-    import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    torch.set_num_threads(args.threads)
+    common.set_threads(args.threads)
     inputs, max_new = make_inputs(args.requests), args.max_new_tokens
     with tempfile.TemporaryDirectory() as tmp:
         path = build_model(Path(tmp))
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForSeq2SeqLM.from_pretrained(path).eval()
-        proc, target = start_server(path, args.threads)
-        try:
-            from modelwire import AsyncClient
-
-            async with AsyncClient(target) as client:
-                await client.wait_until_ready(timeout=300)
+        entry = common.model_entry(
+            "bench", "summarization", path, max_waiting=1024, max_batch_tokens=32768
+        )
+        with common.serve(Path(tmp) / "bench.yaml", [entry], args.threads) as server:
+            await common.wait_ready(server.target)
             # Warm-up of every contender.
-            await run_server(target, inputs[:64], max_new)
+            await run_server(server.target, inputs[:64], max_new)
             run_generate(model, tokenizer, inputs[:64], 32, max_new)
             run_generate(model, tokenizer, inputs[:4], 1, max_new)
-            times: dict[str, list[float]] = {"server": [], "generate_b32": [], "generate_b1": []}
-            for _ in range(args.rounds):  # interleaved, so drift hits all alike
-                times["server"].append(await run_server(target, inputs, max_new))
-                times["generate_b32"].append(run_generate(model, tokenizer, inputs, 32, max_new))
-                times["generate_b1"].append(run_generate(model, tokenizer, inputs, 1, max_new))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+            times = await common.interleave(
+                args.rounds,
+                {
+                    "server": lambda: run_server(server.target, inputs, max_new),
+                    "generate_b32": lambda: run_generate(model, tokenizer, inputs, 32, max_new),
+                    "generate_b1": lambda: run_generate(model, tokenizer, inputs, 1, max_new),
+                },
+            )
     report(times, args.requests, args.threads, max_new)
 
 
 def report(times: dict[str, list[float]], n: int, threads: int, max_new: int) -> None:
-    median = {k: statistics.median(v) for k, v in times.items()}
+    median = common.medians(times)
     print(
         f"Summarize, {n} single-input requests x {max_new} new tokens, random T5 (4+4 layers, "
         f"d_model 256), greedy, {threads} torch threads, median of {len(times['server'])}"
@@ -148,9 +124,12 @@ def report(times: dict[str, list[float]], n: int, threads: int, max_new: int) ->
         ("generate_b32", "generate() batch 32"),
         ("generate_b1", "generate() one at a time"),
     ):
-        runs = ", ".join(f"{t:.2f}" for t in times[name])
         rate = n * max_new / median[name]
-        print(f"{label:<30}{median[name]:<8.2f}({runs}){'':<4}{rate:>10.1f}")
+        print(
+            common.contender_row(
+                label, times[name], rate, label_width=30, seconds_width=8, rate_width=10
+            )
+        )
     print(f"ratio vs generate() batched:       {median['generate_b32'] / median['server']:.2f}x")
     print(f"ratio vs generate() one at a time: {median['generate_b1'] / median['server']:.2f}x")
 

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+from _common import model_entry, serve
 
 from modelwire import APIError, AsyncClient
 
@@ -62,24 +61,13 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(root: Path) -> tuple[subprocess.Popen[str], str]:
+def soak_models() -> list[str]:
     from modelwire_server import preset
 
-    lines = ["models:"]
-    for name, task in MODELS.items():
-        source = preset.ensure_model(name)
-        lines += [f"  - name: {name}", f"    task: {task}", f"    source: {source}"]
-        lines += ["    device: cpu", "    max_input_chars: 50000"]
-    config = root / "soak.yaml"
-    config.write_text("\n".join(lines) + "\n")
-    env = {**os.environ, "MODELWIRE_LOG_LEVEL": "WARNING"}
-    command = [sys.executable, "-m", "modelwire_server", "serve", "--config", str(config)]
-    proc = subprocess.Popen([*command, "--port", "0"], stdout=subprocess.PIPE, text=True, env=env)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("modelwire-server listening on"):
-            return proc, line.split()[-1]
-    raise RuntimeError("the server exited before listening")
+    return [
+        model_entry(name, task, preset.ensure_model(name), device="cpu", max_input_chars=50000)
+        for name, task in MODELS.items()
+    ]
 
 
 async def worker(
@@ -129,13 +117,11 @@ def main() -> None:
     if args.target:
         asyncio.run(soak(args.target, args.seconds, args.concurrency, None))
         return
-    with tempfile.TemporaryDirectory() as root:
-        proc, target = start_server(Path(root))
-        try:
-            asyncio.run(soak(target, args.seconds, args.concurrency, proc.pid))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+    with (
+        tempfile.TemporaryDirectory() as root,
+        serve(Path(root) / "soak.yaml", soak_models()) as server,
+    ):
+        asyncio.run(soak(server.target, args.seconds, args.concurrency, server.proc.pid))
 
 
 if __name__ == "__main__":

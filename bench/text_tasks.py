@@ -19,17 +19,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+from _common import (
+    TaskBench,
+    TaskTimes,
+    bench_tasks,
+    model_entry,
+    pipeline_reference,
+    report_tasks,
+    serve,
+    set_threads,
+)
 
 WORDS = (
     "the a team match market city river report music film plot actor story was is were "
@@ -80,24 +87,6 @@ class Task:
     reference: Callable[[str], Callable[[list[Any], int], None]]  # path → run(inputs, batch)
 
 
-def _pipeline_reference(task: str, **call_kwargs: Any) -> Callable[[str], Any]:
-    def make(path: str) -> Callable[[list[Any], int], None]:
-        import transformers
-
-        pipe = transformers.pipeline(task, model=path, device="cpu")
-
-        def run(inputs: list[Any], batch: int) -> None:
-            if batch == 1:
-                for item in inputs:
-                    pipe(item, **call_kwargs)
-            else:
-                pipe(inputs, batch_size=batch, **call_kwargs)
-
-        return run
-
-    return make
-
-
 def _qa_reference(path: str) -> Callable[[list[Any], int], None]:
     import torch
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
@@ -143,7 +132,7 @@ def tasks() -> list[Task]:
             build["nli"],
             sentence,
             lambda client, text: client.classify_zero_shot(text, LABELS, model="zero-shot"),
-            _pipeline_reference("zero-shot-classification", candidate_labels=LABELS),
+            pipeline_reference("zero-shot-classification", candidate_labels=LABELS),
         ),
         Task(
             "fill-mask",
@@ -151,7 +140,7 @@ def tasks() -> list[Task]:
             build["fill-mask"],
             masked,
             lambda client, text: client.fill_mask(text, model="fill-mask"),
-            _pipeline_reference("fill-mask"),
+            pipeline_reference("fill-mask"),
         ),
         Task(
             "ner",
@@ -159,7 +148,7 @@ def tasks() -> list[Task]:
             build["ner"],
             sentence,
             lambda client, text: client.recognize_entities(text, model="ner"),
-            _pipeline_reference("ner", aggregation_strategy="simple"),
+            pipeline_reference("ner", aggregation_strategy="simple"),
         ),
         Task(
             "qa",
@@ -172,99 +161,45 @@ def tasks() -> list[Task]:
     ]
 
 
-def start_server(root: Path, chosen: list[Task], threads: int) -> tuple[subprocess.Popen[str], str]:
-    entries = "".join(
-        f"  - name: {t.name}\n    task: {t.config_task}\n    source: {root / t.name}\n"
-        f"    max_batch_size: {BATCH}\n    max_wait_ms: 5\n"
-        for t in chosen
-    )
-    config = root / "bench.yaml"
-    config.write_text("models:\n" + entries)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MODELWIRE_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelwire_server", "serve", "--config", str(config), "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("modelwire-server listening on"):
-            return proc, line.split()[-1]
-    raise RuntimeError("server did not start")
-
-
-async def run_server(client: Any, task: Task, inputs: list[Any]) -> float:
-    started = time.perf_counter()
-    await asyncio.gather(*(task.call(client, item) for item in inputs))
-    return time.perf_counter() - started
-
-
-def run_reference(run: Callable[[list[Any], int], None], inputs: list[Any], batch: int) -> float:
-    started = time.perf_counter()
-    run(inputs, batch)
-    return time.perf_counter() - started
-
-
-async def bench(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
-    import torch
-
+async def bench(args: argparse.Namespace) -> TaskTimes:
     from modelwire import AsyncClient
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     chosen = [t for t in tasks() if t.name in args.tasks]
     rng = random.Random(0)
     inputs = {t.name: [t.inputs(rng) for _ in range(args.requests)] for t in chosen}
-    times: dict[str, dict[str, list[float]]] = {
-        t.name: {"server": [], "batched": [], "one": []} for t in chosen
-    }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for t in chosen:
             t.build(root / t.name, SHAPES[args.size])
         references = {t.name: t.reference(str(root / t.name)) for t in chosen}
-        proc, target = start_server(root, chosen, args.threads)
-        try:
-            async with AsyncClient(target, timeout=600) as client:
+        entries = [
+            model_entry(t.name, t.config_task, root / t.name, max_batch_size=BATCH, max_wait_ms=5)
+            for t in chosen
+        ]
+        with serve(root / "bench.yaml", entries, args.threads) as server:
+            async with AsyncClient(server.target, timeout=600) as client:
                 await client.wait_until_ready(timeout=600)
-                for t in chosen:  # warm-up of every contender
-                    await run_server(client, t, inputs[t.name][:64])
-                    run_reference(references[t.name], inputs[t.name][:64], BATCH)
-                    run_reference(references[t.name], inputs[t.name][:8], 1)
-                for _ in range(args.rounds):  # interleaved, so drift hits all alike
-                    for t in chosen:
-                        items, ref = inputs[t.name], references[t.name]
-                        times[t.name]["server"].append(await run_server(client, t, items))
-                        times[t.name]["batched"].append(run_reference(ref, items, BATCH))
-                        times[t.name]["one"].append(run_reference(ref, items, 1))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-    return times
+                benches = [
+                    TaskBench(t.name, partial(t.call, client), references[t.name], inputs[t.name])
+                    for t in chosen
+                ]
+                return await bench_tasks(benches, args.rounds, BATCH, warm=(64, 64, 8))
 
 
-def report(times: dict[str, dict[str, list[float]]], args: argparse.Namespace) -> None:
+def report(times: TaskTimes, args: argparse.Namespace) -> None:
     print(
         f"{args.requests} concurrent single-input requests per task, BERT-{args.size}-shaped "
         f"random models, {args.threads} torch threads, median of {args.rounds}"
     )
     header = f"{'task':<11}{'contender':<30}{'seconds (runs)':<30}{'inputs/s':>9}"
     print(header)
-    for task, runs in times.items():
-        median = {k: statistics.median(v) for k, v in runs.items()}
+
+    def labels(task: str) -> tuple[str, str, str]:
         reference = "model forward" if task == "qa" else "pipeline"
-        for key, label in (
-            ("server", "modelwire (concurrent)"),
-            ("batched", f"{reference} batch {BATCH}"),
-            ("one", f"{reference} one at a time"),
-        ):
-            raw = ", ".join(f"{t:.2f}" for t in runs[key])
-            rate = args.requests / median[key]
-            print(f"{task:<11}{label:<30}{median[key]:<7.2f}{f'({raw})':<23}{rate:>9.1f}")
-        print(
-            f"{'':<11}ratio vs batched {median['batched'] / median['server']:.2f}x, "
-            f"vs one at a time {median['one'] / median['server']:.2f}x"
-        )
+        return "modelwire (concurrent)", f"{reference} batch {BATCH}", f"{reference} one at a time"
+
+    report_tasks(times, args.requests, labels=labels, widths=(11, 30), raw_width=23)
 
 
 def main() -> None:
