@@ -12,9 +12,11 @@ Imported by the scripts as ``_common`` (``python bench/x.py`` puts ``bench/`` fi
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import inspect
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -31,6 +33,29 @@ READY_LINE = "modelwire-server listening on"
 Reference = Callable[[list[Any], int], None]
 #: Times by task, then by contender (``server``, ``batched``, ``one``), one per round.
 TaskTimes = dict[str, dict[str, list[float]]]
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def base_parser(doc: str, requests: int | None) -> argparse.ArgumentParser:
+    """The flags every comparison takes: ``--requests`` (unless None), ``--threads`` (this
+    process's and the server's torch threads) and ``--rounds`` (the median's runs)."""
+    parsed = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if requests is not None:
+        parsed.add_argument("--requests", type=int, default=requests)
+    parsed.add_argument("--threads", type=int, default=2)
+    parsed.add_argument("--rounds", type=int, default=3)
+    return parsed
+
+
+# ------------------------------------------------------------------------------ inputs
+
+
+def sentences(words: Sequence[str], n: int, length: tuple[int, int], seed: int = 0) -> list[str]:
+    """``n`` texts of ``length`` (inclusive range) words drawn from ``words``, seeded."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(words, k=rng.randint(*length))) for _ in range(n)]
 
 
 # ------------------------------------------------------------------------------ server
@@ -217,6 +242,31 @@ def contender_row(
     raw = raw.ljust(raw_width) if raw_width is not None else raw + " " * 4
     seconds = statistics.median(runs)
     return f"{label:<{label_width}}{seconds:<{seconds_width}.2f}{raw}{rate:>{rate_width}.1f}"
+
+
+def report_contenders(
+    times: dict[str, list[float]],
+    rows: Sequence[tuple[str, str]],
+    work: float,
+    *,
+    reference: str,
+    label_width: int,
+) -> None:
+    """Rows of a one-task benchmark: ``rows`` are (key, label) of the server, the batched
+    and the one-at-a-time reference, in that order; ``work`` is what a run does (inputs,
+    tokens), for the rate column; then the server's ratios against ``reference``."""
+    median = medians(times)
+    for key, label in rows:
+        rate = work / median[key]
+        print(
+            contender_row(
+                label, times[key], rate, label_width=label_width, seconds_width=8, rate_width=10
+            )
+        )
+    server, batched, one = (key for key, _ in rows)
+    first, second = f"ratio vs {reference} batched:", f"ratio vs {reference} one at a time:"
+    print(f"{first:<{len(second) + 1}}{median[batched] / median[server]:.2f}x")
+    print(f"{second} {median[one] / median[server]:.2f}x")
 
 
 def report_tasks(

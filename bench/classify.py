@@ -11,9 +11,7 @@ warmed up, runs interleaved, median of 3. Prints raw numbers and ratios.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -25,11 +23,6 @@ WORDS = (
     "slow fast funny sad music score scenes ending story characters director camera "
     "loved hated enjoyed watched again never always really quite truly utterly"
 ).split()
-
-
-def make_inputs(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choices(WORDS, k=rng.randint(8, 24))) for _ in range(n)]
 
 
 def build_model(root: Path) -> Path:
@@ -62,16 +55,13 @@ def run_pipeline(classifier: object, inputs: list[str], batch_size: int) -> floa
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = common.base_parser(__doc__, 256)
     args = parser.parse_args()
 
     import transformers
 
     common.set_threads(args.threads)
-    inputs = make_inputs(args.requests)
+    inputs = common.sentences(WORDS, args.requests, (8, 24))
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(Path(tmp))
         classifier = transformers.pipeline("sentiment-analysis", model=str(model), device="cpu")
@@ -96,25 +86,17 @@ async def main() -> None:
 
 
 def report(times: dict[str, list[float]], n: int, threads: int) -> None:
-    median = common.medians(times)
     print(
         f"ClassifyText, {n} single-input requests, BERT-base-shaped random model, "
         f"{threads} torch threads, median of {len(times['server'])}"
     )
     print(f"{'contender':<28}{'seconds (runs)':<34}{'inputs/s':>10}")
-    for name, label in (
+    rows = (
         ("server", "modelwire (256 concurrent)"),
         ("pipeline_b32", "pipeline batch_size=32"),
         ("pipeline_b1", "pipeline one at a time"),
-    ):
-        rate = n / median[name]
-        print(
-            common.contender_row(
-                label, times[name], rate, label_width=28, seconds_width=8, rate_width=10
-            )
-        )
-    print(f"ratio vs pipeline batched:       {median['pipeline_b32'] / median['server']:.2f}x")
-    print(f"ratio vs pipeline one at a time: {median['pipeline_b1'] / median['server']:.2f}x")
+    )
+    common.report_contenders(times, rows, n, reference="pipeline", label_width=28)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import medians, model_entry, serve, set_threads
+from _common import base_parser, medians, model_entry, serve, set_threads
 
 PROMPT_TOKENS = 32
 NEW_TOKENS = 128
@@ -151,9 +151,7 @@ async def ttft_under_load(client: Any, prompts: list[str]) -> tuple[float, float
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = base_parser(__doc__, None)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
 

@@ -306,10 +306,7 @@ def report(times: common.TaskTimes, args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = common.base_parser(__doc__, 64)
     parser.add_argument("--size", choices=["small", "tiny"], default="small")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--tasks", nargs="+", default=[t.name for t in tasks(1)])

@@ -14,26 +14,13 @@ up, runs interleaved, median of 3. Prints raw numbers and ratios.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import random
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import _common as common
-
-WORDS = (
-    "the city council met on tuesday to discuss the new budget for schools roads and "
-    "parks after months of debate residents asked for more buses while the mayor said "
-    "taxes would not rise this year and that the plan would be voted on next week"
-).split()
-
-
-def make_inputs(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choices(WORDS, k=rng.randint(20, 48))) for _ in range(n)]
 
 
 def build_model(root: Path) -> Path:
@@ -42,6 +29,13 @@ def build_model(root: Path) -> Path:
     path = root / "t5-mini-random"
     build_t5(path, d_model=256, d_kv=64, d_ff=1024, num_layers=4, num_decoder_layers=4, num_heads=4)
     return path
+
+
+WORDS = (
+    "the city council met on tuesday to discuss the new budget for schools roads and "
+    "parks after months of debate residents asked for more buses while the mayor said "
+    "taxes would not rise this year and that the plan would be voted on next week"
+).split()
 
 
 async def run_server(target: str, inputs: list[str], max_new: int) -> float:
@@ -77,17 +71,14 @@ def run_generate(model: Any, tokenizer: Any, inputs: list[str], batch: int, max_
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = common.base_parser(__doc__, 256)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     args = parser.parse_args()
 
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     common.set_threads(args.threads)
-    inputs, max_new = make_inputs(args.requests), args.max_new_tokens
+    inputs, max_new = common.sentences(WORDS, args.requests, (20, 48)), args.max_new_tokens
     with tempfile.TemporaryDirectory() as tmp:
         path = build_model(Path(tmp))
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -113,25 +104,17 @@ async def main() -> None:
 
 
 def report(times: dict[str, list[float]], n: int, threads: int, max_new: int) -> None:
-    median = common.medians(times)
     print(
         f"Summarize, {n} single-input requests x {max_new} new tokens, random T5 (4+4 layers, "
         f"d_model 256), greedy, {threads} torch threads, median of {len(times['server'])}"
     )
     print(f"{'contender':<30}{'seconds (runs)':<34}{'tokens/s':>10}")
-    for name, label in (
+    rows = (
         ("server", f"modelwire ({n} concurrent)"),
         ("generate_b32", "generate() batch 32"),
         ("generate_b1", "generate() one at a time"),
-    ):
-        rate = n * max_new / median[name]
-        print(
-            common.contender_row(
-                label, times[name], rate, label_width=30, seconds_width=8, rate_width=10
-            )
-        )
-    print(f"ratio vs generate() batched:       {median['generate_b32'] / median['server']:.2f}x")
-    print(f"ratio vs generate() one at a time: {median['generate_b1'] / median['server']:.2f}x")
+    )
+    common.report_contenders(times, rows, n * max_new, reference="generate()", label_width=30)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from typing import Any
 from _common import (
     TaskBench,
     TaskTimes,
+    base_parser,
     bench_tasks,
     model_entry,
     pipeline_reference,
@@ -203,10 +204,7 @@ def report(times: TaskTimes, args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = base_parser(__doc__, 256)
     parser.add_argument("--size", choices=sorted(SHAPES), default="small")
     parser.add_argument("--tasks", nargs="+", default=["zero-shot", "fill-mask", "ner", "qa"])
     args = parser.parse_args()
