@@ -42,6 +42,10 @@ class DeviceWorker:
         """Run ``fn`` on the worker and return its result."""
         return await self.submit(fn)
 
+    def has_waiting_jobs(self) -> bool:
+        """Whether other work is queued behind the running job (any thread)."""
+        return not self._jobs.empty()
+
     def close(self) -> None:
         self._jobs.put(_STOP)
 
