@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from transformers import DynamicCache
 
-from modelwire_server.engine.kvcache import PaddedCache
+from modelwire_server.engine.kvcache import PaddedCache, growable_cache
 
 
 class BatchState(Protocol):
@@ -147,7 +146,7 @@ class CausalLMAdapter:
         # Padding positions get 0: they are masked out, and real tokens count from 0.
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         want_all = any(i.want_prompt_logits for i in inputs)
-        cache = DynamicCache()
+        cache = growable_cache()
         out = self.model(
             input_ids=ids,
             attention_mask=mask,

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache, EncoderDecoderCache
 
 from modelwire_server.engine.adapter import PrefillInput, PrefillOutput, model_context_length
-from modelwire_server.engine.kvcache import PaddedCache
+from modelwire_server.engine.kvcache import PaddedCache, growable_cache
 
 ImageEncoder = Callable[[torch.Tensor], torch.Tensor]
 
@@ -129,7 +129,7 @@ class CrossDecoderAdapter:
         # Padding positions get 0: they are masked out, and real tokens count from 0.
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         want_all = any(i.want_prompt_logits for i in inputs)
-        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        cache = EncoderDecoderCache(growable_cache(), DynamicCache())
         out = self.decoder(
             input_ids=ids,
             attention_mask=mask,

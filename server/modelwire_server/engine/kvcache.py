@@ -17,12 +17,100 @@ from transformers import Cache, DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 
+class GrowableLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys and values live in buffers with spare columns.
+
+    ``DynamicLayer.update`` concatenates, copying the layer's whole cache at every
+    decode step; here a step writes its column into the spare room and the layer's
+    ``keys``/``values`` are views of the filled part, so a token costs one column
+    write, and a buffer is copied only when it fills (then it grows by a quarter, at
+    least ``MIN_ROOM`` columns). Assigning ``keys``/``values`` (as ``PaddedCache``'s
+    select, merge, trim and rollback do) adopts the tensor as it is; the next append
+    makes room again.
+    """
+
+    MIN_ROOM = 32
+
+    def __init__(self, **kwargs: object) -> None:
+        self._kbuf: torch.Tensor | None = None
+        self._vbuf: torch.Tensor | None = None
+        self._kn = self._vn = 0
+        super().__init__(**kwargs)
+
+    @property  # type: ignore[override]
+    def keys(self) -> torch.Tensor | None:
+        return _filled(self._kbuf, self._kn)
+
+    @keys.setter
+    def keys(self, value: torch.Tensor | None) -> None:
+        self._kbuf, self._kn = value, _width(value)
+
+    @property  # type: ignore[override]
+    def values(self) -> torch.Tensor | None:
+        return _filled(self._vbuf, self._vn)
+
+    @values.setter
+    def values(self, value: torch.Tensor | None) -> None:
+        self._vbuf, self._vn = value, _width(value)
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self._kbuf, self._kn = _append(self._kbuf, self._kn, key_states, self.MIN_ROOM)
+        self._vbuf, self._vn = _append(self._vbuf, self._vn, value_states, self.MIN_ROOM)
+        keys, values = self.keys, self.values
+        assert keys is not None and values is not None
+        return keys, values
+
+
+def _width(t: torch.Tensor | None) -> int:
+    return int(t.shape[-2]) if t is not None and t.dim() >= 2 else 0
+
+
+def _filled(buffer: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    if buffer is None or buffer.dim() < 2 or buffer.shape[-2] == n:
+        return buffer
+    return buffer[..., :n, :]
+
+
+def _append(
+    buffer: torch.Tensor | None, n: int, new: torch.Tensor, min_room: int
+) -> tuple[torch.Tensor, int]:
+    """Write ``new``'s columns after the first ``n`` of ``buffer``, growing it if full."""
+    add = int(new.shape[-2])
+    fits = (
+        buffer is not None
+        and buffer.dim() == new.dim()
+        and buffer.shape[:-2] == new.shape[:-2]
+        and n + add <= buffer.shape[-2]
+    )
+    if not fits:
+        total = n + add
+        grown = new.new_empty(*new.shape[:-2], total + max(min_room, total // 4), new.shape[-1])
+        if n:
+            assert buffer is not None
+            grown[..., :n, :] = buffer[..., :n, :]
+        buffer = grown
+    assert buffer is not None
+    buffer[..., n : n + add, :] = new
+    return buffer, n + add
+
+
+def growable_cache() -> DynamicCache:
+    """A ``DynamicCache`` whose layers are ``GrowableLayer``s (made on first use)."""
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = GrowableLayer
+    return cache
+
+
 def _layers(cache: Cache) -> list[DynamicLayer]:
     layers = list(cache.layers)
     for layer in layers:
         # Sliding-window and linear-attention layers keep a different number of
         # columns than the mask describes, so padding arithmetic would be wrong.
-        if type(layer) is not DynamicLayer:
+        if type(layer) not in (DynamicLayer, GrowableLayer):
             raise TypeError(f"unsupported cache layer {type(layer).__name__}")
     return layers
 

@@ -25,7 +25,7 @@ from transformers import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
 from modelwire_server.engine.adapter import PrefillInput, PrefillOutput
-from modelwire_server.engine.kvcache import PaddedCache
+from modelwire_server.engine.kvcache import PaddedCache, growable_cache
 from modelwire_server.engine.positions import DecoderPositions
 
 
@@ -176,7 +176,7 @@ class Seq2SeqAdapter:
             encoder_mask = mask
         start = torch.tensor([s for _, s in items], dtype=torch.long, device=self.device)
         decoder_mask = torch.ones_like(start)
-        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        cache = EncoderDecoderCache(growable_cache(), DynamicCache())
         out = self.model(
             encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
             **({"attention_mask": encoder_mask} if encoder_mask is not None else {}),
