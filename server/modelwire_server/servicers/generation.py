@@ -26,8 +26,13 @@ from modelwire_server.engine.errors import EngineError
 from modelwire_server.interceptors import current_request_id
 from modelwire_server.servicers.common import RpcGroup, deadline_of, optional
 from modelwire_server.streams import EventBuffer, merge_deltas
-from modelwire_server.tasks.seq2seq import SummarizationTask, TextResult, TranslationTask
-from modelwire_server.tasks.text_generation import ChatTurn, TextGenerationTask, domain_error
+from modelwire_server.tasks.seq2seq import SummarizationTask, TranslationTask
+from modelwire_server.tasks.text_generation import (
+    ChatTurn,
+    TextGenerationTask,
+    TextResult,
+    domain_error,
+)
 
 _FINISH = {
     et.FinishReason.LENGTH: common_pb2.FINISH_REASON_LENGTH,

@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from modelwire_server import errors
-from modelwire_server.engine.types import Failed, GenerationRequest
+from modelwire_server.engine.types import GenerationRequest
 from modelwire_server.media import MediaLimits, _reason, decode_image
 from modelwire_server.tasks.text_generation import (
     ChatTurn,
@@ -86,17 +86,7 @@ class ImageTextToTextTask(TextGenerationTask):
             prompt_ids=out["input_ids"][0].tolist(),
             extras={key: out[key] for key in IMAGE_INPUTS if out.get(key) is not None},
         )
-        request.stopping.max_new_tokens = 1
-        request.stopping.ignore_eos = True
-        done: list[object] = []
-        self.engine.submit(request, done.append)
-        for _ in range(8):
-            if not self.engine.has_work():
-                break
-            self.engine.step()
-        failed = [e for e in done if isinstance(e, Failed)]
-        if failed:
-            raise failed[0].error
+        self.run_inline(request, max_new_tokens=1)
 
     # -- prompts -----------------------------------------------------------------------
 

@@ -39,22 +39,17 @@ from transformers import (
 )
 
 from modelwire_server import errors
-from modelwire_server.calls import note_usage
-from modelwire_server.engine import errors as engine_errors
+from modelwire_server.engine.adapter import ModelAdapter
 from modelwire_server.engine.cross_decoder import blip_adapter
-from modelwire_server.engine.engine import GenerationEngine, Handle
+from modelwire_server.engine.engine import GenerationEngine
 from modelwire_server.engine.types import (
-    Failed,
-    Finished,
     GenerationRequest,
     SamplingParams,
     StoppingParams,
 )
 from modelwire_server.engine.vision_seq2seq import VisionSeq2SeqAdapter
 from modelwire_server.media import MediaLimits, decode_images, image_features
-from modelwire_server.streams import EventBuffer
-from modelwire_server.tasks.seq2seq import TextResult
-from modelwire_server.tasks.text_generation import EngineDriver, TextGenerationTask, domain_error
+from modelwire_server.tasks.text_generation import EngineDriver, TextGenerationTask, TextResult
 
 _MODEL_CLASSES: dict[str, Any] = {
     "blip": BlipForConditionalGeneration,
@@ -91,22 +86,13 @@ class ImageToTextTask(TextGenerationTask):
         self.engine = self.make_engine()
         self.driver = EngineDriver(self.engine, self.worker, self.config.name)
 
-    def make_engine(self) -> GenerationEngine:
-        if self.kind == "blip":
-            adapter: Any = blip_adapter(self.model, self.device)
-        else:
-            adapter = VisionSeq2SeqAdapter(self.model, self.device)
-        return GenerationEngine(
-            self.model,
-            self.tokenizer,
-            device=self.device,
-            generation_config=getattr(self.model, "generation_config", None),
-            max_batch_tokens=self.config.max_batch_tokens,
-            max_waiting=self.config.max_waiting,
-            max_new_tokens_cap=self.config.max_new_tokens,
-            default_max_new_tokens=self.config.default_max_new_tokens,
-            adapter=adapter,
-        )
+    def make_engine(self, adapter: ModelAdapter | None = None) -> GenerationEngine:
+        if adapter is None:
+            if self.kind == "blip":
+                adapter = blip_adapter(self.model, self.device)
+            else:
+                adapter = VisionSeq2SeqAdapter(self.model, self.device)
+        return super().make_engine(adapter)
 
     def warmup(self) -> None:
         """Caption a blank image, two tokens, end to end (on the worker: steps run inline)."""
@@ -114,14 +100,7 @@ class ImageToTextTask(TextGenerationTask):
 
         [item] = self._prepare_images([Image.new("RGB", (8, 8))], None, "warmup")
         request = self._request(item, SamplingParams(), StoppingParams(), "warmup", None)
-        request.stopping.max_new_tokens = 2
-        request.stopping.ignore_eos = True
-        done: list[object] = []
-        self.engine.submit(request, done.append)
-        for _ in range(16):
-            if not self.engine.has_work():
-                break
-            self.engine.step()
+        self.run_inline(request, max_new_tokens=2)
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -215,38 +194,9 @@ class ImageToTextTask(TextGenerationTask):
                 f"has {len(prompt)} characters; the limit is {self.config.max_input_chars}",
             )
         items, prefix = await asyncio.to_thread(self._prepare, images, prompt)
-        loop = asyncio.get_running_loop()
-        handles: list[Handle] = []
-        results: list[TextResult] = []
-        try:
-            buffers = []
-            for i, item in enumerate(items):
-                request = self._request(item, sampling, stopping, f"{request_id}/{i}", deadline)
-                buffers.append(EventBuffer(loop))
-                handles.append(self._submit_image(request, buffers[-1]))
-            done = await asyncio.gather(*(_result(b) for b in buffers))
-            results = [TextResult(prefix + r.text, r.reason, r.generated_tokens) for r in done]
-            return results
-        finally:
-            if len(results) < len(handles):  # an error, or the caller went away
-                for handle in handles:
-                    self.cancel(handle)
-
-    def _submit_image(self, request: GenerationRequest, sink: EventBuffer) -> Handle:
-        try:
-            handle = self.engine.submit(request, sink)
-        except engine_errors.EngineError as exc:
-            raise domain_error(exc) from None
-        self.driver.wake()
-        return handle
-
-
-async def _result(buffer: EventBuffer) -> TextResult:
-    while True:
-        for event in await buffer.take():
-            if isinstance(event, Failed):
-                error = event.error
-                raise domain_error(error) if isinstance(error, engine_errors.EngineError) else error
-            if isinstance(event, Finished):
-                note_usage(event.usage)
-                return TextResult(event.text, event.reason, event.usage.generated_tokens)
+        requests = [
+            self._request(item, sampling, stopping, f"{request_id}/{i}", deadline)
+            for i, item in enumerate(items)
+        ]
+        done = await self.complete_all(requests, None)
+        return [TextResult(prefix + r.text, r.reason, r.generated_tokens) for r in done]

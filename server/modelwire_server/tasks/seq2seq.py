@@ -23,20 +23,13 @@ from typing import Any
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from modelwire_server import errors
-from modelwire_server.calls import note_usage
-from modelwire_server.engine import errors as engine_errors
-from modelwire_server.engine.engine import Handle
 from modelwire_server.engine.types import (
-    Failed,
-    Finished,
-    FinishReason,
     GenerationRequest,
     SamplingParams,
     StoppingParams,
 )
-from modelwire_server.streams import EventBuffer
 from modelwire_server.tasks.base import check_text_inputs
-from modelwire_server.tasks.text_generation import EngineDriver, TextGenerationTask, domain_error
+from modelwire_server.tasks.text_generation import EngineDriver, TextGenerationTask, TextResult
 from modelwire_server.tasks.translation_languages import (
     Languages,
     LanguageTokens,
@@ -44,15 +37,6 @@ from modelwire_server.tasks.translation_languages import (
     summarization_prefix,
 )
 from modelwire_server.worker import DeviceWorker
-
-
-@dataclass(frozen=True)
-class TextResult:
-    """One input's output: its text, why it ended, and how many tokens it took."""
-
-    text: str
-    reason: FinishReason
-    generated_tokens: int
 
 
 @dataclass
@@ -119,50 +103,18 @@ class Seq2SeqTask(TextGenerationTask):
             raise errors.InvalidArgument(
                 "sampling.n", "this RPC returns one text per input; use Generate for several"
             )
-        loop = asyncio.get_running_loop()
-        handles: list[Handle] = []
-        results: list[TextResult] = []
-        try:
-            buffers = []
-            for i, ids in enumerate(prompts):
-                request = GenerationRequest(
-                    prompt_ids=ids,
-                    sampling=sampling,
-                    stopping=stopping,
-                    request_id=f"{request_id}/{i}",
-                    deadline=deadline,
-                    forced_bos_token_id=forced_bos_token_id,
-                )
-                buffers.append(EventBuffer(loop))
-                handles.append(self._submit_input(i, request, buffers[-1]))
-            results = list(await asyncio.gather(*(_result(b) for b in buffers)))
-            return results
-        finally:
-            if len(results) < len(handles):  # an error, or the caller went away
-                for handle in handles:
-                    self.cancel(handle)
-
-    def _submit_input(self, i: int, request: GenerationRequest, sink: EventBuffer) -> Handle:
-        try:
-            handle = self.engine.submit(request, sink)
-        except engine_errors.InvalidRequest as exc:
-            field = f"inputs[{i}]" if exc.field == "prompt" else exc.field
-            raise errors.InvalidArgument(field, exc.message) from None
-        except engine_errors.EngineError as exc:
-            raise domain_error(exc) from None
-        self.driver.wake()
-        return handle
-
-
-async def _result(buffer: EventBuffer) -> TextResult:
-    while True:
-        for event in await buffer.take():
-            if isinstance(event, Failed):
-                error = event.error
-                raise domain_error(error) if isinstance(error, engine_errors.EngineError) else error
-            if isinstance(event, Finished):
-                note_usage(event.usage)
-                return TextResult(event.text, event.reason, event.usage.generated_tokens)
+        requests = [
+            GenerationRequest(
+                prompt_ids=ids,
+                sampling=sampling,
+                stopping=stopping,
+                request_id=f"{request_id}/{i}",
+                deadline=deadline,
+                forced_bos_token_id=forced_bos_token_id,
+            )
+            for i, ids in enumerate(prompts)
+        ]
+        return await self.complete_all(requests, "inputs")
 
 
 class SummarizationTask(Seq2SeqTask):

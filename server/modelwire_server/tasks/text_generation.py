@@ -19,9 +19,18 @@ from typing import Any
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modelwire_server import errors
+from modelwire_server.calls import note_usage
 from modelwire_server.engine import errors as engine_errors
+from modelwire_server.engine.adapter import ModelAdapter
 from modelwire_server.engine.engine import GenerationEngine, Handle
-from modelwire_server.engine.types import GenerationRequest, Sink
+from modelwire_server.engine.types import (
+    Failed,
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    Sink,
+)
+from modelwire_server.streams import EventBuffer
 from modelwire_server.tasks.base import TaskRunner
 from modelwire_server.worker import DeviceWorker
 
@@ -34,6 +43,15 @@ class ChatTurn:
 
     role: str
     parts: Sequence[str | bytes]  # text, or encoded image bytes
+
+
+@dataclass(frozen=True)
+class TextResult:
+    """One request's output: its text, why it ended, and how many tokens it took."""
+
+    text: str
+    reason: FinishReason
+    generated_tokens: int
 
 
 @dataclass(frozen=True)
@@ -55,6 +73,17 @@ def domain_error(exc: engine_errors.EngineError) -> errors.ModelwireError:
     if isinstance(exc, engine_errors.DeadlineExceeded):
         return errors.DeadlineExceeded(str(exc))
     return errors.ModelwireError(str(exc))
+
+
+async def _final_text(buffer: EventBuffer) -> TextResult:
+    while True:
+        for event in await buffer.take():
+            if isinstance(event, Failed):
+                error = event.error
+                raise domain_error(error) if isinstance(error, engine_errors.EngineError) else error
+            if isinstance(event, Finished):
+                note_usage(event.usage)
+                return TextResult(event.text, event.reason, event.usage.generated_tokens)
 
 
 class EngineDriver:
@@ -140,7 +169,8 @@ class TextGenerationTask(TaskRunner):
         self.engine = self.make_engine()
         self.driver = EngineDriver(self.engine, self.worker, self.config.name)
 
-    def make_engine(self) -> GenerationEngine:
+    def make_engine(self, adapter: ModelAdapter | None = None) -> GenerationEngine:
+        """The engine over this runner's model (``adapter``: None picks the model's kind)."""
         return GenerationEngine(
             self.model,
             self.tokenizer,
@@ -150,6 +180,7 @@ class TextGenerationTask(TaskRunner):
             max_waiting=self.config.max_waiting,
             max_new_tokens_cap=self.config.max_new_tokens,
             default_max_new_tokens=self.config.default_max_new_tokens,
+            adapter=adapter,
         )
 
     @property
@@ -182,15 +213,59 @@ class TextGenerationTask(TaskRunner):
 
     def warmup(self) -> None:
         """Generate two tokens end to end (on the worker: steps run inline)."""
-        done: list[object] = []
         request = GenerationRequest(prompt_ids=self.encode_prompt("Hello")[-8:] or [0])
-        request.stopping.max_new_tokens = 2
+        self.run_inline(request, max_new_tokens=2)
+
+    def run_inline(self, request: GenerationRequest, *, max_new_tokens: int) -> None:
+        """Run ``request`` to its end right here (on the worker, at load: warm-ups),
+        ``max_new_tokens`` tokens with EOS ignored; raise what it failed with."""
+        request.stopping.max_new_tokens = max_new_tokens
         request.stopping.ignore_eos = True
-        self.engine.submit(request, done.append)
-        for _ in range(16):
+        events: list[object] = []
+        self.engine.submit(request, events.append)
+        for _ in range(max_new_tokens + 8):
             if not self.engine.has_work():
                 break
             self.engine.step()
+        failed = [e for e in events if isinstance(e, Failed)]
+        if failed:
+            raise failed[0].error
+
+    async def complete_all(
+        self, requests: Sequence[GenerationRequest], input_field: str | None
+    ) -> list[TextResult]:
+        """Submit every request at once (so they decode together, and with other calls),
+        and return each one's final text, in order. An error, or a caller that goes away,
+        cancels them all. A request the engine refuses for its prompt is INVALID_ARGUMENT
+        naming ``{input_field}[i]`` (None: the engine's own field name)."""
+        loop = asyncio.get_running_loop()
+        handles: list[Handle] = []
+        results: list[TextResult] = []
+        try:
+            buffers = []
+            for i, request in enumerate(requests):
+                buffers.append(EventBuffer(loop))
+                handles.append(self._submit_one(request, buffers[-1], input_field, i))
+            results = list(await asyncio.gather(*(_final_text(b) for b in buffers)))
+            return results
+        finally:
+            if len(results) < len(handles):
+                for handle in handles:
+                    self.cancel(handle)
+
+    def _submit_one(
+        self, request: GenerationRequest, sink: Sink, input_field: str | None, i: int
+    ) -> Handle:
+        try:
+            handle = self.engine.submit(request, sink)
+        except engine_errors.InvalidRequest as exc:
+            prompt = input_field is not None and exc.field == "prompt"
+            field = f"{input_field}[{i}]" if prompt else exc.field
+            raise errors.InvalidArgument(field, exc.message) from None
+        except engine_errors.EngineError as exc:
+            raise domain_error(exc) from None
+        self.driver.wake()
+        return handle
 
     # -- prompts -----------------------------------------------------------------------
 
