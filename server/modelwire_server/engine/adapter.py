@@ -7,6 +7,7 @@ encoder-decoder (encoder output computed at prefill) and an image-text-to-text m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -71,6 +72,44 @@ class ModelAdapter(Protocol):
         ...
 
 
+def left_padded(
+    prompts: list[list[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids left-padded to one width, their mask, and positions counting each
+    row's real tokens from 0 (padding gets 0: it is masked out)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, width - len(prompt) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    return ids, mask, (mask.cumsum(dim=1) - 1).clamp(min=0)
+
+
+def prefill_in_groups(
+    inputs: list[PrefillInput],
+    groups: list[list[int]],
+    prefill: Callable[[list[PrefillInput]], PrefillOutput],
+    device: torch.device,
+) -> PrefillOutput:
+    """Prefill rows that cannot share a forward pass (``groups`` of input indices) one
+    group at a time, and join the parts into one state in the callers' order."""
+    if len(groups) == 1:
+        return prefill(inputs)
+    order = [index for group in groups for index in group]
+    parts = [prefill([inputs[i] for i in group]) for group in groups]
+    state = parts[0].state
+    for part in parts[1:]:
+        state.merge(part.state)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    state.select(inverse.to(device))
+    logits = torch.cat([part.logits for part in parts])[inverse.to(device)]
+    grouped = [logits for part in parts for logits in part.prompt_logits]
+    return PrefillOutput(logits, state, [grouped[int(i)] for i in inverse])
+
+
 class CausalState(PaddedCache):
     """A causal LM's batch state is just its padded self-attention cache."""
 
@@ -117,34 +156,11 @@ class CausalLMAdapter:
 
     @torch.inference_mode()
     def prefill(self, inputs: list[PrefillInput]) -> PrefillOutput:
-        groups = _extras_groups(inputs)
-        if len(groups) == 1:
-            return self._prefill(inputs)
-        # One pass per group, then one state in the callers' order (``select`` with the
-        # inverse of the grouped order).
-        order = [index for group in groups for index in group]
-        parts = [self._prefill([inputs[i] for i in group]) for group in groups]
-        state = parts[0].state
-        for part in parts[1:]:
-            state.merge(part.state)
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(len(order))
-        state.select(inverse.to(self.device))
-        logits = torch.cat([part.logits for part in parts])[inverse.to(self.device)]
-        grouped = [logits for part in parts for logits in part.prompt_logits]
-        return PrefillOutput(logits, state, [grouped[int(i)] for i in inverse])
+        return prefill_in_groups(inputs, _extras_groups(inputs), self._prefill, self.device)
 
     def _prefill(self, inputs: list[PrefillInput]) -> PrefillOutput:
-        width = max(len(i.prompt_ids) for i in inputs)
-        ids = torch.full((len(inputs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(inputs), width), dtype=torch.long)
-        for row, item in enumerate(inputs):
-            n = len(item.prompt_ids)
-            ids[row, width - n :] = torch.tensor(item.prompt_ids, dtype=torch.long)
-            mask[row, width - n :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        # Padding positions get 0: they are masked out, and real tokens count from 0.
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        ids, mask, positions = left_padded([i.prompt_ids for i in inputs], self.pad_id, self.device)
+        width = ids.shape[1]
         want_all = any(i.want_prompt_logits for i in inputs)
         cache = growable_cache()
         out = self.model(

@@ -25,7 +25,12 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, EncoderDecoderCache
 
-from modelwire_server.engine.adapter import PrefillInput, PrefillOutput, model_context_length
+from modelwire_server.engine.adapter import (
+    PrefillInput,
+    PrefillOutput,
+    left_padded,
+    model_context_length,
+)
 from modelwire_server.engine.kvcache import PaddedCache, growable_cache
 
 ImageEncoder = Callable[[torch.Tensor], torch.Tensor]
@@ -118,16 +123,8 @@ class CrossDecoderAdapter:
             pixels.append(item.extras["pixel_values"])
         pixel_values = torch.cat(pixels).to(self.device, dtype=self.image_dtype)
         image_embeds = self.encode_images(pixel_values)
-        width = max(len(i.prompt_ids) for i in inputs)
-        ids = torch.full((len(inputs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(inputs), width), dtype=torch.long)
-        for row, item in enumerate(inputs):
-            n = len(item.prompt_ids)
-            ids[row, width - n :] = torch.tensor(item.prompt_ids, dtype=torch.long)
-            mask[row, width - n :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        # Padding positions get 0: they are masked out, and real tokens count from 0.
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        ids, mask, positions = left_padded([i.prompt_ids for i in inputs], self.pad_id, self.device)
+        width = ids.shape[1]
         want_all = any(i.want_prompt_logits for i in inputs)
         cache = EncoderDecoderCache(growable_cache(), DynamicCache())
         out = self.decoder(

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
-from modelwire_server.engine.adapter import PrefillInput, PrefillOutput
+from modelwire_server.engine.adapter import PrefillInput, PrefillOutput, prefill_in_groups
 from modelwire_server.engine.kvcache import PaddedCache, growable_cache
 from modelwire_server.engine.positions import DecoderPositions
 
@@ -135,28 +135,18 @@ class Seq2SeqAdapter:
 
     @torch.inference_mode()
     def prefill(self, inputs: list[PrefillInput]) -> PrefillOutput:
-        starts = [i.decoder_ids or self.decoder_prefix or [] for i in inputs]
+        # Rows whose decoder starts differ in length prefill separately.
         by_length: dict[int, list[int]] = {}
-        for index, start in enumerate(starts):
-            by_length.setdefault(len(start), []).append(index)
-        if len(by_length) == 1:
-            return self._prefill([(i, s) for i, s in zip(inputs, starts, strict=True)])
-        # Rows whose decoder starts differ in length: one pass per length, then one state
-        # in the callers' order (``select`` with the inverse of the grouped order).
-        order = [index for group in by_length.values() for index in group]
-        parts = [self._prefill([(inputs[i], starts[i]) for i in g]) for g in by_length.values()]
-        state = parts[0].state
-        for part in parts[1:]:
-            state.merge(part.state)
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(len(order))
-        state.select(inverse.to(self.device))
-        logits = torch.cat([part.logits for part in parts])[inverse.to(self.device)]
-        return PrefillOutput(logits, state, [None] * len(inputs))
+        for index, item in enumerate(inputs):
+            by_length.setdefault(len(self._start(item)), []).append(index)
+        return prefill_in_groups(inputs, list(by_length.values()), self._prefill, self.device)
 
-    def _prefill(self, items: list[tuple[PrefillInput, list[int]]]) -> PrefillOutput:
-        features = [item.extras for item, _ in items]
-        if all(features) and not any(item.prompt_ids for item, _ in items):
+    def _start(self, item: PrefillInput) -> list[int]:
+        return item.decoder_ids or self.decoder_prefix or []
+
+    def _prefill(self, items: list[PrefillInput]) -> PrefillOutput:
+        features = [item.extras for item in items]
+        if all(features) and not any(item.prompt_ids for item in items):
             encoder_inputs = {
                 key: torch.cat([f[key] for f in features if f]).to(self.device)
                 for key in features[0] or {}
@@ -165,16 +155,16 @@ class Seq2SeqAdapter:
             mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=self.device)
             encoder_mask: torch.Tensor | None = None
         else:
-            width = max(len(item.prompt_ids) for item, _ in items)
+            width = max(len(item.prompt_ids) for item in items)
             ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
             mask = torch.zeros((len(items), width), dtype=torch.long)
-            for row, (item, _) in enumerate(items):
+            for row, item in enumerate(items):
                 ids[row, : len(item.prompt_ids)] = torch.tensor(item.prompt_ids, dtype=torch.long)
                 mask[row, : len(item.prompt_ids)] = 1
             ids, mask = ids.to(self.device), mask.to(self.device)
             hidden = self.model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
             encoder_mask = mask
-        start = torch.tensor([s for _, s in items], dtype=torch.long, device=self.device)
+        start = torch.tensor([self._start(i) for i in items], dtype=torch.long, device=self.device)
         decoder_mask = torch.ones_like(start)
         cache = EncoderDecoderCache(growable_cache(), DynamicCache())
         out = self.model(
