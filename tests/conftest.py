@@ -10,9 +10,11 @@ thread but the main one (the server's loop, loader and device worker threads).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,8 +113,6 @@ def start_server(config: Any, *, wait_loaded: bool = True) -> RunningServer:
 
     Models left on device/dtype "auto" run on TEST_DEVICE in float32 (on a GPU host,
     "auto" would mean CUDA bfloat16, which no float32 reference matches)."""
-    import dataclasses
-
     from modelwire_server.server import ModelwireServer
 
     config.models = [
@@ -149,6 +149,124 @@ def start_server(config: Any, *, wait_loaded: bool = True) -> RunningServer:
     if "error" in holder:
         raise holder["error"]
     return RunningServer(holder["server"], loop, thread)
+
+
+@contextmanager
+def preset_server(
+    names: Iterable[str], *, extra: Iterable[Any] = (), **overrides: Any
+) -> Iterator[RunningServer]:
+    """A server with the named ``tiny`` preset models (in the preset's order), each with
+    ``overrides`` applied to its ModelConfig, then the ``extra`` ModelConfigs."""
+    from modelwire_server.config import ServerConfig
+    from modelwire_server.server import preset_configs
+
+    wanted = set(names)
+    models = [
+        dataclasses.replace(m, **overrides) for m in preset_configs("tiny") if m.name in wanted
+    ]
+    assert {m.name for m in models} == wanted, f"not in the tiny preset: {wanted}"
+    running = start_server(ServerConfig(port=0, models=[*models, *extra]))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def preset_variant(name: str, task: str, preset: str, **fields: Any) -> Any:
+    """Another entry for a tiny preset model (e.g. the same model with tight limits)."""
+    from modelwire_server.config import ModelConfig
+
+    return ModelConfig(name=name, task=task, source=f"preset:{preset}", preset=True, **fields)
+
+
+def preset_server_fixture(*names: str, extra: Iterable[Any] = ()) -> Any:
+    """A module-scoped fixture: ``preset_server(names, extra=extra)`` for the module."""
+
+    @pytest.fixture(scope="module")
+    def running(preset_cache: Path) -> Iterator[RunningServer]:
+        with preset_server(names, extra=extra) as server:
+            yield server
+
+    return running
+
+
+def client_fixture(server_fixture: str, timeout: float) -> Any:
+    """A fixture: an AsyncClient on the module's server fixture named ``server_fixture``."""
+
+    @pytest.fixture
+    async def client(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+        from modelwire import AsyncClient
+
+        running: RunningServer = request.getfixturevalue(server_fixture)
+        async with AsyncClient(running.target, timeout=timeout) as c:
+            yield c
+
+    return client
+
+
+def one_torch_thread_fixture() -> Any:
+    """A module-wide autouse fixture that runs torch on one thread (restored after).
+
+    Tiny models on a shared CPU: thread hand-offs cost more than the arithmetic, and
+    one thread in the server and the reference alike adds float sums in one order."""
+
+    @pytest.fixture(scope="module", autouse=True)
+    def one_thread() -> Iterator[None]:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(threads)
+
+    return one_thread
+
+
+async def stream_token_ids(stream: Any, started: asyncio.Event | None = None) -> list[int]:
+    """Every token id a generate stream yields, in order; ``started`` is set once one
+    has come."""
+    tokens: list[int] = []
+    async with stream:
+        async for chunk in stream:
+            tokens += [t.id for t in chunk.tokens]
+            if tokens and started is not None:
+                started.set()
+    return tokens
+
+
+async def staggered_token_ids(open_streams: list[Callable[[], Any]]) -> list[list[int]]:
+    """Each generate stream opened once the one before it has streamed a token, so it
+    joins a batch that is already decoding (events, not sleeps, order the arrivals);
+    every stream's token ids, in order."""
+    started = [asyncio.Event() for _ in open_streams]
+
+    async def staggered(i: int) -> list[int]:
+        if i:
+            await started[i - 1].wait()
+        tokens = await stream_token_ids(open_streams[i](), started[i])
+        started[i].set()
+        return tokens
+
+    return list(await asyncio.gather(*(staggered(i) for i in range(len(open_streams)))))
+
+
+async def cancel_after_first_token(stream: Any) -> None:
+    """Read a generate stream until it yields a token, then cancel it."""
+    async for chunk in stream:
+        if chunk.tokens:
+            break
+    await stream.close()
+
+
+async def engine_stats_once_idle(engine: Any, polls: int = 500) -> Any:
+    """The engine's stats once nothing runs, waits or is reserved (or after ``polls``
+    tries 10 ms apart, for the caller to assert on)."""
+    for _ in range(polls):
+        stats = engine.stats()
+        if stats.running_rows == stats.waiting == stats.reserved_tokens == 0:
+            break
+        await asyncio.sleep(0.01)
+    return stats
 
 
 def minilm_path() -> Path:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,9 +29,13 @@ from transformers import (
 from modelwire import AsyncClient, BadRequestError, FinishReason, GeneratedText
 from modelwire.v1 import common_pb2
 from modelwire.v1 import inference_service_pb2 as pb
-from modelwire_server.config import ModelConfig, ServerConfig
-from modelwire_server.server import preset_configs
-from tests.conftest import RunningServer, start_server
+from tests.conftest import (
+    RunningServer,
+    client_fixture,
+    one_torch_thread_fixture,
+    preset_server_fixture,
+    preset_variant,
+)
 from tests.helpers import bad_request_fields, raw_error
 
 N = 10
@@ -41,29 +43,15 @@ LIMITS = {"max_image_pixels": 50 * 50, "max_input_bytes": 4_000, "max_inputs": 3
 PROMPT = "a picture of"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny models on a shared CPU: thread hand-offs cost more than the arithmetic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = one_torch_thread_fixture()
 
 
-@pytest.fixture(scope="module")
-def captioners(preset_cache: Path) -> Iterator[RunningServer]:
-    models = [m for m in preset_configs("tiny") if m.name in ("tiny-blip", "tiny-vit-gpt2")]
-    models.append(ModelConfig(name="blip-limited", task="image-to-text",
-                              source="preset:tiny-blip", preset=True, **LIMITS))  # fmt: skip
-    running = start_server(ServerConfig(port=0, models=models))
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-async def client(captioners: RunningServer) -> Any:
-    async with AsyncClient(captioners.target, timeout=120) as c:
-        yield c
+captioners = preset_server_fixture(
+    "tiny-blip",
+    "tiny-vit-gpt2",
+    extra=[preset_variant("blip-limited", "image-to-text", "tiny-blip", **LIMITS)],
+)
+client = client_fixture("captioners", timeout=120)
 
 
 def encode(image: Image.Image) -> bytes:

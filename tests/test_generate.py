@@ -7,6 +7,7 @@ these prove the whole path: servicer, engine driver, streaming, cancellation, er
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 import pytest
 import torch
@@ -14,6 +15,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modelwire import AsyncClient, BadRequestError, FinishReason, RateLimitError
 from modelwire.v1 import generate_pb2
+from tests.conftest import (
+    cancel_after_first_token,
+    engine_stats_once_idle,
+    preset_server,
+    staggered_token_ids,
+)
 from tests.helpers import bad_request_fields, raw_error
 
 PROMPTS = [
@@ -55,24 +62,11 @@ async def test_greedy_matches_generate_alone_and_under_staggered_load(
     engine = server.runner(model).engine
     sizes_before = dict(engine.stats().decode_batch_sizes)
     # Each request arrives once the previous one has streamed its first token, so it
-    # joins a batch that is already decoding (events, not sleeps, order the arrivals).
-    started = [asyncio.Event() for _ in PROMPTS]
-
-    async def staggered(i: int) -> list[int]:
-        if i:
-            await started[i - 1].wait()
-        tokens: list[int] = []
-        async with client.generate_stream(
-            PROMPTS[i], model=model, temperature=0, max_new_tokens=lengths[i], ignore_eos=True
-        ) as stream:
-            async for chunk in stream:
-                tokens += [t.id for t in chunk.tokens]
-                if tokens:
-                    started[i].set()
-        started[i].set()
-        return tokens
-
-    got = await asyncio.gather(*(staggered(i) for i in range(len(PROMPTS))))
+    # joins a batch that is already decoding.
+    greedy = partial(client.generate_stream, model=model, temperature=0, ignore_eos=True)
+    got = await staggered_token_ids(
+        [partial(greedy, p, max_new_tokens=n) for p, n in zip(PROMPTS, lengths, strict=True)]
+    )
     assert got == expected
     for tokens in got:  # not degenerate: the tiny model reacts to its context
         assert len(set(tokens)) >= len(tokens) / 2
@@ -200,30 +194,16 @@ async def test_cancelling_a_stream_frees_its_row(server, client: AsyncClient) ->
     stream = client.generate_stream(
         "Keep going", model="tiny-llama", temperature=0, max_new_tokens=400, ignore_eos=True
     )
-    async for chunk in stream:
-        if chunk.tokens:
-            break
-    await stream.close()
-    for _ in range(500):  # the engine drops it within a step; poll its state
-        stats = engine.stats()
-        if stats.running_rows == stats.waiting == stats.reserved_tokens == 0:
-            break
-        await asyncio.sleep(0.01)
+    await cancel_after_first_token(stream)
+    stats = await engine_stats_once_idle(engine)  # the engine drops it within a step
     assert stats.running_rows == stats.waiting == stats.reserved_tokens == 0, stats
     # Nothing kept computing for the cancelled call: far fewer than its 400 tokens ran.
     assert engine.stats().generated_tokens - generated_before < 100
 
 
 async def test_queue_overflow_is_resource_exhausted(preset_cache) -> None:
-    from modelwire_server.config import ServerConfig
-    from modelwire_server.server import preset_configs
-    from tests.conftest import start_server
-
-    (gpt2,) = [m for m in preset_configs("tiny") if m.name == "tiny-gpt2"]
-    gpt2.max_waiting = 1
-    gpt2.max_batch_tokens = 300  # room for one running request at a time
-    running = start_server(ServerConfig(port=0, models=[gpt2]))
-    try:
+    # max_batch_tokens: room for one running request at a time.
+    with preset_server(["tiny-gpt2"], max_waiting=1, max_batch_tokens=300) as running:
         async with AsyncClient(running.target, max_retries=0) as client:
             streams = [
                 client.generate_stream("Go", max_new_tokens=200, ignore_eos=True, temperature=0)
@@ -235,8 +215,6 @@ async def test_queue_overflow_is_resource_exhausted(preset_cache) -> None:
             assert any(not isinstance(r, Exception) for r in results)
             for stream in streams:
                 await stream.close()
-    finally:
-        running.stop()
 
 
 async def test_chat_messages_use_the_template(client: AsyncClient) -> None:

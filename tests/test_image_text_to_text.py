@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Iterator
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -17,37 +16,31 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from modelwire import AsyncClient, BadRequestError, ChatMessage, FinishReason, ImagePart
-from modelwire_server.config import ModelConfig, ServerConfig
-from modelwire_server.server import preset_configs
-from tests.conftest import RunningServer, start_server
+from tests.conftest import (
+    RunningServer,
+    cancel_after_first_token,
+    client_fixture,
+    engine_stats_once_idle,
+    one_torch_thread_fixture,
+    preset_server_fixture,
+    preset_variant,
+    staggered_token_ids,
+    stream_token_ids,
+)
 
 LLAVA = "tiny-llava"
 LIMITS = {"max_image_pixels": 50 * 50, "max_inputs": 2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny models on a shared CPU: thread hand-offs cost more than the arithmetic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = one_torch_thread_fixture()
 
 
-@pytest.fixture(scope="module")
-def vlm(preset_cache: Path) -> Iterator[RunningServer]:
-    models = [m for m in preset_configs("tiny") if m.name in (LLAVA, "tiny-llama")]
-    models.append(ModelConfig(name="llava-limited", task="image-text-to-text",
-                              source=f"preset:{LLAVA}", preset=True, **LIMITS))  # fmt: skip
-    running = start_server(ServerConfig(port=0, models=models))
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-async def client(vlm: RunningServer) -> Any:
-    async with AsyncClient(vlm.target, timeout=120) as c:
-        yield c
+vlm = preset_server_fixture(
+    LLAVA,
+    "tiny-llama",
+    extra=[preset_variant("llava-limited", "image-text-to-text", LLAVA, **LIMITS)],
+)
+client = client_fixture("vlm", timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -122,14 +115,14 @@ def varied(tokens: list[int]) -> bool:
     return len(set(tokens)) >= max(3, len(tokens) // 3)
 
 
-async def stream_ids(client: AsyncClient, messages: list[ChatMessage], n: int) -> list[int]:
-    tokens: list[int] = []
-    async with client.generate_stream(
+def open_stream(client: AsyncClient, messages: list[ChatMessage], n: int) -> Any:
+    return client.generate_stream(
         messages=messages, model=LLAVA, temperature=0, max_new_tokens=n, ignore_eos=True
-    ) as stream:
-        async for chunk in stream:
-            tokens += [t.id for t in chunk.tokens]
-    return tokens
+    )
+
+
+async def stream_ids(client: AsyncClient, messages: list[ChatMessage], n: int) -> list[int]:
+    return await stream_token_ids(open_stream(client, messages, n))
 
 
 async def test_greedy_stream_matches_generate_and_depends_on_the_image(
@@ -202,25 +195,8 @@ async def test_image_and_text_requests_share_decode_steps(
     before = dict(engine.stats().decode_batch_sizes)
 
     # Staggered: each request arrives once the previous one streams, so it joins a
-    # batch that is already decoding (events, not sleeps, order the arrivals).
-    started = [asyncio.Event() for _ in requests]
-
-    async def staggered(i: int) -> list[int]:
-        if i:
-            await started[i - 1].wait()
-        messages, n = requests[i]
-        tokens: list[int] = []
-        async with client.generate_stream(
-            messages=messages, model=LLAVA, temperature=0, max_new_tokens=n, ignore_eos=True
-        ) as stream:
-            async for chunk in stream:
-                tokens += [t.id for t in chunk.tokens]
-                if tokens:
-                    started[i].set()
-        started[i].set()
-        return tokens
-
-    got = await asyncio.gather(*(staggered(i) for i in range(len(requests))))
+    # batch that is already decoding.
+    got = await staggered_token_ids([partial(open_stream, client, m, n) for m, n in requests])
     assert got == expected
     # All at once: image and text rows share prefills too (pixel values concatenated
     # across the rows that have images, in row order).
@@ -366,15 +342,8 @@ async def test_cancelling_an_image_stream_frees_its_row(
         max_new_tokens=400,
         ignore_eos=True,
     )
-    async for chunk in stream:
-        if chunk.tokens:
-            break
-    await stream.close()
-    for _ in range(500):  # the engine drops it within a step; poll its state
-        stats = engine.stats()
-        if stats.running_rows == stats.waiting == stats.reserved_tokens == 0:
-            break
-        await asyncio.sleep(0.01)
+    await cancel_after_first_token(stream)
+    stats = await engine_stats_once_idle(engine)  # the engine drops it within a step
     assert stats.running_rows == stats.waiting == stats.reserved_tokens == 0, stats
     assert engine.stats().generated_tokens - generated_before < 100
 

@@ -9,23 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 import transformers
 from scipy.signal import resample_poly
 
 from modelwire import AsyncClient, BadRequestError, RawAudio
 from modelwire.v1 import common_pb2
 from modelwire.v1 import inference_service_pb2 as pb
-from modelwire_server.config import ModelConfig, ServerConfig
-from modelwire_server.server import preset_configs
-from tests.conftest import RunningServer, start_server
+from tests.conftest import (
+    RunningServer,
+    client_fixture,
+    one_torch_thread_fixture,
+    preset_server_fixture,
+    preset_variant,
+)
 from tests.helpers import bad_request_fields, raw_error
 
 SR = 16_000
@@ -33,28 +34,14 @@ NAMES = ("tiny-wav2vec2-ctc", "tiny-whisper", "tiny-audio-cls")
 LIMITS = {"max_audio_seconds": 1.0, "max_input_bytes": 100_000, "max_inputs": 2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = one_torch_thread_fixture()
 
 
-@pytest.fixture(scope="module")
-def media(preset_cache: Path) -> Iterator[RunningServer]:
-    models = [m for m in preset_configs("tiny") if m.name in NAMES]
-    models.append(ModelConfig(name="cls-limited", task="audio-classification",
-                              source="preset:tiny-audio-cls", preset=True, **LIMITS))  # fmt: skip
-    running = start_server(ServerConfig(port=0, models=models))
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-async def client(media: RunningServer) -> Any:
-    async with AsyncClient(media.target, timeout=300) as c:
-        yield c
+media = preset_server_fixture(
+    *NAMES,
+    extra=[preset_variant("cls-limited", "audio-classification", "tiny-audio-cls", **LIMITS)],
+)
+client = client_fixture("media", timeout=300)
 
 
 @pytest.fixture(scope="module")

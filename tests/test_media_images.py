@@ -5,51 +5,38 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-import torch
 import transformers
 from PIL import Image, ImageOps
 
 from modelwire import AsyncClient, BadRequestError, Classification, Detections
 from modelwire.v1 import common_pb2
 from modelwire.v1 import inference_service_pb2 as pb
-from modelwire_server.config import ModelConfig, ServerConfig
-from modelwire_server.server import preset_configs
-from tests.conftest import RunningServer, start_server
+from tests.conftest import (
+    RunningServer,
+    client_fixture,
+    one_torch_thread_fixture,
+    preset_server_fixture,
+    preset_variant,
+)
 from tests.helpers import bad_request_fields, raw_error
 
 # A second ViT with tight limits, to exceed them with small inputs.
 LIMITS = {"max_image_pixels": 50 * 50, "max_input_bytes": 4_000, "max_inputs": 3}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny models on a shared CPU: thread hand-offs cost more than the arithmetic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = one_torch_thread_fixture()
 
 
-@pytest.fixture(scope="module")
-def media(preset_cache: Path) -> Iterator[RunningServer]:
-    models = [m for m in preset_configs("tiny") if m.name in ("tiny-vit", "tiny-detr")]
-    models.append(ModelConfig(name="vit-limited", task="image-classification",
-                              source="preset:tiny-vit", preset=True, **LIMITS))  # fmt: skip
-    running = start_server(ServerConfig(port=0, models=models))
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-async def client(media: RunningServer) -> Any:
-    async with AsyncClient(media.target, timeout=120) as c:
-        yield c
+media = preset_server_fixture(
+    "tiny-vit",
+    "tiny-detr",
+    extra=[preset_variant("vit-limited", "image-classification", "tiny-vit", **LIMITS)],
+)
+client = client_fixture("media", timeout=120)
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:

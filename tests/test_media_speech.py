@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,34 +16,21 @@ from transformers import AutoTokenizer, SpeechT5ForTextToSpeech, SpeechT5HifiGan
 
 from modelwire import AsyncClient, BadRequestError, Speech
 from modelwire.v1 import inference_service_pb2 as pb
-from modelwire_server.config import ServerConfig
-from modelwire_server.server import preset_configs
-from tests.conftest import RunningServer, start_server
+from tests.conftest import (
+    RunningServer,
+    client_fixture,
+    one_torch_thread_fixture,
+    preset_server_fixture,
+)
 from tests.helpers import bad_request_fields, raw_error
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # One thread in the server and the reference alike, so float sums add up in the
-    # same order and the audio can be compared exactly.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One thread in the server and the reference alike, so float sums add up in the same
+# order and the audio can be compared exactly.
+one_thread = one_torch_thread_fixture()
 
 
-@pytest.fixture(scope="module")
-def media(preset_cache: Path) -> Iterator[RunningServer]:
-    models = [m for m in preset_configs("tiny") if m.name in ("tiny-vits", "tiny-speecht5")]
-    running = start_server(ServerConfig(port=0, models=models))
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-async def client(media: RunningServer) -> Any:
-    async with AsyncClient(media.target, timeout=300) as c:
-        yield c
+media = preset_server_fixture("tiny-vits", "tiny-speecht5")
+client = client_fixture("media", timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import io
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,10 +25,13 @@ import transformers
 from modelwire import AsyncClient, BadRequestError
 from modelwire.v1 import common_pb2
 from modelwire.v1 import inference_service_pb2 as pb
-from modelwire_server.config import ServerConfig
 from modelwire_server.errors import InvalidArgument
-from modelwire_server.server import preset_configs
-from tests.conftest import RunningServer, start_server
+from tests.conftest import (
+    RunningServer,
+    client_fixture,
+    one_torch_thread_fixture,
+    preset_server_fixture,
+)
 from tests.helpers import bad_request_fields, raw_error
 
 SR = 16_000
@@ -38,26 +39,11 @@ MODEL = "tiny-whisper"
 GREEDY = {"num_beams": 1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = one_torch_thread_fixture()
 
 
-@pytest.fixture(scope="module")
-def whisper(preset_cache: Path) -> Iterator[RunningServer]:
-    models = [m for m in preset_configs("tiny") if m.name == MODEL]
-    running = start_server(ServerConfig(port=0, models=models))
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-async def client(whisper: RunningServer) -> Any:
-    async with AsyncClient(whisper.target, timeout=300) as c:
-        yield c
+whisper = preset_server_fixture(MODEL)
+client = client_fixture("whisper", timeout=300)
 
 
 @pytest.fixture(scope="module")

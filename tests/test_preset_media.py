@@ -32,6 +32,7 @@ from transformers import (
 
 from modelwire_server import preset
 from modelwire_server.preset import media
+from tests.conftest import one_torch_thread_fixture
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -50,14 +51,9 @@ EXPECTED = {
 SR = 16_000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # These models are a few kB wide: with several threads on a busy CI box, thread
-    # hand-offs cost more than the arithmetic (SpeechT5 ran 10x slower).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# These models are a few kB wide: with several threads on a busy CI box, thread
+# hand-offs cost more than the arithmetic (SpeechT5 ran 10x slower).
+one_thread = one_torch_thread_fixture()
 
 
 @pytest.fixture(scope="module")

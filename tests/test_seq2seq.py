@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,9 +18,13 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from modelwire import AsyncClient, BadRequestError, FinishReason, GeneratedText
 from modelwire.v1 import inference_service_pb2 as pb
-from modelwire_server.config import ModelConfig, ServerConfig
-from modelwire_server.server import preset_configs
-from tests.conftest import RunningServer, start_server
+from tests.conftest import (
+    RunningServer,
+    client_fixture,
+    one_torch_thread_fixture,
+    preset_server_fixture,
+    preset_variant,
+)
 from tests.helpers import bad_request_fields, raw_error
 
 # Inputs on which the tiny random T5 does not just repeat one token.
@@ -34,30 +36,13 @@ TEXTS = [
 N = 20
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny models on a shared CPU: thread hand-offs cost more than the arithmetic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = one_torch_thread_fixture()
 
 
-@pytest.fixture(scope="module")
-def s2s(preset_cache: Path) -> Iterator[RunningServer]:
-    models = [m for m in preset_configs("tiny") if m.name in ("tiny-t5", "tiny-m2m100")]
-    models.append(
-        ModelConfig(name="t5-translate", task="translation", source="preset:tiny-t5", preset=True)
-    )
-    running = start_server(ServerConfig(port=0, models=models))
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-async def client(s2s: RunningServer) -> Any:
-    async with AsyncClient(s2s.target, timeout=120) as c:
-        yield c
+s2s = preset_server_fixture(
+    "tiny-t5", "tiny-m2m100", extra=[preset_variant("t5-translate", "translation", "tiny-t5")]
+)
+client = client_fixture("s2s", timeout=120)
 
 
 class Reference:
