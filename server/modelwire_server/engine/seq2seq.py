@@ -17,6 +17,7 @@ as transformers' ``ForcedBOSTokenLogitsProcessor`` does, so it counts as generat
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -186,14 +187,24 @@ class Seq2SeqAdapter:
         step_mask = state.decoder.mask_for_step()
         tokens = tokens.to(self.device).view(-1, 1)
         positions = state.decoder.positions().view(-1, 1)
-        with self.positions.override(positions, tokens):
+        kwargs, placed = self.place_positions(positions, tokens)
+        if state.token_encoder:
+            kwargs["attention_mask"] = state.cross.mask
+        with placed:
             out = self.model(
                 encoder_outputs=BaseModelOutput(last_hidden_state=state.encoder_hidden),
-                **({"attention_mask": state.cross.mask} if state.token_encoder else {}),
                 decoder_input_ids=tokens,
                 decoder_attention_mask=step_mask,
                 cache=state.cache,
                 use_cache=True,
+                **kwargs,
             )
         state.decoder.commit_step(step_mask)
         return out.logits[:, -1, :].float()
+
+    def place_positions(
+        self, positions: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[dict[str, Any], AbstractContextManager[None]]:
+        """How a decode step gets each row's own position: forward kwargs, and a context
+        the forward pass runs in (here: the decoder's position table, overridden)."""
+        return {}, self.positions.override(positions, tokens)

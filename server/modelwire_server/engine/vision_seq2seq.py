@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
-from transformers.modeling_outputs import BaseModelOutput
 
 from modelwire_server.engine.adapter import model_context_length
 from modelwire_server.engine.positions import DecoderPositions
-from modelwire_server.engine.seq2seq import Seq2SeqAdapter, Seq2SeqState
+from modelwire_server.engine.seq2seq import Seq2SeqAdapter
 
 
 class _InnerDecoder:
@@ -75,28 +75,12 @@ class VisionSeq2SeqAdapter(Seq2SeqAdapter):
             None if self.explicit_positions else DecoderPositions(_InnerDecoder(decoder))
         )
 
-    @torch.inference_mode()
-    def decode(self, state: Any, tokens: torch.Tensor) -> torch.Tensor:
-        assert isinstance(state, Seq2SeqState)
-        step_mask = state.decoder.mask_for_step()
-        tokens = tokens.to(self.device).view(-1, 1)
-        positions = state.decoder.positions().view(-1, 1)
+    def place_positions(
+        self, positions: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[dict[str, Any], AbstractContextManager[None]]:
         if self.inner_positions is None:
-            kwargs: dict[str, Any] = {"decoder_position_ids": positions}
-            placed: Any = contextlib.nullcontext()
-        else:
-            kwargs, placed = {}, self.inner_positions.override(positions, tokens)
-        with placed:
-            out = self.model(
-                encoder_outputs=BaseModelOutput(last_hidden_state=state.encoder_hidden),
-                decoder_input_ids=tokens,
-                decoder_attention_mask=step_mask,
-                cache=state.cache,
-                use_cache=True,
-                **kwargs,
-            )
-        state.decoder.commit_step(step_mask)
-        return out.logits[:, -1, :].float()
+            return {"decoder_position_ids": positions}, contextlib.nullcontext()
+        return {}, self.inner_positions.override(positions, tokens)
 
 
 def _patches(config: Any) -> int | None:
