@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -204,6 +207,30 @@ def client_fixture(server_fixture: str, timeout: float) -> Any:
     return client
 
 
+def served_fixture(server_fixture: str, model: str, load: Callable[[str], Any]) -> Any:
+    """A module-scoped fixture: ``load`` on the source path of the model named ``model``
+    on the module's server fixture named ``server_fixture`` (a reference to compare
+    against, loaded in the test process)."""
+
+    @pytest.fixture(scope="module")
+    def loaded(request: pytest.FixtureRequest) -> Any:
+        running: RunningServer = request.getfixturevalue(server_fixture)
+        return load(running.runner(model).config.source)
+
+    return loaded
+
+
+def cpu_pipeline(task: str) -> Callable[[str], Any]:
+    """``load`` for ``served_fixture``: transformers' pipeline for ``task`` on the CPU."""
+
+    def load(source: str) -> Any:
+        import transformers
+
+        return transformers.pipeline(task, model=source, device="cpu")
+
+    return load
+
+
 def one_torch_thread_fixture() -> Any:
     """A module-wide autouse fixture that runs torch on one thread (restored after).
 
@@ -220,6 +247,45 @@ def one_torch_thread_fixture() -> Any:
         torch.set_num_threads(threads)
 
     return one_thread
+
+
+def encode_image(image: Any, fmt: str = "PNG", **params: object) -> bytes:
+    """A PIL image as encoded bytes (PNG unless ``fmt`` says otherwise)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+# Tight limits for a second entry of an image model, to exceed them with small inputs.
+IMAGE_LIMITS = {"max_image_pixels": 50 * 50, "max_input_bytes": 4_000, "max_inputs": 3}
+
+
+async def assert_image_limits_refused(send: Callable[[Any], Awaitable[Any]]) -> None:
+    """``send(images)`` to a model with IMAGE_LIMITS: too many pixels, too many bytes
+    and too many images are each refused, naming the field and saying the limit."""
+    from modelwire import BadRequestError
+
+    small = Image.new("RGB", (50, 50), "blue")
+    noise = np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8)
+    cases = [
+        (Image.new("RGB", (51, 50)), "images[0]", "51x50 pixels; the limit is 2500 pixels"),
+        ([small, noise], "images[1]", "the limit is 4000 bytes"),
+        ([small] * 4, "images", "at most 3"),
+    ]
+    for images, field, says in cases:
+        with pytest.raises(BadRequestError) as caught:
+            await send(images)
+        assert caught.value.field_violations[0].field == field
+        assert says in str(caught.value)
+
+
+def swelling_tone(seconds: float, hz: float, seed: int = 0, rate: int = 16_000) -> np.ndarray:
+    """A tone swelling a few times a second (3 + seed) over a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    swell = 0.5 + 0.5 * np.sin(2 * np.pi * (3 + seed) * t)
+    noise = 0.3 * rng.standard_normal(t.size)
+    return (np.sin(2 * np.pi * hz * t) * swell + noise).astype(np.float32)
 
 
 async def stream_token_ids(stream: Any, started: asyncio.Event | None = None) -> list[int]:
@@ -278,21 +344,13 @@ def minilm_path() -> Path:
 @pytest.fixture(scope="session")
 def server(preset_cache: Path) -> Iterator[RunningServer]:
     """One server for the suite: tiny preset models plus the real all-MiniLM-L6-v2."""
-    from modelwire_server.config import ModelConfig, ServerConfig
-    from modelwire_server.server import preset_configs
+    from modelwire_server.config import ModelConfig
 
     wanted = {"tiny-sentiment", "tiny-multilabel", "tiny-embed", "tiny-gpt2", "tiny-llama"}
     wanted |= {"tiny-nli", "tiny-fill-mask", "tiny-ner", "tiny-qa"}
-    models = [m for m in preset_configs("tiny") if m.name in wanted]
-    models.append(ModelConfig(name="minilm", task="feature-extraction", source=str(minilm_path())))
-    running = start_server(ServerConfig(port=0, models=models))
-    yield running
-    running.stop()
+    minilm = ModelConfig(name="minilm", task="feature-extraction", source=str(minilm_path()))
+    with preset_server(wanted, extra=[minilm]) as running:
+        yield running
 
 
-@pytest.fixture
-async def client(server: RunningServer) -> Any:
-    from modelwire import AsyncClient
-
-    async with AsyncClient(server.target, timeout=60) as c:
-        yield c
+client = client_fixture("server", timeout=60)

@@ -10,8 +10,8 @@ image-to-text pipeline's does; ``generated_tokens`` counts the tokens after it.
 from __future__ import annotations
 
 import asyncio
-import io
 import threading
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -26,20 +26,23 @@ from transformers import (
     VisionEncoderDecoderModel,
 )
 
-from modelwire import AsyncClient, BadRequestError, FinishReason, GeneratedText
+from modelwire import AsyncClient, FinishReason, GeneratedText
 from modelwire.v1 import common_pb2
 from modelwire.v1 import inference_service_pb2 as pb
 from tests.conftest import (
+    IMAGE_LIMITS,
     RunningServer,
+    assert_image_limits_refused,
     client_fixture,
+    encode_image,
     one_torch_thread_fixture,
     preset_server_fixture,
     preset_variant,
+    served_fixture,
 )
 from tests.helpers import bad_request_fields, raw_error
 
 N = 10
-LIMITS = {"max_image_pixels": 50 * 50, "max_input_bytes": 4_000, "max_inputs": 3}
 PROMPT = "a picture of"
 
 
@@ -49,15 +52,9 @@ one_thread = one_torch_thread_fixture()
 captioners = preset_server_fixture(
     "tiny-blip",
     "tiny-vit-gpt2",
-    extra=[preset_variant("blip-limited", "image-to-text", "tiny-blip", **LIMITS)],
+    extra=[preset_variant("blip-limited", "image-to-text", "tiny-blip", **IMAGE_LIMITS)],
 )
 client = client_fixture("captioners", timeout=120)
-
-
-def encode(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def sample_images() -> list[Image.Image]:
@@ -124,14 +121,8 @@ class VitGpt2:
         )
 
 
-@pytest.fixture(scope="module")
-def blip(captioners: RunningServer) -> Blip:
-    return Blip(captioners.runner("tiny-blip").config.source)
-
-
-@pytest.fixture(scope="module")
-def vitgpt2(captioners: RunningServer) -> VitGpt2:
-    return VitGpt2(captioners.runner("tiny-vit-gpt2").config.source)
+blip = served_fixture("captioners", "tiny-blip", Blip)
+vitgpt2 = served_fixture("captioners", "tiny-vit-gpt2", VitGpt2)
 
 
 # ---------------------------------------------------------------------- parity
@@ -247,7 +238,7 @@ async def test_model_code_runs_on_the_worker_thread(
         for module in (blip_model.vision_model, blip_model.text_decoder)
     ]
     try:
-        await client.caption_image(encode(sample_images()[0]), max_new_tokens=2)
+        await client.caption_image(encode_image(sample_images()[0]), max_new_tokens=2)
         await client.caption_image(sample_images()[0], model="tiny-vit-gpt2", max_new_tokens=2)
     finally:
         for hook in hooks:
@@ -259,7 +250,7 @@ async def test_model_code_runs_on_the_worker_thread(
 
 
 def image_bytes(kind: str) -> bytes:
-    png = encode(sample_images()[0])
+    png = encode_image(sample_images()[0])
     return {"png": png, "cut": png[: len(png) // 2], "empty": b"", "junk": b"not an image"}[kind]
 
 
@@ -307,17 +298,7 @@ async def test_limits_refuse_oversize_input_saying_the_limit(client: AsyncClient
     small = Image.new("RGB", (50, 50), "blue")
     (fits,) = await client.caption_image(small, model="blip-limited", max_new_tokens=3)
     assert fits.generated_tokens > 0
-    noise = np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8)
-    cases = [
-        (Image.new("RGB", (51, 50)), "images[0]", "51x50 pixels; the limit is 2500 pixels"),
-        ([small, noise], "images[1]", "the limit is 4000 bytes"),
-        ([small] * 4, "images", "at most 3"),
-    ]
-    for images, field, says in cases:
-        with pytest.raises(BadRequestError) as caught:
-            await client.caption_image(images, model="blip-limited")
-        assert caught.value.field_violations[0].field == field
-        assert says in str(caught.value)
+    await assert_image_limits_refused(partial(client.caption_image, model="blip-limited"))
 
 
 async def test_a_model_of_another_task_is_refused(captioners: RunningServer) -> None:

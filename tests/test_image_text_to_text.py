@@ -20,10 +20,12 @@ from tests.conftest import (
     RunningServer,
     cancel_after_first_token,
     client_fixture,
+    encode_image,
     engine_stats_once_idle,
     one_torch_thread_fixture,
     preset_server_fixture,
     preset_variant,
+    served_fixture,
     staggered_token_ids,
     stream_token_ids,
 )
@@ -43,17 +45,6 @@ vlm = preset_server_fixture(
 client = client_fixture("vlm", timeout=120)
 
 
-@pytest.fixture(scope="module")
-def reference(vlm: RunningServer) -> Reference:
-    return Reference(vlm.runner(LLAVA).config.source)
-
-
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def sample_images() -> list[Image.Image]:
     rng = np.random.default_rng(0)
     noise = Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
@@ -67,7 +58,7 @@ IMAGES = sample_images()
 
 
 def chat(text: str, *images: Image.Image, order: str = "images-first") -> list[ChatMessage]:
-    parts: list[str | ImagePart] = [ImagePart(png(i)) for i in images]
+    parts: list[str | ImagePart] = [ImagePart(encode_image(i)) for i in images]
     parts = [*parts, text] if order == "images-first" else [text, *parts]
     return [ChatMessage("user", parts)]
 
@@ -104,6 +95,9 @@ class Reference:
 
     def prompt_ids(self, messages: list[ChatMessage]) -> list[int]:
         return self.inputs(messages)["input_ids"][0].tolist()
+
+
+reference = served_fixture("vlm", LLAVA, Reference)
 
 
 def ids(result: Any) -> list[int]:
@@ -283,14 +277,14 @@ async def test_bad_image_requests_name_the_part(client: AsyncClient) -> None:
     corrupt = [
         ChatMessage("user", "Hi"),
         ChatMessage("assistant", "Hello"),
-        ChatMessage("user", [ImagePart(png(IMAGES[0])), "and", ImagePart(b"\x89PNG not")]),
+        ChatMessage("user", [ImagePart(encode_image(IMAGES[0])), "and", ImagePart(b"\x89PNG not")]),
     ]
     for model in (LLAVA, "llava-limited"):
         assert (
             await field_of(client.generate(messages=corrupt, model=model, max_new_tokens=2))
             == "messages[2].content[2].image"
         )
-    truncated = png(IMAGES[1])[:-40]
+    truncated = encode_image(IMAGES[1])[:-40]
     assert (
         await field_of(
             client.generate(
@@ -301,7 +295,7 @@ async def test_bad_image_requests_name_the_part(client: AsyncClient) -> None:
         )
         == "messages[1].content[0].image"
     )
-    big = ImagePart(png(Image.new("RGB", (60, 60), "white")))
+    big = ImagePart(encode_image(Image.new("RGB", (60, 60), "white")))
     assert (
         await field_of(
             client.generate(

@@ -14,18 +14,19 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
-import transformers
 from scipy.signal import resample_poly
 
 from modelwire import AsyncClient, BadRequestError, RawAudio
 from modelwire.v1 import common_pb2
 from modelwire.v1 import inference_service_pb2 as pb
 from tests.conftest import (
-    RunningServer,
     client_fixture,
+    cpu_pipeline,
     one_torch_thread_fixture,
     preset_server_fixture,
     preset_variant,
+    served_fixture,
+    swelling_tone,
 )
 from tests.helpers import bad_request_fields, raw_error
 
@@ -44,26 +45,13 @@ media = preset_server_fixture(
 client = client_fixture("media", timeout=300)
 
 
-@pytest.fixture(scope="module")
-def asr(media: RunningServer) -> transformers.Pipeline:
-    source = media.runner("tiny-wav2vec2-ctc").config.source
-    return transformers.pipeline("automatic-speech-recognition", model=source, device="cpu")
+asr = served_fixture("media", "tiny-wav2vec2-ctc", cpu_pipeline("automatic-speech-recognition"))
+audio_cls = served_fixture("media", "tiny-audio-cls", cpu_pipeline("audio-classification"))
 
 
-@pytest.fixture(scope="module")
-def audio_cls(media: RunningServer) -> transformers.Pipeline:
-    source = media.runner("tiny-audio-cls").config.source
-    return transformers.pipeline("audio-classification", model=source, device="cpu")
-
-
-def signal(seconds: float, hz: float, seed: int = 0, rate: int = SR) -> np.ndarray:
-    """A tone swelling three times a second, over a little noise: at 440 Hz and 2 kHz
-    the tiny CTC model writes long strings of letters that change with the input."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    swell = 0.5 + 0.5 * np.sin(2 * np.pi * (3 + seed) * t)
-    noise = 0.3 * rng.standard_normal(t.size)
-    return (np.sin(2 * np.pi * hz * t) * swell + noise).astype(np.float32)
+# At 440 Hz and 2 kHz the tiny CTC model writes long strings of letters that change
+# with the input.
+signal = swelling_tone
 
 
 CLIPS = [signal(2.0, 440), signal(2.5, 2000, 1), signal(1.5, 440, 2), signal(2.0, 2000, 3)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +17,16 @@ from modelwire import AsyncClient, BadRequestError, Classification, Detections
 from modelwire.v1 import common_pb2
 from modelwire.v1 import inference_service_pb2 as pb
 from tests.conftest import (
+    IMAGE_LIMITS,
     RunningServer,
+    assert_image_limits_refused,
     client_fixture,
+    encode_image,
     one_torch_thread_fixture,
     preset_server_fixture,
     preset_variant,
 )
 from tests.helpers import bad_request_fields, raw_error
-
-# A second ViT with tight limits, to exceed them with small inputs.
-LIMITS = {"max_image_pixels": 50 * 50, "max_input_bytes": 4_000, "max_inputs": 3}
-
 
 one_thread = one_torch_thread_fixture()
 
@@ -34,15 +34,9 @@ one_thread = one_torch_thread_fixture()
 media = preset_server_fixture(
     "tiny-vit",
     "tiny-detr",
-    extra=[preset_variant("vit-limited", "image-classification", "tiny-vit", **LIMITS)],
+    extra=[preset_variant("vit-limited", "image-classification", "tiny-vit", **IMAGE_LIMITS)],
 )
 client = client_fixture("media", timeout=120)
-
-
-def encode(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **params)
-    return buffer.getvalue()
 
 
 def sample_images() -> list[Image.Image]:
@@ -65,7 +59,7 @@ def exif_rotated_jpeg() -> tuple[bytes, Image.Image]:
     stored = Image.fromarray(rng.integers(0, 256, (30, 80, 3), dtype=np.uint8))
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: the stored pixels need a 90° clockwise turn
-    data = encode(stored, "JPEG", exif=exif, quality=95)
+    data = encode_image(stored, "JPEG", exif=exif, quality=95)
     upright = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
     assert upright.size == (30, 80)
     return data, upright
@@ -112,7 +106,7 @@ async def test_image_formats_decode_like_pillow(media, client: AsyncClient) -> N
     gif = io.BytesIO()
     frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
     palette_first = Image.open(io.BytesIO(gif.getvalue())).convert("RGB")  # frame 0
-    inputs = [encode(image, "WEBP", lossless=True), gif.getvalue(), np.asarray(image)]
+    inputs = [encode_image(image, "WEBP", lossless=True), gif.getvalue(), np.asarray(image)]
     references = [image, palette_first, image]
     expected = pipe(media, "tiny-vit", "image-classification")(references, top_k=5)
     results = await client.classify_image(inputs, top_k=5)
@@ -207,13 +201,13 @@ async def test_concurrent_images_of_any_size_batch_without_changing_results(
 
 
 def tiny_png() -> bytes:
-    return encode(sample_images()[0])
+    return encode_image(sample_images()[0])
 
 
 def image_bytes(kind: str) -> bytes:
     png = tiny_png()
     if kind == "strip":  # decodes, but DETR's resize cannot take it
-        return encode(Image.new("RGB", (5000, 1)))
+        return encode_image(Image.new("RGB", (5000, 1)))
     return {"png": png, "cut": png[: len(png) // 2], "empty": b"", "junk": b"not an image"}[kind]
 
 
@@ -248,17 +242,7 @@ async def test_limits_refuse_oversize_input_saying_the_limit(client: AsyncClient
     small = Image.new("RGB", (50, 50), "blue")
     (fits,) = await client.classify_image(small, model="vit-limited")
     assert fits.labels
-    noise = np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8)
-    cases = [
-        (Image.new("RGB", (51, 50)), "images[0]", "51x50 pixels; the limit is 2500 pixels"),
-        ([small, noise], "images[1]", "the limit is 4000 bytes"),
-        ([small] * 4, "images", "at most 3"),
-    ]
-    for images, field, says in cases:
-        with pytest.raises(BadRequestError) as caught:
-            await client.classify_image(images, model="vit-limited")
-        assert caught.value.field_violations[0].field == field
-        assert says in str(caught.value)
+    await assert_image_limits_refused(partial(client.classify_image, model="vit-limited"))
 
 
 async def test_forward_passes_run_on_the_worker_thread(media, client: AsyncClient) -> None:
@@ -283,7 +267,7 @@ async def test_forward_passes_run_on_the_worker_thread(media, client: AsyncClien
 async def test_a_small_file_of_many_pixels_is_refused_before_decoding(
     client: AsyncClient,
 ) -> None:
-    bomb = encode(Image.new("1", (10_000, 10_000)))  # 100 M pixels in a few kB
+    bomb = encode_image(Image.new("1", (10_000, 10_000)))  # 100 M pixels in a few kB
     assert len(bomb) < 100_000
     with pytest.raises(BadRequestError) as caught:
         await client.classify_image(bomb)  # tiny-vit: the default limit

@@ -29,8 +29,11 @@ from modelwire_server.errors import InvalidArgument
 from tests.conftest import (
     RunningServer,
     client_fixture,
+    cpu_pipeline,
     one_torch_thread_fixture,
     preset_server_fixture,
+    served_fixture,
+    swelling_tone,
 )
 from tests.helpers import bad_request_fields, raw_error
 
@@ -46,19 +49,10 @@ whisper = preset_server_fixture(MODEL)
 client = client_fixture("whisper", timeout=300)
 
 
-@pytest.fixture(scope="module")
-def asr(whisper: RunningServer) -> transformers.Pipeline:
-    source = whisper.runner(MODEL).config.source
-    return transformers.pipeline("automatic-speech-recognition", model=source, device="cpu")
+asr = served_fixture("whisper", MODEL, cpu_pipeline("automatic-speech-recognition"))
 
 
-def signal(seconds: float, hz: float, seed: int = 0) -> np.ndarray:
-    """A tone swelling a few times a second over a little noise."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SR)) / SR
-    swell = 0.5 + 0.5 * np.sin(2 * np.pi * (3 + seed) * t)
-    noise = 0.3 * rng.standard_normal(t.size)
-    return (np.sin(2 * np.pi * hz * t) * swell + noise).astype(np.float32)
+signal = swelling_tone
 
 
 CLIPS = [signal(2.0, 440), signal(2.5, 2000, 1), signal(1.5, 440, 2), signal(3.0, 2000, 3)]

@@ -24,6 +24,7 @@ from tests.conftest import (
     one_torch_thread_fixture,
     preset_server_fixture,
     preset_variant,
+    served_fixture,
 )
 from tests.helpers import bad_request_fields, raw_error
 
@@ -71,14 +72,8 @@ class Reference:
         return GeneratedText(text, reason, len(tokens))
 
 
-@pytest.fixture(scope="module")
-def t5(s2s: RunningServer) -> Reference:
-    return Reference(s2s.runner("tiny-t5").config.source)
-
-
-@pytest.fixture(scope="module")
-def m2m(s2s: RunningServer) -> Reference:
-    return Reference(s2s.runner("tiny-m2m100").config.source)
+t5 = served_fixture("s2s", "tiny-t5", Reference)
+m2m = served_fixture("s2s", "tiny-m2m100", Reference)
 
 
 def m2m_ids(m2m: Reference, text: str) -> list[int]:
