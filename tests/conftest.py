@@ -256,6 +256,19 @@ def encode_image(image: Any, fmt: str = "PNG", **params: object) -> bytes:
     return buffer.getvalue()
 
 
+def patterned_images(
+    noise: tuple[int, int], gradient: tuple[int, int], stripes: tuple[int, int], every: int
+) -> list[Any]:
+    """Three RGB images of the given (height, width): seeded noise, a colour gradient,
+    and pink stripes on every ``every``-th row of black."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (*noise, 3), dtype=np.uint8)
+    ramp = np.linspace(0, 255, gradient[0] * gradient[1] * 3).reshape(*gradient, 3)
+    lines = np.zeros((*stripes, 3), np.uint8)
+    lines[::every] = (250, 30, 90)
+    return [Image.fromarray(pixels), Image.fromarray(ramp.astype(np.uint8)), Image.fromarray(lines)]
+
+
 # Tight limits for a second entry of an image model, to exceed them with small inputs.
 IMAGE_LIMITS = {"max_image_pixels": 50 * 50, "max_input_bytes": 4_000, "max_inputs": 3}
 

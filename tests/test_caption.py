@@ -49,11 +49,8 @@ PROMPT = "a picture of"
 one_thread = one_torch_thread_fixture()
 
 
-captioners = preset_server_fixture(
-    "tiny-blip",
-    "tiny-vit-gpt2",
-    extra=[preset_variant("blip-limited", "image-to-text", "tiny-blip", **IMAGE_LIMITS)],
-)
+LIMITED = preset_variant("blip-limited", "image-to-text", "tiny-blip", **IMAGE_LIMITS)
+captioners = preset_server_fixture("tiny-blip", "tiny-vit-gpt2", extra=[LIMITED])
 client = client_fixture("captioners", timeout=120)
 
 

@@ -9,7 +9,6 @@ import io
 from functools import partial
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -23,6 +22,7 @@ from tests.conftest import (
     encode_image,
     engine_stats_once_idle,
     one_torch_thread_fixture,
+    patterned_images,
     preset_server_fixture,
     preset_variant,
     served_fixture,
@@ -37,24 +37,12 @@ LIMITS = {"max_image_pixels": 50 * 50, "max_inputs": 2}
 one_thread = one_torch_thread_fixture()
 
 
-vlm = preset_server_fixture(
-    LLAVA,
-    "tiny-llama",
-    extra=[preset_variant("llava-limited", "image-text-to-text", LLAVA, **LIMITS)],
-)
+LIMITED = preset_variant("llava-limited", "image-text-to-text", LLAVA, **LIMITS)
+vlm = preset_server_fixture(LLAVA, "tiny-llama", extra=[LIMITED])
 client = client_fixture("vlm", timeout=120)
 
 
-def sample_images() -> list[Image.Image]:
-    rng = np.random.default_rng(0)
-    noise = Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
-    gradient = np.linspace(0, 255, 30 * 45 * 3).reshape(30, 45, 3).astype(np.uint8)
-    stripes = np.zeros((36, 36, 3), np.uint8)
-    stripes[::3] = (250, 30, 90)
-    return [noise, Image.fromarray(gradient), Image.fromarray(stripes)]
-
-
-IMAGES = sample_images()
+IMAGES = patterned_images(noise=(40, 48), gradient=(30, 45), stripes=(36, 36), every=3)
 
 
 def chat(text: str, *images: Image.Image, order: str = "images-first") -> list[ChatMessage]:

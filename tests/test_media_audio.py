@@ -38,10 +38,8 @@ LIMITS = {"max_audio_seconds": 1.0, "max_input_bytes": 100_000, "max_inputs": 2}
 one_thread = one_torch_thread_fixture()
 
 
-media = preset_server_fixture(
-    *NAMES,
-    extra=[preset_variant("cls-limited", "audio-classification", "tiny-audio-cls", **LIMITS)],
-)
+LIMITED = preset_variant("cls-limited", "audio-classification", "tiny-audio-cls", **LIMITS)
+media = preset_server_fixture(*NAMES, extra=[LIMITED])
 client = client_fixture("media", timeout=300)
 
 

@@ -23,6 +23,7 @@ from tests.conftest import (
     client_fixture,
     encode_image,
     one_torch_thread_fixture,
+    patterned_images,
     preset_server_fixture,
     preset_variant,
 )
@@ -31,26 +32,14 @@ from tests.helpers import bad_request_fields, raw_error
 one_thread = one_torch_thread_fixture()
 
 
-media = preset_server_fixture(
-    "tiny-vit",
-    "tiny-detr",
-    extra=[preset_variant("vit-limited", "image-classification", "tiny-vit", **IMAGE_LIMITS)],
-)
+LIMITED = preset_variant("vit-limited", "image-classification", "tiny-vit", **IMAGE_LIMITS)
+media = preset_server_fixture("tiny-vit", "tiny-detr", extra=[LIMITED])
 client = client_fixture("media", timeout=120)
 
 
 def sample_images() -> list[Image.Image]:
-    rng = np.random.default_rng(0)
-    noise = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
-    gradient = np.linspace(0, 255, 40 * 70 * 3).reshape(40, 70, 3).astype(np.uint8)
-    stripes = np.zeros((90, 30, 3), np.uint8)
-    stripes[::4] = (250, 30, 90)
-    return [
-        noise,
-        Image.fromarray(gradient),
-        Image.fromarray(stripes),
-        Image.new("RGB", (1, 1), "red"),
-    ]
+    images = patterned_images(noise=(48, 64), gradient=(40, 70), stripes=(90, 30), every=4)
+    return [*images, Image.new("RGB", (1, 1), "red")]
 
 
 def exif_rotated_jpeg() -> tuple[bytes, Image.Image]:
