@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from transformers import (
 
 from modelwire_server import preset
 from modelwire_server.preset import corpus, text
+from tests.conftest import one_torch_thread_fixture
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -52,14 +52,9 @@ PROMPTS = [
 UNICODE_TEXT = "Café 👨‍👩‍👧‍👦 and 你好，世界！ ok 🍕"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    # These models are tiny: with two intra-op threads on a busy two-core machine each
-    # 64-wide matmul waits on thread hand-offs, and generation runs ~10x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# These models are tiny: with two intra-op threads on a busy two-core machine each
+# 64-wide matmul waits on thread hand-offs, and generation runs ~10x slower.
+one_torch_thread = one_torch_thread_fixture()
 
 
 @pytest.fixture(scope="module")
