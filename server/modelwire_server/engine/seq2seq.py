@@ -132,6 +132,10 @@ class Seq2SeqAdapter:
         self.max_prompt = _positions_limit(config)
         self.max_context = _positions_limit(decoder_config) or _positions_limit(config)
         self.encoder_tokens = _encoder_width(config)
+        self.setup_positions(model)
+
+    def setup_positions(self, model: torch.nn.Module) -> None:
+        """Prepare per-row decoder positions (see ``place_positions``)."""
         self.positions = DecoderPositions(model)
 
     @torch.inference_mode()

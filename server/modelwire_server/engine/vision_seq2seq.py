@@ -49,26 +49,13 @@ class VisionSeq2SeqAdapter(Seq2SeqAdapter):
     """``Seq2SeqAdapter`` with per-row decoder positions for a composite model's decoder."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device | str) -> None:
-        # Not Seq2SeqAdapter.__init__: it hooks model.get_decoder().embed_positions, which
-        # a composite's causal-LM decoder lacks, and refuses the model for it.
-        self.model = model
-        self.device = torch.device(device)
-        config = model.config
-        decoder_config = config.get_text_config(decoder=True)
-        self.vocab_size = int(decoder_config.vocab_size)
-        start = model.generation_config.decoder_start_token_id
-        if start is None:
-            start = config.decoder_start_token_id
-        if start is None:
-            raise ValueError("the model has no decoder_start_token_id")
-        self.decoder_prefix: list[int] | None = [int(start)]
-        pad = config.pad_token_id
-        if pad is None:
-            pad = getattr(decoder_config, "pad_token_id", None)
-        self.pad_id = int(pad if pad is not None else 0)
-        self.max_prompt: int | None = None  # the encoder reads pixels, not tokens
-        self.max_context = model_context_length(decoder_config)
-        self.encoder_tokens = _patches(config)
+        super().__init__(model, device)
+        self.max_prompt = None  # the encoder reads pixels, not tokens
+        self.max_context = model_context_length(model.config.get_text_config(decoder=True))
+
+    def setup_positions(self, model: torch.nn.Module) -> None:
+        # Not the base's: it hooks model.get_decoder().embed_positions, which a
+        # composite's causal-LM decoder lacks.
         decoder = model.get_decoder()
         self.explicit_positions = _takes_position_ids(decoder)
         self.inner_positions = (
@@ -81,12 +68,3 @@ class VisionSeq2SeqAdapter(Seq2SeqAdapter):
         if self.inner_positions is None:
             return {"decoder_position_ids": positions}, contextlib.nullcontext()
         return {}, self.inner_positions.override(positions, tokens)
-
-
-def _patches(config: Any) -> int | None:
-    """Encoder positions of a ViT-style encoder (patches and CLS), if fixed."""
-    encoder = getattr(config, "encoder", None)
-    image, patch = getattr(encoder, "image_size", None), getattr(encoder, "patch_size", None)
-    if isinstance(image, int) and isinstance(patch, int) and patch > 0:
-        return (image // patch) ** 2 + 1
-    return None
