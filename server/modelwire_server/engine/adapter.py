@@ -87,6 +87,15 @@ def left_padded(
     return ids, mask, (mask.cumsum(dim=1) - 1).clamp(min=0)
 
 
+def prompt_logits(logits: torch.Tensor, inputs: list[PrefillInput]) -> list[torch.Tensor | None]:
+    """Each left-padded prompt's logits at its own positions, for the inputs that asked."""
+    width = logits.shape[1]
+    return [
+        logits[row, width - len(item.prompt_ids) :, :].float() if item.want_prompt_logits else None
+        for row, item in enumerate(inputs)
+    ]
+
+
 def prefill_in_groups(
     inputs: list[PrefillInput],
     groups: list[list[int]],
@@ -160,7 +169,6 @@ class CausalLMAdapter:
 
     def _prefill(self, inputs: list[PrefillInput]) -> PrefillOutput:
         ids, mask, positions = left_padded([i.prompt_ids for i in inputs], self.pad_id, self.device)
-        width = ids.shape[1]
         want_all = any(i.want_prompt_logits for i in inputs)
         cache = growable_cache()
         out = self.model(
@@ -173,13 +181,7 @@ class CausalLMAdapter:
             **self._extras(inputs),
         )
         logits = out.logits[:, -1, :].float()
-        prompt_logits: list[torch.Tensor | None] = [None] * len(inputs)
-        if want_all:
-            for row, item in enumerate(inputs):
-                if item.want_prompt_logits:
-                    n = len(item.prompt_ids)
-                    prompt_logits[row] = out.logits[row, width - n :, :].float()
-        return PrefillOutput(logits, CausalState(cache, mask), prompt_logits)
+        return PrefillOutput(logits, CausalState(cache, mask), prompt_logits(out.logits, inputs))
 
     def _extras(self, inputs: list[PrefillInput]) -> dict[str, torch.Tensor]:
         """The rows' extras concatenated in row order, on the model's device and dtype."""

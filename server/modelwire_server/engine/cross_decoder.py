@@ -30,6 +30,7 @@ from modelwire_server.engine.adapter import (
     PrefillOutput,
     left_padded,
     model_context_length,
+    prompt_logits,
 )
 from modelwire_server.engine.kvcache import PaddedCache, growable_cache
 
@@ -124,7 +125,6 @@ class CrossDecoderAdapter:
         pixel_values = torch.cat(pixels).to(self.device, dtype=self.image_dtype)
         image_embeds = self.encode_images(pixel_values)
         ids, mask, positions = left_padded([i.prompt_ids for i in inputs], self.pad_id, self.device)
-        width = ids.shape[1]
         want_all = any(i.want_prompt_logits for i in inputs)
         cache = EncoderDecoderCache(growable_cache(), DynamicCache())
         out = self.decoder(
@@ -136,14 +136,9 @@ class CrossDecoderAdapter:
             use_cache=True,
             logits_to_keep=0 if want_all else 1,
         )
-        prompt_logits: list[torch.Tensor | None] = [None] * len(inputs)
-        if want_all:
-            for row, item in enumerate(inputs):
-                if item.want_prompt_logits:
-                    n = len(item.prompt_ids)
-                    prompt_logits[row] = out.logits[row, width - n :, :].float()
+        prompts = prompt_logits(out.logits, inputs)
         state = CrossDecoderState(cache, mask, image_embeds)
-        return PrefillOutput(out.logits[:, -1, :].float(), state, prompt_logits)
+        return PrefillOutput(out.logits[:, -1, :].float(), state, prompts)
 
     @torch.inference_mode()
     def decode(self, state: Any, tokens: torch.Tensor) -> torch.Tensor:
