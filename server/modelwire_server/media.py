@@ -234,6 +234,45 @@ def _check_duration(frames: int, rate: int, limits: MediaLimits, field: str) -> 
         )
 
 
+@dataclass(frozen=True)
+class AudioChunk:
+    """A clip, or one overlapping chunk of it with its stride in samples
+    (``(length, left, right)``, as transformers' ASR pipeline carries it)."""
+
+    samples: np.ndarray
+    stride: tuple[int, int, int] | None  # None: the whole clip
+
+
+def audio_chunks(
+    samples: np.ndarray,
+    chunk_length_s: float | None,
+    rate: int,
+    *,
+    window_s: float,
+    align: int = 1,
+) -> list[AudioChunk]:
+    """The ASR pipeline's ``chunk_iter``: chunks of ``chunk_length_s`` overlapping by a
+    sixth of a chunk on each inner side, lengths aligned to ``align`` samples (the
+    model's frames). With ``chunk_length_s`` unset, a clip up to ``window_s`` is one
+    chunk and a longer one is cut into ``window_s`` chunks."""
+    if chunk_length_s is None:
+        if len(samples) <= window_s * rate:
+            return [AudioChunk(samples, None)]
+        chunk_length_s = window_s
+    chunk_len = int(round(chunk_length_s * rate / align) * align)
+    stride = int(round(chunk_length_s / 6 * rate / align) * align)
+    chunks = []
+    for start in range(0, len(samples), chunk_len - 2 * stride):
+        chunk = samples[start : start + chunk_len]
+        is_last = start + chunk_len >= len(samples)
+        left, right = (0 if start == 0 else stride), (0 if is_last else stride)
+        if len(chunk) > left:
+            chunks.append(AudioChunk(chunk, (len(chunk), left, right)))
+        if is_last:
+            break
+    return chunks
+
+
 def min_samples(model_config: Any) -> int:
     """The shortest clip a convolutional feature encoder (wav2vec2, HuBERT, ...) takes:
     its receptive field. Shorter input fails inside the model's first convolution."""

@@ -27,9 +27,11 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CTC_MAPPING_NAMES
 
 from modelwire_server.errors import InvalidArgument
 from modelwire_server.media import (
+    AudioChunk,
     AudioInput,
     MediaLimits,
     audio_batches,
+    audio_chunks,
     check_min_length,
     decode_clips,
     min_samples,
@@ -49,12 +51,6 @@ Granularity = Literal["segment", "word", "char"]
 
 
 @dataclass(frozen=True)
-class ChunkItem:
-    samples: np.ndarray
-    stride: tuple[int, int, int] | None  # (length, left, right) in samples; None: whole clip
-
-
-@dataclass(frozen=True)
 class TimedText:
     text: str
     start_s: float
@@ -67,7 +63,7 @@ class Transcript:
     chunks: list[TimedText]
 
 
-class SpeechRecognitionTask(BatchedTask[ChunkItem, np.ndarray]):
+class SpeechRecognitionTask(BatchedTask[AudioChunk, np.ndarray]):
     task = "automatic-speech-recognition"
     rpcs = ("TranscribeAudio",)
 
@@ -127,8 +123,8 @@ class SpeechRecognitionTask(BatchedTask[ChunkItem, np.ndarray]):
         elif self.ctc:
             super().warmup()
 
-    def warmup_item(self) -> ChunkItem:
-        return ChunkItem(np.zeros(max(self.rate // 4, self.min_samples), np.float32), None)
+    def warmup_item(self) -> AudioChunk:
+        return AudioChunk(np.zeros(max(self.rate // 4, self.min_samples), np.float32), None)
 
     async def transcribe(
         self,
@@ -150,7 +146,10 @@ class SpeechRecognitionTask(BatchedTask[ChunkItem, np.ndarray]):
         self._check_options(chunk_length_s, language)
         decoded = await asyncio.to_thread(decode_clips, clips, self.limits, self.rate)
         check_min_length(decoded, self.min_samples, self.rate)
-        plans = [self._chunks(samples, chunk_length_s) for samples in decoded]
+        plans = [
+            audio_chunks(s, chunk_length_s, self.rate, window_s=DEFAULT_WINDOW_S, align=self.align)
+            for s in decoded
+        ]
         tokens = await self.batcher.submit([c for plan in plans for c in plan], deadline=deadline)
         per_clip, start = [], 0
         for plan in plans:
@@ -170,27 +169,7 @@ class SpeechRecognitionTask(BatchedTask[ChunkItem, np.ndarray]):
                 "chunk_length_s", f"must be at least {MIN_CHUNK_S:g} s, got {chunk_length_s}"
             )
 
-    def _chunks(self, samples: np.ndarray, chunk_length_s: float | None) -> list[ChunkItem]:
-        """The pipeline's chunk_iter: overlapping windows with their strides."""
-        if chunk_length_s is None:
-            if len(samples) <= DEFAULT_WINDOW_S * self.rate:
-                return [ChunkItem(samples, None)]
-            chunk_length_s = DEFAULT_WINDOW_S
-        align, rate = self.align, self.rate
-        chunk_len = int(round(chunk_length_s * rate / align) * align)
-        stride = int(round(chunk_length_s / 6 * rate / align) * align)
-        items = []
-        for start in range(0, len(samples), chunk_len - 2 * stride):
-            chunk = samples[start : start + chunk_len]
-            is_last = start + chunk_len >= len(samples)
-            left, right = (0 if start == 0 else stride), (0 if is_last else stride)
-            if len(chunk) > left:
-                items.append(ChunkItem(chunk, (len(chunk), left, right)))
-            if is_last:
-                break
-        return items
-
-    def run_batch(self, items: list[ChunkItem]) -> list[np.ndarray]:
+    def run_batch(self, items: list[AudioChunk]) -> list[np.ndarray]:
         results: list[np.ndarray] = [np.empty(0, np.int64)] * len(items)
         clips = [item.samples for item in items]
         for indices, features in audio_batches(self.extractor, clips):

@@ -75,6 +75,24 @@ def domain_error(exc: engine_errors.EngineError) -> errors.ModelwireError:
     return errors.ModelwireError(str(exc))
 
 
+def run_inline(
+    engine: GenerationEngine, request: GenerationRequest, *, max_new_tokens: int
+) -> None:
+    """Run ``request`` to its end right here (on the worker, at load: warm-ups),
+    ``max_new_tokens`` tokens with EOS ignored; raise what it failed with."""
+    request.stopping.max_new_tokens = max_new_tokens
+    request.stopping.ignore_eos = True
+    events: list[object] = []
+    engine.submit(request, events.append)
+    for _ in range(max_new_tokens + 8):
+        if not engine.has_work():
+            break
+        engine.step()
+    failed = [e for e in events if isinstance(e, Failed)]
+    if failed:
+        raise failed[0].error
+
+
 async def _final_text(buffer: EventBuffer) -> TextResult:
     while True:
         for event in await buffer.take():
@@ -217,19 +235,7 @@ class TextGenerationTask(TaskRunner):
         self.run_inline(request, max_new_tokens=2)
 
     def run_inline(self, request: GenerationRequest, *, max_new_tokens: int) -> None:
-        """Run ``request`` to its end right here (on the worker, at load: warm-ups),
-        ``max_new_tokens`` tokens with EOS ignored; raise what it failed with."""
-        request.stopping.max_new_tokens = max_new_tokens
-        request.stopping.ignore_eos = True
-        events: list[object] = []
-        self.engine.submit(request, events.append)
-        for _ in range(max_new_tokens + 8):
-            if not self.engine.has_work():
-                break
-            self.engine.step()
-        failed = [e for e in events if isinstance(e, Failed)]
-        if failed:
-            raise failed[0].error
+        run_inline(self.engine, request, max_new_tokens=max_new_tokens)
 
     async def complete_all(
         self, requests: Sequence[GenerationRequest], input_field: str | None

@@ -71,20 +71,18 @@ from modelwire_server.engine.types import (
     SamplingParams,
     StoppingParams,
 )
-from modelwire_server.media import AudioInput, MediaLimits, decode_clips
+from modelwire_server.media import (
+    AudioChunk,
+    AudioInput,
+    MediaLimits,
+    audio_chunks,
+    decode_clips,
+)
 from modelwire_server.streams import EventBuffer
-from modelwire_server.tasks.text_generation import EngineDriver, domain_error
+from modelwire_server.tasks.text_generation import EngineDriver, domain_error, run_inline
 
 WINDOW_S = 30.0  # Whisper's window (the feature extractor's chunk_length) if unsaid
 MIN_CHUNK_S = 1.0
-
-
-@dataclass(frozen=True)
-class Window:
-    """One engine input: a clip or a chunk, with its stride in samples (pipeline style)."""
-
-    samples: np.ndarray
-    stride: tuple[int, int, int] | None  # (length, left, right); None: a whole clip
 
 
 @dataclass(frozen=True)
@@ -156,16 +154,10 @@ class WhisperSpeech:
         request = GenerationRequest(
             prompt_ids=[],
             sampling=SamplingParams(temperature=0.0, num_beams=1),
-            stopping=StoppingParams(max_new_tokens=2, ignore_eos=True),
             extras={"input_features": features},
             decoder_prompt_ids=[self.sot],
         )
-        done: list[object] = []
-        self.engine.submit(request, done.append)
-        for _ in range(16):
-            if not self.engine.has_work():
-                break
-            self.engine.step()
+        run_inline(self.engine, request, max_new_tokens=2)
 
     # -- options ----------------------------------------------------------------------
 
@@ -248,7 +240,10 @@ class WhisperSpeech:
     ) -> list[tuple[str, list[WhisperChunk]]]:
         language_id = self.check_options(chunk_length_s, timestamps, language)
         decoded = await asyncio.to_thread(decode_clips, clips, self.limits, self.rate)
-        plans = [self.windows(samples, chunk_length_s) for samples in decoded]
+        # Whisper's chunks align to single samples (the pipeline's alignment for it is 1).
+        plans = [
+            audio_chunks(s, chunk_length_s, self.rate, window_s=self.window_s) for s in decoded
+        ]
         flat = [window for plan in plans for window in plan]
         features = await asyncio.to_thread(lambda: [self._features(w.samples) for w in flat])
         call = current_call.get()
@@ -263,25 +258,6 @@ class WhisperSpeech:
             results.append(self._merge(plan, outputs[start : start + len(plan)], timestamps))
             start += len(plan)
         return results
-
-    def windows(self, samples: np.ndarray, chunk_length_s: float | None) -> list[Window]:
-        """The pipeline's ``chunk_iter`` (whose alignment is 1 sample for Whisper)."""
-        if chunk_length_s is None:
-            if len(samples) <= self.window_s * self.rate:
-                return [Window(samples, None)]
-            chunk_length_s = self.window_s  # longer audio: 30 s chunks, not truncation
-        chunk_len = round(chunk_length_s * self.rate)
-        stride = round(chunk_length_s / 6 * self.rate)
-        windows = []
-        for start in range(0, len(samples), chunk_len - 2 * stride):
-            chunk = samples[start : start + chunk_len]
-            is_last = start + chunk_len >= len(samples)
-            left, right = (0 if start == 0 else stride), (0 if is_last else stride)
-            if len(chunk) > left:
-                windows.append(Window(chunk, (len(chunk), left, right)))
-            if is_last:
-                break
-        return windows
 
     def _features(self, samples: np.ndarray) -> tuple[torch.Tensor, int]:
         """Log-mel features padded to the 30 s window, as the pipeline prepares them, and
@@ -514,7 +490,7 @@ class WhisperSpeech:
 
     def _merge(
         self,
-        plan: list[Window],
+        plan: list[AudioChunk],
         outputs: list[tuple[list[int], list[float] | None]],
         granularity: str | None,
     ) -> tuple[str, list[WhisperChunk]]:
