@@ -52,6 +52,7 @@ if TYPE_CHECKING:
         LlamaConfig,
         SpeechT5HifiGan,
         SpeechT5Tokenizer,
+        ViTConfig,
         Wav2Vec2Config,
         Wav2Vec2FeatureExtractor,
         WhisperTokenizer,
@@ -106,9 +107,9 @@ def _quiet_rows(weight: torch.Tensor, ids: list[int], factor: float = 0.1) -> No
 # ------------------------------------------------------------------------------ images
 
 
-def build_vit(path: Path) -> None:
-    """``tiny-vit``: ViT image classifier, 32x32 input, 8x8 patches, five labels."""
-    config = transformers.ViTConfig(
+def _tiny_vit_config(**extra: object) -> ViTConfig:
+    """The preset's ViT: 32x32 input, 8x8 patches, 2 layers of width 32."""
+    return transformers.ViTConfig(
         image_size=32,
         patch_size=8,
         hidden_size=32,
@@ -116,8 +117,13 @@ def build_vit(path: Path) -> None:
         num_attention_heads=2,
         intermediate_size=64,
         initializer_range=_INIT,
-        **_label_maps(IMAGE_LABELS),
+        **extra,
     )
+
+
+def build_vit(path: Path) -> None:
+    """``tiny-vit``: ViT image classifier, 32x32 input, 8x8 patches, five labels."""
+    config = _tiny_vit_config(**_label_maps(IMAGE_LABELS))
     with _seeded():
         model = transformers.ViTForImageClassification(config).eval()
     _save(path, model, transformers.ViTImageProcessor(size={"height": 32, "width": 32}))
@@ -237,15 +243,7 @@ def build_vit_gpt2(path: Path) -> None:
     tokenizer = train_byte_level_bpe(600)
     tokenizer.model_max_length = 64
     eos = tokenizer.eos_token_id
-    encoder = transformers.ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        initializer_range=_INIT,
-    )
+    encoder = _tiny_vit_config()
     decoder = transformers.GPT2Config(
         vocab_size=len(tokenizer),
         n_embd=64,  # wider than the ViT (32): exercises enc_to_dec_proj, varies more
