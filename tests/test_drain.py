@@ -8,10 +8,8 @@ process exits 0.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 import yaml
 
 from modelwire import APIError, AsyncClient, FinishReason, UnavailableError
-from tests.test_cli import _read_port, _wait_serving
+from tests.processes import kill_if_running, read_port, spawn_server, wait_serving
 
 GRACE_S = 60.0  # generous: the streams must finish inside it even on a loaded CI box
 STREAMS = 3
@@ -50,11 +48,11 @@ async def _inference_health(client: AsyncClient) -> str:
 async def test_sigterm_drains_running_streams_and_exits_0(
     drain_config: Path, preset_cache: Path
 ) -> None:
-    proc = _spawn(drain_config, preset_cache)
+    proc = spawn_server("--config", str(drain_config), cache=preset_cache)
     log: list[str] = []
     try:
-        target = f"127.0.0.1:{_read_port(proc, log)}"
-        await asyncio.to_thread(_wait_serving, target, proc, log)
+        target = f"127.0.0.1:{read_port(proc, log)}"
+        await asyncio.to_thread(wait_serving, target, proc, log)
         # No BDP probing: the stream window stays at 64 KiB, so streams larger than that
         # which the test has not read yet are still running in the server at SIGTERM.
         options = [("grpc.http2.bdp_probe", 0)]
@@ -64,21 +62,7 @@ async def test_sigterm_drains_running_streams_and_exits_0(
             await _drain(client, proc, log)
         assert await asyncio.to_thread(proc.wait, GRACE_S + 30) == 0, "".join(log)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def _spawn(config: Path, cache: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "MODELWIRE_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "modelwire_server", "serve", "--config", str(config)]
-    return subprocess.Popen(
-        [*command, "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
+        kill_if_running(proc)
 
 
 async def _drain(client: AsyncClient, proc: subprocess.Popen[str], log: list[str]) -> None:

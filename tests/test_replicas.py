@@ -7,10 +7,8 @@ visible in its reply.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 from modelwire import AsyncClient, NotFoundError
 from modelwire._transport import channel_target, service_config
 from modelwire_server import preset
-from tests.test_cli import _read_port, _wait_serving
+from tests.processes import kill_if_running, read_port, spawn_server, wait_serving
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +25,6 @@ def replicas(preset_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     """The targets of two server processes, each serving tiny-sentiment under its own name."""
     source = preset.ensure_model("tiny-sentiment")  # built into the session's cache
     root = tmp_path_factory.mktemp("replicas")
-    env = {**os.environ, "MODELWIRE_CACHE": str(preset_cache), "PYTHONUNBUFFERED": "1"}
     procs: list[subprocess.Popen[str]] = []
     targets: list[str] = []
     try:
@@ -36,20 +33,11 @@ def replicas(preset_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             config.write_text(
                 f"models:\n  - name: {name}\n    task: sentiment-analysis\n    source: {source}\n"
             )
-            command = ["serve", "--config", str(config), "--port", "0"]
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "modelwire_server", *command],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                    env=env,
-                )
-            )
+            procs.append(spawn_server("--config", str(config), cache=preset_cache))
         for proc in procs:
             log: list[str] = []
-            target = f"127.0.0.1:{_read_port(proc, log)}"
-            _wait_serving(target, proc, log)
+            target = f"127.0.0.1:{read_port(proc, log)}"
+            wait_serving(target, proc, log)
             targets.append(target)
         yield targets
     finally:
@@ -60,8 +48,7 @@ def replicas(preset_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                kill_if_running(proc)
 
 
 async def test_calls_spread_over_every_listed_replica(replicas: list[str]) -> None:
