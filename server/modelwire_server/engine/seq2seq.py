@@ -39,6 +39,8 @@ class Seq2SeqState:
         decoder_mask: torch.Tensor,
         encoder_hidden: torch.Tensor,
         encoder_mask: torch.Tensor,
+        *,
+        token_encoder: bool = True,
     ) -> None:
         self.cache = cache
         self.decoder = PaddedCache(cache.self_attention_cache, decoder_mask)
@@ -46,7 +48,7 @@ class Seq2SeqState:
         self.encoder_hidden = encoder_hidden  # [rows, encoder width, d_model]
         # Token encoders have a padding mask the decoder's cross-attention must see;
         # feature encoders (fixed-size inputs) have none and their models take none.
-        self.token_encoder = True
+        self.token_encoder = token_encoder
 
     @property
     def rows(self) -> int:
@@ -180,8 +182,9 @@ class Seq2SeqAdapter:
             cache=cache,
             use_cache=True,
         )
-        state = Seq2SeqState(cache, decoder_mask, hidden, mask)
-        state.token_encoder = encoder_mask is not None
+        state = Seq2SeqState(
+            cache, decoder_mask, hidden, mask, token_encoder=encoder_mask is not None
+        )
         # Encoder tokens have no next-token distribution: echoed prompts carry no logprobs.
         return PrefillOutput(out.logits[:, -1, :].float(), state, [None] * len(items))
 
