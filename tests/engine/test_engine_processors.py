@@ -38,6 +38,10 @@ class FakeRow:
     forced: tuple[int, ...] = ()
     top_logprobs: int = 0
     wants_logprobs: bool = False
+    logits_hook: None = None
+
+    def history(self) -> list[int]:
+        return []
 
 
 def _raw_logits(bundle: Bundle, prompt: list[int]) -> torch.Tensor:

@@ -21,7 +21,7 @@ from typing import Protocol
 import torch
 
 from modelwire_server.engine import logits as lp
-from modelwire_server.engine.types import ResolvedSampling
+from modelwire_server.engine.types import LogitsHook, ResolvedSampling
 
 
 class SamplingRow(Protocol):
@@ -37,6 +37,11 @@ class SamplingRow(Protocol):
     forced: tuple[int, ...]  # the only ids allowed at this step (forced BOS/EOS), or ()
     top_logprobs: int
     wants_logprobs: bool
+    logits_hook: LogitsHook | None  # the request's own processor (Whisper timestamps)
+
+    def history(self) -> list[int]:
+        """The row's tokens so far, as the logits hook sees them."""
+        ...
 
 
 @dataclass(slots=True)
@@ -82,9 +87,8 @@ def apply_penalties(scores: torch.Tensor, rows: list[SamplingRow]) -> torch.Tens
         if row.forced:  # ForcedBOS/EOSTokenLogitsProcessor: forced ids 0, all else -inf
             scores[i] = lp.NEG_INF
             scores[i, list(row.forced)] = 0.0
-        hook = getattr(row, "logits_hook", None)
-        if hook is not None:
-            scores[i] = hook(row.history(), scores[i])
+        if row.logits_hook is not None:
+            scores[i] = row.logits_hook(row.history(), scores[i])
     return scores
 
 
