@@ -162,6 +162,7 @@ class CausalLMAdapter:
             getattr(model.config, name, None) for name in ("image_token_id", "image_token_index")
         }
         self.pad_id = next(i for i in range(len(placeholders) + 1) if i not in placeholders)
+        self._decode_mask = decode_mask_kind(config)
 
     @torch.inference_mode()
     def prefill(self, inputs: list[PrefillInput]) -> PrefillOutput:
@@ -203,13 +204,41 @@ class CausalLMAdapter:
         step_mask = state.mask_for_step()
         out = self.model(
             input_ids=tokens.to(self.device).view(-1, 1),
-            attention_mask=step_mask,
+            attention_mask=decode_attention_mask(self._decode_mask, state, step_mask),
             position_ids=state.positions().view(-1, 1),
             cache=state.cache,
             use_cache=True,
         )
         state.commit_step(step_mask)
         return out.logits[:, -1, :].float()
+
+
+def decode_mask_kind(config: Any) -> str:
+    """How a decode step passes its mask to this decoder (``config``: its text config).
+
+    A one-token step attends to every real column of its row, so a mask only has to
+    say which columns are padding: with none, ``"none"`` passes no mask at all (as
+    ``generate`` ends up doing; transformers then skips building one, and on CUDA, sdpa
+    can take its grouped-query path); with padding, an sdpa model gets the boolean
+    ``[rows, 1, 1, columns]`` mask sdpa takes (``"sdpa"``), which transformers uses as
+    it is instead of rebuilding it from the 2D mask every step. A sliding-window model
+    keeps the 2D mask (``"2d"``): transformers cuts the window out of it.
+    """
+    layer_types = getattr(config, "layer_types", None) or ()
+    if getattr(config, "sliding_window", None) or any("sliding" in str(t) for t in layer_types):
+        return "2d"
+    return "sdpa" if getattr(config, "_attn_implementation", None) == "sdpa" else "none"
+
+
+def decode_attention_mask(kind: str, state: PaddedCache, step_mask: torch.Tensor) -> Any:
+    """The ``attention_mask`` argument of a decode step (see ``decode_mask_kind``)."""
+    if kind == "2d":
+        return step_mask
+    if not state.padded():
+        return None
+    if kind == "sdpa":
+        return step_mask.bool()[:, None, None, :]
+    return step_mask
 
 
 def _extras_signature(extras: dict[str, Any]) -> tuple[object, ...]:

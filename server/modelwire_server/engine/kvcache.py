@@ -123,7 +123,25 @@ class PaddedCache:
 
     def __init__(self, cache: DynamicCache, mask: torch.Tensor) -> None:
         self.cache = cache
-        self.mask = mask
+        self._mask = mask
+        self._padded: bool | None = None
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self._mask
+
+    @mask.setter
+    def mask(self, value: torch.Tensor) -> None:
+        self._mask = value
+        self._padded = None  # rows joined, left or were cut: look again when asked
+
+    def padded(self) -> bool:
+        """Whether any row has padding (a masked column). Decode steps append a column
+        of ones, which keeps the answer; only select, merge and trim make it look at
+        the mask again (one device sync each, not one per step)."""
+        if self._padded is None:
+            self._padded = not bool(self._mask.all())
+        return self._padded
 
     @property
     def rows(self) -> int:
@@ -147,7 +165,7 @@ class PaddedCache:
 
     def commit_step(self, step_mask: torch.Tensor) -> None:
         """Adopt the mask of a decode step whose forward pass has appended its column."""
-        self.mask = step_mask
+        self._mask = step_mask  # one more column of ones: padded() stays what it was
 
     def rollback(self) -> None:
         """Cut layers back to the mask's width after a forward pass failed midway."""
