@@ -18,9 +18,14 @@ from engine_helpers import (
     submit,
     wordpiece_tokenizer,
 )
+from tokenizers import decoders
 
 from modelwire_server.engine import FinishReason, SamplingParams, StoppingParams
-from modelwire_server.engine.detokenizer import IncrementalDetokenizer, byte_fallback_ids
+from modelwire_server.engine.detokenizer import (
+    IncrementalDetokenizer,
+    byte_fallback_ids,
+    fast_decode,
+)
 from modelwire_server.engine.stops import StopMatcher
 
 MULTIBYTE = "数据 🙂 日本語 👍🏽 naïve Ω≈ç √ 🚀🚀 ok"
@@ -76,6 +81,32 @@ def test_wordpiece_streams_exactly() -> None:
         prompt = [rng.choice(words) for _ in range(rng.randrange(1, 8))]
         output = [rng.choice(words) for _ in range(rng.randrange(1, 25))]
         assert "".join(_stream(tokenizer, prompt, output)) == _expected(tokenizer, prompt, output)
+
+
+@pytest.mark.parametrize(
+    "make", [byte_level_tokenizer, byte_fallback_tokenizer, wordpiece_tokenizer]
+)
+@pytest.mark.parametrize("cleanup", [False, True])
+def test_fast_decode_is_the_tokenizers_decode(make, cleanup: bool) -> None:
+    """The detokenizer's shortcut past transformers' ``decode`` wrapper (clean-up of
+    spaces included, which transformers refuses for BPE) gives what ``decode`` gives."""
+    tokenizer = make()
+    if make is wordpiece_tokenizer:  # leave the clean-up to transformers, not the decoder
+        tokenizer.backend_tokenizer.decoder = decoders.WordPiece(cleanup=False)
+    tokenizer.clean_up_tokenization_spaces = cleanup
+    decode = fast_decode(tokenizer)
+    assert "tokenizer" not in decode.__code__.co_names  # the shortcut, not the wrapper
+    rng = random.Random(2)
+    samples = [tokenizer("hello , world . it 's ok ?")["input_ids"]]
+    samples += [
+        [rng.randrange(len(tokenizer)) for _ in range(rng.randrange(1, 20))] for _ in range(40)
+    ]
+    for ids in samples:
+        for skip in (True, False):
+            assert decode(ids, skip) == tokenizer.decode(ids, skip_special_tokens=skip)
+    if make is wordpiece_tokenizer and cleanup:  # the clean-up did change something
+        raw = tokenizer.backend_tokenizer.decode(samples[0], skip_special_tokens=True)
+        assert decode(samples[0], True) != raw
 
 
 def test_engine_deltas_concatenate_to_the_text(llama: Bundle) -> None:
