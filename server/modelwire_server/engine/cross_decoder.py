@@ -78,8 +78,9 @@ class CrossDecoderState:
         return self.rows * (self.decoder.width + self.cross.width)
 
     def image_mask(self) -> torch.Tensor | None:
-        """The cross-attention mask, or None when every image column is real."""
-        return None if bool(self.cross.mask.all()) else self.cross.mask
+        """The cross-attention mask, or None when every image column is real (known
+        without a device sync at each step: see ``PaddedCache.padded``)."""
+        return self.cross.mask if self.cross.padded() else None
 
 
 def _pad_left(hidden: torch.Tensor, width: int) -> torch.Tensor:
