@@ -64,6 +64,14 @@ models:
             "more than once",
         ),
         ({"port": 70000}, "port"),
+        (
+            {"models": [{"name": "a", "task": "ner", "source": "x", "stream_interval_ms": -1}]},
+            "stream_interval_ms must be between 0 and 1000",
+        ),
+        (
+            {"models": [{"name": "a", "task": "ner", "source": "x", "stream_interval_ms": 5000}]},
+            "stream_interval_ms",
+        ),
     ],
 )
 def test_bad_config_is_refused_naming_the_problem(raw: dict, message: str) -> None:

@@ -42,6 +42,10 @@ class ConfigError(ValueError):
     """A configuration problem, worded for the operator."""
 
 
+# Past a second, a "stream" would be a poll: refuse it as a likely unit mistake.
+MAX_STREAM_INTERVAL_MS = 1000.0
+
+
 @dataclass
 class ModelConfig:
     """One served model."""
@@ -71,6 +75,10 @@ class ModelConfig:
     max_waiting: int = 256
     max_new_tokens: int = 4096
     default_max_new_tokens: int = 256
+    # Generate streams: after a message with new tokens, a stream's next message waits
+    # this long and carries every token made meanwhile (0: each step's at once). Fewer
+    # messages when steps are fast and streams many; first and final messages never wait.
+    stream_interval_ms: float = 0.0
     preset: bool = False
 
 
@@ -182,6 +190,10 @@ def validate_model(model: ModelConfig, where: str) -> None:
         raise ConfigError(f"{where}.max_audio_seconds must be positive")
     if model.max_wait_ms < 0:
         raise ConfigError(f"{where}.max_wait_ms must not be negative")
+    if not 0 <= model.stream_interval_ms <= MAX_STREAM_INTERVAL_MS:
+        raise ConfigError(
+            f"{where}.stream_interval_ms must be between 0 and {MAX_STREAM_INTERVAL_MS}"
+        )
     if model.default_max_new_tokens > model.max_new_tokens:
         raise ConfigError(f"{where}.default_max_new_tokens must not exceed max_new_tokens")
 

@@ -4,11 +4,18 @@ The engine calls the sink from its worker thread; the servicer awaits the buffer
 event loop. A slow reader never stalls the engine or other streams: events pile up in
 its own buffer and are taken all at once, and consecutive deltas of one sequence are
 merged into one message.
+
+A stream may also hold its deltas back on purpose (``take(not_before=...)``, the
+model's ``stream_interval_ms``): every message costs the event loop, and the GIL it
+shares with the engine, about the same whatever it carries, so when steps are fast
+and streams many, a few tokens per message keep the loop from setting the pace. Any
+other event (a sequence's end, a failure) is taken at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 from modelwire_server.engine.types import Delta, Event, Finished
@@ -21,24 +28,38 @@ class EventBuffer:
         self._loop = loop
         self._lock = threading.Lock()
         self._pending: list[Event] = []
+        self._urgent = False  # a pending event is not a delta: do not hold it back
         self._ready = asyncio.Event()
 
     def __call__(self, event: Event) -> None:
+        urgent = not isinstance(event, Delta)
         with self._lock:
             self._pending.append(event)
-            wake = len(self._pending) == 1
+            # Wake the loop for the first pending event, and again for the first one
+            # that must not wait (the loop may be holding deltas back).
+            wake = len(self._pending) == 1 or (urgent and not self._urgent)
+            self._urgent = self._urgent or urgent
         if wake:
             try:
                 self._loop.call_soon_threadsafe(self._ready.set)
             except RuntimeError:  # the loop is closed: the call is long gone
                 pass
 
-    async def take(self) -> list[Event]:
-        """Wait for events and return every one that is pending."""
+    async def take(self, not_before: float | None = None) -> list[Event]:
+        """Wait for events and return every one that is pending; with ``not_before`` (a
+        loop time), deltas alone are held until then."""
         while True:
             await self._ready.wait()
+            delay = 0.0 if not_before is None else not_before - self._loop.time()
+            if delay > 0 and not self._urgent:
+                # Sleep on the buffer: only an urgent event wakes it before the time.
+                self._ready.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._ready.wait()
             with self._lock:
                 events, self._pending = self._pending, []
+                self._urgent = False
                 self._ready.clear()
             if events:
                 return events

@@ -218,9 +218,14 @@ async def generate(
     prepared = handle.group.prepared
     expected, beam = prepared.sampling.n, prepared.is_beam
     finished: set[int] = set()
+    loop = asyncio.get_running_loop()
+    interval = runner.config.stream_interval_ms / 1000
+    not_before: float | None = None  # deltas wait until then (stream_interval_ms)
     try:
         while len(finished) < expected:
-            events = merge_deltas(await buffer.take())
+            events = merge_deltas(await buffer.take(not_before))
+            if interval and any(isinstance(e, et.Delta) and e.tokens for e in events):
+                not_before = loop.time() + interval
             for event in events:
                 if isinstance(event, et.Failed):
                     raise _as_domain(event.error)

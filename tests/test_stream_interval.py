@@ -1,0 +1,101 @@
+"""``stream_interval_ms``: a Generate stream holds its deltas back for the interval after
+each message with tokens, so a message carries every token made meanwhile; a sequence's
+end (or a failure) is never held; the tokens and text are the same either way."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import pytest
+from transformers import AutoTokenizer
+
+from modelwire import AsyncClient, FinishReason
+from modelwire_server.engine.types import Delta, Event, Finished, TokenInfo, Usage
+from modelwire_server.engine.types import FinishReason as EngineReason
+from modelwire_server.streams import EventBuffer
+from tests.conftest import RunningServer, preset_server
+from tests.test_generate import reference_greedy
+
+NEW_TOKENS = 48
+
+
+def delta(text: str) -> Delta:
+    return Delta(0, text, [TokenInfo(id=1, text=text, logprob=None, top=[], special=False)])
+
+
+def finished() -> Finished:
+    return Finished(0, EngineReason.LENGTH, "", [], Usage(1, 1, 0.0, 0.0, 0.0), None)
+
+
+def push_later(buffer: EventBuffer, events: list[Event], after_s: float) -> threading.Thread:
+    """Push ``events`` from another thread (as the engine's worker does) after a pause."""
+
+    def run() -> None:
+        threading.Event().wait(after_s)
+        for event in events:
+            buffer(event)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+async def test_held_deltas_go_out_together() -> None:
+    loop = asyncio.get_running_loop()
+    buffer = EventBuffer(loop)
+    buffer(delta("a"))
+    pusher = push_later(buffer, [delta("b")], after_s=0.05)
+    # Held for 0.5 s: "b", pushed meanwhile, comes in the same take as "a".
+    events = await asyncio.wait_for(buffer.take(not_before=loop.time() + 0.5), 10)
+    pusher.join()
+    assert [e.text for e in events if isinstance(e, Delta)] == ["a", "b"]
+    # Without a hold, a take returns what is pending at once.
+    buffer(delta("c"))
+    assert [e.text for e in await asyncio.wait_for(buffer.take(), 10)] == ["c"]
+
+
+async def test_a_sequence_end_is_never_held() -> None:
+    loop = asyncio.get_running_loop()
+    buffer = EventBuffer(loop)
+    buffer(delta("a"))
+    pusher = push_later(buffer, [finished()], after_s=0.05)
+    # A 60 s hold: the Finished event must cut it short (well inside wait_for's 10 s).
+    events = await asyncio.wait_for(buffer.take(not_before=loop.time() + 60), 10)
+    pusher.join()
+    assert isinstance(events[-1], Finished)
+    # Also when the end is already pending as the hold begins.
+    buffer(delta("b"))
+    buffer(finished())
+    await asyncio.sleep(0)  # let the buffer's wake-up run
+    events = await asyncio.wait_for(buffer.take(not_before=loop.time() + 60), 10)
+    assert isinstance(events[-1], Finished)
+
+
+@pytest.fixture(scope="module")
+def held_server(preset_cache) -> Iterator[RunningServer]:
+    with preset_server(["tiny-gpt2"], stream_interval_ms=200) as running:
+        yield running
+
+
+async def test_streams_carry_several_tokens_per_message(held_server: RunningServer) -> None:
+    source = held_server.runner("tiny-gpt2").config.source
+    prompt = "The quick brown fox"
+    async with AsyncClient(held_server.target, timeout=120) as client:
+        chunks = []
+        async with client.generate_stream(
+            prompt, model="tiny-gpt2", temperature=0, max_new_tokens=NEW_TOKENS, ignore_eos=True
+        ) as stream:
+            async for chunk in stream:
+                chunks.append(chunk)
+            final = await stream.final()
+    with_tokens = [c for c in chunks if c.tokens]
+    ids = [t.id for c in with_tokens for t in c.tokens]
+    assert ids == reference_greedy(source, prompt, NEW_TOKENS)  # same tokens as ever
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    text = "".join(c.text for c in chunks)
+    assert text == final.sequences[0].text == tokenizer.decode(ids, skip_special_tokens=True)
+    assert final.sequences[0].finish_reason == FinishReason.LENGTH
+    # The tiny model makes tokens far faster than one per 200 ms: they come in bunches.
+    assert len(with_tokens) <= NEW_TOKENS // 3, [len(c.tokens) for c in with_tokens]
