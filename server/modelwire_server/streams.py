@@ -17,15 +17,53 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Callable
 
 from modelwire_server.engine.types import Delta, Event, Finished
 
 
-class EventBuffer:
-    """A thread-safe sink (``__call__``) with an async ``take()`` for the loop."""
+class WakeBatcher:
+    """The event-loop wake-ups of many buffers, sent together once per engine step.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    Waking a loop from another thread is a write to its self-pipe: a system call during
+    which the engine's thread lets go of the GIL, which the loop's thread, relaying
+    tokens, takes. One wake-up per stream per step made that hand-over happen once per
+    stream; the driver ``flush``es once per step instead.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._due: dict[asyncio.AbstractEventLoop, list[Callable[[], object]]] = {}
+
+    def defer(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], object]) -> None:
+        with self._lock:
+            self._due.setdefault(loop, []).append(wake)
+
+    def flush(self) -> None:
+        with self._lock:
+            due, self._due = self._due, {}
+        for loop, wakes in due.items():
+            try:
+                loop.call_soon_threadsafe(_call_all, wakes)
+            except RuntimeError:  # the loop is closed: its calls are long gone
+                pass
+
+
+def _call_all(callbacks: list[Callable[[], object]]) -> None:
+    for callback in callbacks:
+        callback()
+
+
+class EventBuffer:
+    """A thread-safe sink (``__call__``) with an async ``take()`` for the loop.
+
+    With a ``batcher``, its wake-ups wait for the batcher's next ``flush`` (the engine
+    driver's, after each step): only an engine stepped by that driver may feed it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, batcher: WakeBatcher | None = None) -> None:
         self._loop = loop
+        self._batcher = batcher
         self._lock = threading.Lock()
         self._pending: list[Event] = []
         self._urgent = False  # a pending event is not a delta: do not hold it back
@@ -39,11 +77,15 @@ class EventBuffer:
             # that must not wait (the loop may be holding deltas back).
             wake = len(self._pending) == 1 or (urgent and not self._urgent)
             self._urgent = self._urgent or urgent
-        if wake:
-            try:
-                self._loop.call_soon_threadsafe(self._ready.set)
-            except RuntimeError:  # the loop is closed: the call is long gone
-                pass
+        if not wake:
+            return
+        if self._batcher is not None:
+            self._batcher.defer(self._loop, self._ready.set)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._ready.set)
+        except RuntimeError:  # the loop is closed: the call is long gone
+            pass
 
     async def take(self, not_before: float | None = None) -> list[Event]:
         """Wait for events and return every one that is pending; with ``not_before`` (a

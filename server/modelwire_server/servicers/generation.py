@@ -25,7 +25,7 @@ from modelwire_server.engine import types as et
 from modelwire_server.engine.errors import EngineError
 from modelwire_server.interceptors import current_request_id
 from modelwire_server.servicers.common import RpcGroup, deadline_of, optional
-from modelwire_server.streams import EventBuffer, merge_deltas
+from modelwire_server.streams import merge_deltas
 from modelwire_server.tasks.seq2seq import SummarizationTask, TranslationTask
 from modelwire_server.tasks.text_generation import (
     ChatTurn,
@@ -213,7 +213,7 @@ async def generate(
         request_id=request_id,
         deadline=deadline_of(context),
     )
-    buffer = EventBuffer(asyncio.get_running_loop())
+    buffer = runner.driver.buffer()
     handle = runner.submit(gen_request, buffer)
     prepared = handle.group.prepared
     expected, beam = prepared.sampling.n, prepared.is_beam

@@ -30,7 +30,7 @@ from modelwire_server.engine.types import (
     GenerationRequest,
     Sink,
 )
-from modelwire_server.streams import EventBuffer
+from modelwire_server.streams import EventBuffer, WakeBatcher
 from modelwire_server.tasks.base import TaskRunner
 from modelwire_server.worker import DeviceWorker
 
@@ -127,6 +127,11 @@ class EngineDriver:
         self._users = 0
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
+        self.wakes = WakeBatcher()  # the step's stream wake-ups, flushed after it
+
+    def buffer(self) -> EventBuffer:
+        """A sink for a request to this driver's engine, read on the running loop."""
+        return EventBuffer(asyncio.get_running_loop(), self.wakes)
 
     async def start(self) -> None:
         self._users += 1
@@ -164,7 +169,10 @@ class EngineDriver:
         """On the worker: steps while there is work, nobody else waits, and time is left."""
         until = time.monotonic() + self.burst_s
         while True:
-            self.engine.step()
+            try:
+                self.engine.step()
+            finally:
+                self.wakes.flush()
             if (
                 not self.engine.has_work()
                 or self.worker.has_waiting_jobs()
@@ -244,13 +252,12 @@ class TextGenerationTask(TaskRunner):
         and return each one's final text, in order. An error, or a caller that goes away,
         cancels them all. A request the engine refuses for its prompt is INVALID_ARGUMENT
         naming ``{input_field}[i]`` (None: the engine's own field name)."""
-        loop = asyncio.get_running_loop()
         handles: list[Handle] = []
         results: list[TextResult] = []
         try:
             buffers = []
             for i, request in enumerate(requests):
-                buffers.append(EventBuffer(loop))
+                buffers.append(self.driver.buffer())
                 handles.append(self._submit_one(request, buffers[-1], input_field, i))
             results = list(await asyncio.gather(*(_final_text(b) for b in buffers)))
             return results

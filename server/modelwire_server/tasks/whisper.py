@@ -78,7 +78,6 @@ from modelwire_server.media import (
     audio_chunks,
     decode_clips,
 )
-from modelwire_server.streams import EventBuffer
 from modelwire_server.tasks.text_generation import EngineDriver, domain_error, run_inline
 
 WINDOW_S = 30.0  # Whisper's window (the feature extractor's chunk_length) if unsaid
@@ -453,8 +452,7 @@ class WhisperSpeech:
 
     async def _run(self, request: GenerationRequest) -> list[int]:
         """Submit one request and collect its token ids."""
-        loop = asyncio.get_running_loop()
-        buffer = EventBuffer(loop)
+        buffer = self.driver.buffer()
         try:
             handle: Handle = self.engine.submit(request, buffer)
         except engine_errors.InvalidRequest as exc:

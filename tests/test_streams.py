@@ -1,6 +1,9 @@
-"""``stream_interval_ms``: a Generate stream holds its deltas back for the interval after
+"""Event buffers between the engine and Generate streams.
+
+``stream_interval_ms``: a Generate stream holds its deltas back for the interval after
 each message with tokens, so a message carries every token made meanwhile; a sequence's
-end (or a failure) is never held; the tokens and text are the same either way."""
+end (or a failure) is never held; the tokens and text are the same either way.
+``WakeBatcher``: buffers fed by an engine driver wake the loop once per step."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from transformers import AutoTokenizer
 from modelwire import AsyncClient, FinishReason
 from modelwire_server.engine.types import Delta, Event, Finished, TokenInfo, Usage
 from modelwire_server.engine.types import FinishReason as EngineReason
-from modelwire_server.streams import EventBuffer
+from modelwire_server.streams import EventBuffer, WakeBatcher
 from tests.conftest import RunningServer, preset_server
 from tests.test_generate import reference_greedy
 
@@ -71,6 +74,22 @@ async def test_a_sequence_end_is_never_held() -> None:
     await asyncio.sleep(0)  # let the buffer's wake-up run
     events = await asyncio.wait_for(buffer.take(not_before=loop.time() + 60), 10)
     assert isinstance(events[-1], Finished)
+
+
+async def test_batched_wake_ups_wait_for_the_flush() -> None:
+    loop = asyncio.get_running_loop()
+    batcher = WakeBatcher()
+    buffers = [EventBuffer(loop, batcher) for _ in range(3)]
+    pusher = push_later(buffers[0], [delta("a")], after_s=0.0)
+    pusher.join()
+    # Pushed, but the loop was not woken: nothing comes until the batcher flushes.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(buffers[0].take(), 0.3)
+    for i, buffer in enumerate(buffers[1:], 1):
+        buffer(delta(str(i)))
+    batcher.flush()  # one wake-up call for all three
+    takes = [await asyncio.wait_for(b.take(), 10) for b in buffers]
+    assert [[e.text for e in events] for events in takes] == [["a"], ["1"], ["2"]]
 
 
 @pytest.fixture(scope="module")
