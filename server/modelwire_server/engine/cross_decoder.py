@@ -28,6 +28,7 @@ from transformers import DynamicCache, EncoderDecoderCache
 from modelwire_server.engine.adapter import (
     PrefillInput,
     PrefillOutput,
+    decode_attention_mask,
     left_padded,
     model_context_length,
     prompt_logits,
@@ -147,7 +148,7 @@ class CrossDecoderAdapter:
         step_mask = state.decoder.mask_for_step()
         out = self.decoder(
             input_ids=tokens.to(self.device).view(-1, 1),
-            attention_mask=step_mask,
+            attention_mask=decode_attention_mask("none", state.decoder, step_mask),
             position_ids=state.decoder.positions().view(-1, 1),
             encoder_hidden_states=state.image_embeds,
             encoder_attention_mask=state.image_mask(),

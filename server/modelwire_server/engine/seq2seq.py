@@ -25,7 +25,12 @@ import torch.nn.functional as F
 from transformers import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
-from modelwire_server.engine.adapter import PrefillInput, PrefillOutput, prefill_in_groups
+from modelwire_server.engine.adapter import (
+    PrefillInput,
+    PrefillOutput,
+    decode_attention_mask,
+    prefill_in_groups,
+)
 from modelwire_server.engine.kvcache import PaddedCache, growable_cache
 from modelwire_server.engine.positions import DecoderPositions
 
@@ -201,7 +206,8 @@ class Seq2SeqAdapter:
             out = self.model(
                 encoder_outputs=BaseModelOutput(last_hidden_state=state.encoder_hidden),
                 decoder_input_ids=tokens,
-                decoder_attention_mask=step_mask,
+                # No mask without padding: transformers then builds none either.
+                decoder_attention_mask=decode_attention_mask("none", state.decoder, step_mask),
                 cache=state.cache,
                 use_cache=True,
                 **kwargs,
