@@ -16,7 +16,7 @@ beside the ratios:
 Ratios are printed twice: of the medians (the target's definition), and as the median
 of each round's own ratio, which a box whose speed drifts between rounds moves less.
 
-    python bench/generate.py [--threads 2] [--rounds 3] [--device cpu|cuda]
+    python bench/generate.py [--threads 2] [--rounds 3] [--device cpu|cuda] [--cpu-prepack]
 
 On CUDA the model runs in bfloat16 on both sides.
 """
@@ -157,6 +157,11 @@ async def ttft_under_load(client: Any, prompts: list[str]) -> tuple[float, float
 async def main() -> None:
     parser = base_parser(__doc__, None)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--cpu-prepack",
+        action="store_true",
+        help="serve with cpu_prepack (oneDNN-packed linear layers; generate() stays as is)",
+    )
     args = parser.parse_args()
 
     from modelwire import AsyncClient
@@ -173,7 +178,7 @@ async def main() -> None:
         baseline = Baseline(path, args.device)
         dtype = "bfloat16" if args.device == "cuda" else "float32"
         entry = model_entry("bench", "text-generation", path, device=args.device, dtype=dtype,
-                            max_batch_tokens=16384)  # fmt: skip
+                            max_batch_tokens=16384, cpu_prepack=args.cpu_prepack)  # fmt: skip
         with serve(Path(tmp) / "bench.yaml", [entry], args.threads) as server:
             async with AsyncClient(server.target, timeout=600) as client:
                 await client.wait_until_ready(timeout=300)
@@ -200,6 +205,7 @@ def report(results: dict[str, list[float]], args: argparse.Namespace) -> None:
     print(
         f"Generate, GPT-2-small-shaped random model, {args.device}, {args.threads} threads, "
         f"{PROMPT_TOKENS}-token prompts, {NEW_TOKENS} new tokens, median of {args.rounds}"
+        + (", server with cpu_prepack" if args.cpu_prepack else "")
     )
     for name, values in results.items():
         unit = "s" if name.startswith("ttft") else "tok/s"

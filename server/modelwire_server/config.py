@@ -58,6 +58,9 @@ class ModelConfig:
     device: str = "auto"
     dtype: str = "auto"
     trust_remote_code: bool = False
+    # float32 on the CPU: linear layers packed for oneDNN at load (modelwire_server.prepack):
+    # about 2x faster small batches, results equal to float rounding, not bit for bit.
+    cpu_prepack: bool = False
     # One-shot tasks: the dynamic batcher.
     max_batch_size: int = 32
     max_wait_ms: float = 5.0

@@ -10,6 +10,7 @@ values. One-shot runners put each input through a DynamicBatcher whose batch fun
 from __future__ import annotations
 
 import json
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,10 @@ import torch
 from modelwire_server.batcher import DynamicBatcher
 from modelwire_server.config import ModelConfig
 from modelwire_server.errors import InvalidArgument
+from modelwire_server.prepack import prepack_linears
 from modelwire_server.worker import DeviceWorker
+
+log = logging.getLogger(__name__)
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -72,8 +76,21 @@ class TaskRunner(ABC):
         return kwargs
 
     def place(self, model: Any) -> Any:
-        """Move a loaded model to its device and dtype, in inference mode."""
-        return model.to(device=self.device, dtype=self.dtype).eval()
+        """Move a loaded model to its device and dtype, in inference mode (with
+        ``cpu_prepack``, a float32 CPU model's linear layers packed for oneDNN)."""
+        model = model.to(device=self.device, dtype=self.dtype).eval()
+        if self.config.cpu_prepack:
+            if self.device.type == "cpu" and self.dtype == torch.float32:
+                packed = prepack_linears(model)
+                log.info("%s: %d linear layers packed for oneDNN", self.config.name, packed)
+            else:
+                log.warning(
+                    "%s: cpu_prepack applies to float32 on the CPU, not %s %s; left as is",
+                    self.config.name,
+                    self.device,
+                    self.dtype,
+                )
+        return model
 
 
 class BatchedTask(TaskRunner, Generic[ItemT, ResultT]):
