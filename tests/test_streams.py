@@ -15,21 +15,59 @@ import pytest
 from transformers import AutoTokenizer
 
 from modelwire import AsyncClient, FinishReason
-from modelwire_server.engine.types import Delta, Event, Finished, TokenInfo, Usage
+from modelwire_server.engine.types import (
+    Delta,
+    Event,
+    Failed,
+    Finished,
+    PromptInfo,
+    TokenInfo,
+    Usage,
+)
 from modelwire_server.engine.types import FinishReason as EngineReason
-from modelwire_server.streams import EventBuffer, WakeBatcher
+from modelwire_server.streams import EventBuffer, WakeBatcher, merge_deltas
 from tests.conftest import RunningServer, preset_server
 from tests.test_generate import reference_greedy
 
 NEW_TOKENS = 48
 
 
-def delta(text: str) -> Delta:
-    return Delta(0, text, [TokenInfo(id=1, text=text, logprob=None, top=[], special=False)])
+def delta(text: str, index: int = 0) -> Delta:
+    return Delta(index, text, [TokenInfo(id=1, text=text, logprob=None, top=[], special=False)])
 
 
-def finished() -> Finished:
-    return Finished(0, EngineReason.LENGTH, "", [], Usage(1, 1, 0.0, 0.0, 0.0), None)
+def finished(index: int = 0) -> Finished:
+    return Finished(index, EngineReason.LENGTH, "", [], Usage(1, 1, 0.0, 0.0, 0.0), None)
+
+
+def test_each_sequences_deltas_merge_in_order_before_its_end() -> None:
+    prompt = PromptInfo(prompt_tokens=3, tokens=None)
+    events: list[Event] = [
+        prompt,
+        delta("a", 0),
+        delta("x", 1),
+        delta("b", 0),
+        delta("y", 1),
+        finished(1),
+        delta("c", 0),
+        finished(0),
+    ]
+    merged = merge_deltas(events)
+    assert merged[0] is prompt
+    shown = [
+        (type(e).__name__, e.index, e.text if isinstance(e, Delta) else "") for e in merged[1:]
+    ]
+    assert shown == [
+        ("Delta", 0, "abc"),
+        ("Delta", 1, "xy"),
+        ("Finished", 1, ""),
+        ("Finished", 0, ""),
+    ]
+    assert [len(e.tokens) for e in merged[1:3]] == [3, 2]  # type: ignore[union-attr]
+    # A delta after the sequence's end would start afresh; a failure is a barrier.
+    failed = Failed(RuntimeError("boom"))
+    merged = merge_deltas([delta("a"), failed, delta("b")])
+    assert [type(e).__name__ for e in merged] == ["Delta", "Failed", "Delta"]
 
 
 def push_later(buffer: EventBuffer, events: list[Event], after_s: float) -> threading.Thread:

@@ -108,14 +108,31 @@ class EventBuffer:
 
 
 def merge_deltas(events: list[Event]) -> list[Event]:
-    """Fold runs of deltas of the same sequence into one delta (text and tokens joined)."""
+    """Fold each sequence's deltas into one delta (text and tokens joined, in order).
+
+    Sequences of one request (``n`` > 1) interleave step by step; each keeps its own
+    order and its deltas come before its ``Finished``, which is all a reader relies on.
+    Any other event (the prompt's, a failure) is a barrier nothing moves across."""
     merged: list[Event] = []
+    open_at: dict[int, int] = {}  # sequence index -> where its delta in ``merged`` is
     for event in events:
-        last = merged[-1] if merged else None
-        if isinstance(event, Delta) and isinstance(last, Delta) and last.index == event.index:
-            merged[-1] = Delta(event.index, last.text + event.text, [*last.tokens, *event.tokens])
+        if isinstance(event, Delta):
+            at = open_at.get(event.index)
+            if at is None:
+                open_at[event.index] = len(merged)
+                merged.append(event)
+            else:
+                last = merged[at]
+                assert isinstance(last, Delta)
+                merged[at] = Delta(
+                    event.index, last.text + event.text, [*last.tokens, *event.tokens]
+                )
+            continue
+        if isinstance(event, Finished):
+            open_at.pop(event.index, None)
         else:
-            merged.append(event)
+            open_at.clear()
+        merged.append(event)
     return merged
 
 
