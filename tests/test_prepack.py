@@ -14,6 +14,7 @@ from transformers.pytorch_utils import Conv1D
 from modelwire import AsyncClient
 from modelwire_server.prepack import PackedLinear, prepack_linears
 from tests.conftest import RunningServer, preset_server
+from tests.test_classify_text import TEXTS, reference_scores
 from tests.test_generate import PROMPTS, reference_greedy
 
 pytestmark = pytest.mark.skipif(
@@ -69,7 +70,7 @@ def test_a_packed_model_gives_the_same_logits() -> None:
 
 @pytest.fixture(scope="module")
 def packed_server(preset_cache) -> Iterator[RunningServer]:
-    with preset_server(["tiny-gpt2", "tiny-llama"], cpu_prepack=True) as running:
+    with preset_server(["tiny-gpt2", "tiny-llama", "tiny-sentiment"], cpu_prepack=True) as running:
         yield running
 
 
@@ -98,3 +99,18 @@ async def test_generate_on_a_packed_model(packed_server: RunningServer, model: s
                 logits = reference(**encoded).logits[0, -1]
             expected = torch.log_softmax(logits, dim=-1)[tokens[0].id].item()
             assert tokens[0].logprob == pytest.approx(expected, abs=1e-4)
+
+
+async def test_one_shot_tasks_on_a_packed_model(packed_server: RunningServer) -> None:
+    """The option is per model, whatever its task: a packed classifier scores like the
+    pipeline on the unpacked one, to float rounding."""
+    runner = packed_server.runner("tiny-sentiment")
+    assert any(isinstance(m, PackedLinear) for m in runner.model.modules())
+    expected = reference_scores(runner.config.source, TEXTS)
+    async with AsyncClient(packed_server.target, timeout=120) as client:
+        results = await client.classify_text(TEXTS, model="tiny-sentiment", top_k=100)
+    for result, reference in zip(results, expected, strict=True):
+        got = {ls.label: ls.score for ls in result.labels}
+        assert got.keys() == reference.keys()
+        for label, score in reference.items():
+            assert got[label] == pytest.approx(score, abs=1e-4)
