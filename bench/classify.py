@@ -6,7 +6,10 @@ over the same inputs, batched (batch_size 32) and one at a time. Same model (a
 BERT-base-shaped random model built like the preset), same torch thread count, all
 warmed up, runs interleaved, median of 3. Prints raw numbers and ratios.
 
-    python bench/classify.py [--requests 256] [--threads 2] [--rounds 3]
+    python bench/classify.py [--requests 256] [--threads 2] [--rounds 3] [--cpu-prepack]
+
+``--cpu-prepack`` serves the model with that option (oneDNN-packed linear layers); the
+pipeline stays as transformers makes it.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ def run_pipeline(classifier: object, inputs: list[str], batch_size: int) -> floa
 
 async def main() -> None:
     parser = common.base_parser(__doc__, 256)
+    parser.add_argument("--cpu-prepack", action="store_true")
     args = parser.parse_args()
 
     import transformers
@@ -66,7 +70,12 @@ async def main() -> None:
         model = build_model(Path(tmp))
         classifier = transformers.pipeline("sentiment-analysis", model=str(model), device="cpu")
         entry = common.model_entry(
-            "bench", "sentiment-analysis", model, max_batch_size=32, max_wait_ms=5
+            "bench",
+            "sentiment-analysis",
+            model,
+            max_batch_size=32,
+            max_wait_ms=5,
+            cpu_prepack=args.cpu_prepack,
         )
         with common.serve(Path(tmp) / "bench.yaml", [entry], args.threads) as server:
             await common.wait_ready(server.target)
@@ -82,13 +91,14 @@ async def main() -> None:
                     "pipeline_b1": lambda: run_pipeline(classifier, inputs, 1),
                 },
             )
-    report(times, args.requests, args.threads)
+    report(times, args.requests, args.threads, args.cpu_prepack)
 
 
-def report(times: dict[str, list[float]], n: int, threads: int) -> None:
+def report(times: dict[str, list[float]], n: int, threads: int, prepack: bool) -> None:
     print(
         f"ClassifyText, {n} single-input requests, BERT-base-shaped random model, "
         f"{threads} torch threads, median of {len(times['server'])}"
+        + (", server with cpu_prepack" if prepack else "")
     )
     print(f"{'contender':<28}{'seconds (runs)':<34}{'inputs/s':>10}")
     rows = (
