@@ -16,12 +16,8 @@ weight is an opaque oneDNN tensor: pack after the model is on its device and dty
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from transformers.pytorch_utils import Conv1D
-
-log = logging.getLogger(__name__)
 
 # The row count oneDNN tunes the packed layout for; any count works.
 BATCH_HINT = 8
