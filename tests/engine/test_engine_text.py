@@ -32,7 +32,8 @@ MULTIBYTE = "数据 🙂 日本語 👍🏽 naïve Ω≈ç √ 🚀🚀 ok"
 
 
 def _stream(tokenizer, prompt: list[int], output: list[int], skip: bool = True) -> list[str]:
-    detok = IncrementalDetokenizer(tokenizer, prompt, skip, byte_fallback_ids(tokenizer))
+    decode = fast_decode(tokenizer)
+    detok = IncrementalDetokenizer(decode, prompt, skip, byte_fallback_ids(tokenizer))
     deltas = [detok.push(t) for t in output]
     deltas.append(detok.flush())
     return deltas

@@ -77,12 +77,13 @@ class IncrementalDetokenizer:
 
     def __init__(
         self,
-        tokenizer: Any,
+        decode: Decode,
         prompt_ids: list[int],
         skip_special_tokens: bool,
         byte_ids: frozenset[int] = frozenset(),
     ) -> None:
-        self._decode_ids = fast_decode(tokenizer)
+        """``decode``: the tokenizer's ``fast_decode`` (made once per tokenizer)."""
+        self._decode_ids = decode
         self._skip = skip_special_tokens
         self._byte_ids = byte_ids
         self._ids = list(prompt_ids[-_CONTEXT:])

@@ -37,7 +37,7 @@ from modelwire_server.engine.adapter import (
 )
 from modelwire_server.engine.beam import BeamSearch
 from modelwire_server.engine.beam_rows import advance_beams, finish_beams
-from modelwire_server.engine.detokenizer import byte_fallback_ids
+from modelwire_server.engine.detokenizer import byte_fallback_ids, fast_decode
 from modelwire_server.engine.errors import DeadlineExceeded, ResourceExhausted
 from modelwire_server.engine.scheduler import Scheduler
 from modelwire_server.engine.seq2seq import Seq2SeqAdapter
@@ -134,6 +134,7 @@ class GenerationEngine:
         )
         self._texts = TokenTexts(tokenizer)
         self._byte_ids = byte_fallback_ids(tokenizer)
+        self._decode_text = fast_decode(tokenizer)
         self._queue = Scheduler(max_waiting, max_batch_tokens)
         # Worker-thread state: the running rows and their batched model state.
         self._rows: list[Row] = []
@@ -315,7 +316,7 @@ class GenerationEngine:
             rows = [BeamRow(group, k, self.device) for k in range(s.num_beams)]
         else:
             rows = [
-                StreamRow(group, i, self.device, self.tokenizer, self._byte_ids)
+                StreamRow(group, i, self.device, self._decode_text, self._byte_ids)
                 for i in range(prepared.sampling.n)
             ]
         group.open_rows = len(rows)

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
 from modelwire_server.engine.beam import BeamSearch
-from modelwire_server.engine.detokenizer import IncrementalDetokenizer
+from modelwire_server.engine.detokenizer import Decode, IncrementalDetokenizer
 from modelwire_server.engine.stops import StopMatcher
 from modelwire_server.engine.types import (
     Delta,
@@ -169,7 +168,7 @@ class StreamRow(Row):
         group: RequestGroup,
         index: int,
         device: torch.device,
-        tokenizer: Any,
+        decode: Decode,
         byte_ids: frozenset[int],
     ) -> None:
         super().__init__(group, index, device)
@@ -181,7 +180,7 @@ class StreamRow(Row):
         self.output: list[int] = []
         self.text: list[str] = []
         self.detok = IncrementalDetokenizer(
-            tokenizer, group.context_ids, options.skip_special_tokens, byte_ids
+            decode, group.context_ids, options.skip_special_tokens, byte_ids
         )
         self.stops = StopMatcher(stopping.stop, stopping.include_stop_in_output)
 
