@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 from collections.abc import Callable
 
@@ -43,15 +44,21 @@ class WakeBatcher:
         with self._lock:
             due, self._due = self._due, {}
         for loop, wakes in due.items():
-            try:
-                loop.call_soon_threadsafe(_call_all, wakes)
-            except RuntimeError:  # the loop is closed: its calls are long gone
-                pass
+            _call_soon(loop, functools.partial(_call_all, wakes))
 
 
 def _call_all(callbacks: list[Callable[[], object]]) -> None:
     for callback in callbacks:
         callback()
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> None:
+    """``callback`` on ``loop``, from any thread; nothing if the loop has closed (its
+    calls are long gone)."""
+    try:
+        loop.call_soon_threadsafe(callback)
+    except RuntimeError:
+        pass
 
 
 class EventBuffer:
@@ -81,11 +88,8 @@ class EventBuffer:
             return
         if self._batcher is not None:
             self._batcher.defer(self._loop, self._ready.set)
-            return
-        try:
-            self._loop.call_soon_threadsafe(self._ready.set)
-        except RuntimeError:  # the loop is closed: the call is long gone
-            pass
+        else:
+            _call_soon(self._loop, self._ready.set)
 
     async def take(self, not_before: float | None = None) -> list[Event]:
         """Wait for events and return every one that is pending; with ``not_before`` (a
