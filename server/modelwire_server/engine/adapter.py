@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -213,7 +213,10 @@ class CausalLMAdapter:
         return out.logits[:, -1, :].float()
 
 
-def decode_mask_kind(config: Any) -> str:
+MaskKind = Literal["2d", "sdpa", "none"]
+
+
+def decode_mask_kind(config: Any) -> MaskKind:
     """How a decode step passes its mask to this decoder (``config``: its text config).
 
     A one-token step attends to every real column of its row, so a mask only has to
@@ -230,7 +233,7 @@ def decode_mask_kind(config: Any) -> str:
     return "sdpa" if getattr(config, "_attn_implementation", None) == "sdpa" else "none"
 
 
-def decode_attention_mask(kind: str, state: PaddedCache, step_mask: torch.Tensor) -> Any:
+def decode_attention_mask(kind: MaskKind, state: PaddedCache, step_mask: torch.Tensor) -> Any:
     """The ``attention_mask`` argument of a decode step (see ``decode_mask_kind``)."""
     if kind == "2d":
         return step_mask
