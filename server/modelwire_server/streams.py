@@ -40,11 +40,13 @@ class WakeBatcher:
         with self._lock:
             self._due.setdefault(loop, []).append(wake)
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
+        """Send the deferred wake-ups; return whether there were any."""
         with self._lock:
             due, self._due = self._due, {}
         for loop, wakes in due.items():
             _call_soon(loop, functools.partial(_call_all, wakes))
+        return bool(due)
 
 
 def _call_all(callbacks: list[Callable[[], object]]) -> None:

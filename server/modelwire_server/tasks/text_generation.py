@@ -172,7 +172,10 @@ class EngineDriver:
             try:
                 self.engine.step()
             finally:
-                self.wakes.flush()
+                if self.wakes.flush():
+                    # Let the woken loop take the GIL now, once per step, and relay the
+                    # step's tokens before the next step makes more (else they merge).
+                    time.sleep(0)
             if (
                 not self.engine.has_work()
                 or self.worker.has_waiting_jobs()
