@@ -54,9 +54,21 @@ def _main_thread_only(fn: Callable[..., Any], what: str) -> Callable[..., Any]:
 def references_forbidden_in_server() -> Iterator[None]:
     import transformers
     import transformers.pipelines
+    from transformers import PreTrainedModel
     from transformers.generation.utils import GenerationMixin
 
+    from modelwire_server.registry import LOAD_LOCK
+
     patch = pytest.MonkeyPatch()
+    # The tests load references on their own thread while a test server may be loading
+    # on its: both take the server's lock (see LOAD_LOCK).
+    from_pretrained = PreTrainedModel.from_pretrained.__func__
+
+    def locked_from_pretrained(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        with LOAD_LOCK:
+            return from_pretrained(cls, *args, **kwargs)
+
+    patch.setattr(PreTrainedModel, "from_pretrained", classmethod(locked_from_pretrained))
     patch.setattr(transformers, "pipeline", _main_thread_only(transformers.pipeline, "pipeline()"))
     patch.setattr(
         transformers.pipelines,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -19,6 +20,22 @@ from modelwire_server.tasks.base import TaskRunner
 from modelwire_server.worker import WorkerPool
 
 log = logging.getLogger(__name__)
+
+# transformers' from_pretrained swaps process-wide functions while it loads
+# (`PreTrainedModel.tie_weights`, torch's init functions) and puts back what it found
+# there: two loads in two threads can leave them swapped for good, and every model
+# loaded after that has, say, a random LM head instead of its tied embeddings. Every
+# load in this process holds this lock.
+LOAD_LOCK = threading.RLock()
+
+
+def _locked(fn: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        with LOAD_LOCK:
+            fn()
+
+    return run
+
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -102,9 +119,9 @@ class Registry:
             dtype = resolve_dtype(config.dtype, device)
             entry.device, entry.dtype = str(device), str(dtype).removeprefix("torch.")
             if self._prepare_source is not None:
-                await asyncio.to_thread(self._prepare_source, config)
+                await asyncio.to_thread(_locked(lambda: self._prepare_source(config)))
             runner = cls(config, device, dtype, self.workers.get(str(device)))
-            await asyncio.to_thread(runner.load)
+            await asyncio.to_thread(_locked(runner.load))
             await runner.start()
             await runner.worker.run(runner.warmup)
         except Exception as exc:
