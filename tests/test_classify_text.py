@@ -10,6 +10,7 @@ import transformers
 
 from modelwire import AsyncClient, BadRequestError, NotFoundError
 from tests.helpers import bad_request_fields, raw_error
+from tests.tolerances import TINY_SCORE_ATOL
 
 TEXTS = [
     "I loved this film, the acting was wonderful.",
@@ -35,7 +36,7 @@ async def test_scores_match_the_pipeline(server, client: AsyncClient, model: str
         got = {ls.label: ls.score for ls in result.labels}
         assert got.keys() == reference.keys()
         for label, score in reference.items():
-            assert got[label] == pytest.approx(score, abs=1e-5)
+            assert got[label] == pytest.approx(score, abs=TINY_SCORE_ATOL)
         scores = [ls.score for ls in result.labels]
         assert scores == sorted(scores, reverse=True)
     # A constant answer must not pass: the tiny model reacts to its input.

@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 
 from modelwire import AsyncClient
+from modelwire._streaming import GenerateStream
 from modelwire.cli import main
+from tests.tolerances import TINY_UNIT_ATOL
 
 REQUEST_ID = re.compile(r"\(request id [0-9a-f]{32}\)$")
 
@@ -65,7 +67,7 @@ def test_json_after_the_subcommand_and_target_from_env(
     data = json.loads(capsys.readouterr().out)
     assert re.fullmatch(r"[0-9a-f]{32}", data["request_id"])
     for row, embedding in zip(data["results"], expected, strict=True):
-        assert row["values"] == pytest.approx(embedding.values, abs=1e-6)
+        assert row["values"] == pytest.approx(embedding.values, abs=TINY_UNIT_ATOL)
     assert len(data["results"][0]["values"]) == 384
 
 
@@ -99,13 +101,29 @@ def test_generate_streams_deltas_as_they_arrive(
     expected = sdk(server, "generate", "Once upon a time", model="tiny-gpt2", **params)
     stdout = RecordingStdout()
     monkeypatch.setattr("sys.stdout", stdout)
+    # The test paces the stream: before the CLI may take the next delta, the previous
+    # one must already be on stdout. A CLI that held text back until the end fails here
+    # whatever the timing of the server's steps.
+    handed: list[str] = []
+    next_chunk = GenerateStream.__anext__
+
+    async def paced(stream: GenerateStream) -> Any:
+        if handed:
+            assert stdout.writes[-1] == handed[-1], "a delta was not printed before the next"
+        chunk = await next_chunk(stream)
+        if chunk.text:
+            handed.append(chunk.text)
+        return chunk
+
+    monkeypatch.setattr(GenerateStream, "__anext__", paced)
     argv = ["--target", server.target, "generate", "Once upon a time", "--model", "tiny-gpt2"]
     argv += ["--temperature", "0", "--max-new-tokens", "12", "--ignore-eos"]
     assert main(argv) == 0
     assert stdout.getvalue() == expected.text + "\n"
-    deltas = [w for w in stdout.writes if w and w != "\n"]
-    assert len(deltas) > 3, deltas  # streamed piece by piece, not printed once at the end
+    assert [w for w in stdout.writes if w and w != "\n"] == handed
+    assert len(handed) >= 2
 
+    monkeypatch.setattr(GenerateStream, "__anext__", next_chunk)
     stdout.writes.clear()
     stdout.seek(0)
     stdout.truncate()

@@ -11,6 +11,7 @@ from transformers import AutoModel, AutoTokenizer
 from modelwire import AsyncClient, BadRequestError
 from modelwire.v1 import inference_service_pb2 as pb
 from tests.helpers import bad_request_fields, raw_error
+from tests.tolerances import TINY_UNIT_ATOL
 
 TEXTS = ["a small red fox", "quarterly earnings rose sharply", "the fox is small and red"]
 
@@ -27,7 +28,7 @@ def reference_hidden(path: str, texts: list[str]) -> list[torch.Tensor]:
     return out
 
 
-def close(a: list[float], b: torch.Tensor, tol: float = 1e-5) -> bool:
+def close(a: list[float], b: torch.Tensor, tol: float = TINY_UNIT_ATOL) -> bool:
     return torch.allclose(torch.tensor(a), b, atol=tol)
 
 
@@ -97,7 +98,7 @@ async def test_real_minilm_matches_sentence_transformers_pooling(
     got = await client.embed(sentences, model="minilm")  # defaults from its own config
     for vector, h in zip(got, reference_hidden(path, sentences), strict=True):
         expected = torch.nn.functional.normalize(h.mean(dim=0), dim=-1)
-        assert close(vector.values, expected, tol=1e-5)
+        assert close(vector.values, expected)
 
     def cos(a: int, b: int) -> float:
         return sum(x * y for x, y in zip(got[a].values, got[b].values, strict=True))

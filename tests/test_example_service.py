@@ -16,6 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from modelwire import AsyncClient, RateLimitError
+from tests.tolerances import TINY_UNIT_ATOL
 
 APP_PATH = Path(__file__).parent.parent / "examples" / "service_to_service" / "app.py"
 
@@ -55,7 +56,9 @@ async def test_classify_embed_generate_match_the_sdk(http: TestClient, client: A
 
     vectors = await client.embed("a red fox", model="minilm", normalize=True)
     response = await http.post("/embed", json={"texts": ["a red fox"], "model": "minilm"})
-    assert (await response.json())["vectors"][0] == pytest.approx(vectors[0].values, abs=1e-6)
+    assert (await response.json())["vectors"][0] == pytest.approx(
+        vectors[0].values, abs=TINY_UNIT_ATOL
+    )
 
     reference = await client.generate("Hello", model="tiny-gpt2", temperature=0, max_new_tokens=8)
     payload = {"prompt": "Hello", "model": "tiny-gpt2", "temperature": 0, "max_new_tokens": 8}

@@ -11,6 +11,7 @@ from modelwire import AsyncClient, FillMaskResult
 from modelwire.v1 import inference_service_pb2 as pb
 from tests.forward_rows import forward_rows
 from tests.helpers import bad_request_fields, raw_error
+from tests.tolerances import TINY_SCORE_ATOL
 
 TEXTS = [
     "Paris is the [MASK] of France.",
@@ -29,7 +30,7 @@ def assert_fill_matches(fill: object, expected: list[dict]) -> None:
     got = [(c.token_id, c.token, c.sequence) for c in fill.candidates]  # type: ignore[attr-defined]
     assert got == [(e["token"], e["token_str"], e["sequence"]) for e in expected]
     for candidate, e in zip(fill.candidates, expected, strict=True):  # type: ignore[attr-defined]
-        assert candidate.score == pytest.approx(e["score"], abs=1e-6)
+        assert candidate.score == pytest.approx(e["score"], abs=TINY_SCORE_ATOL)
 
 
 @pytest.mark.parametrize("options", [{}, {"top_k": 3}, {"targets": ["the", "is", "and", "cat"]}])

@@ -28,6 +28,7 @@ from tests.conftest import (
     preset_variant,
 )
 from tests.helpers import bad_request_fields, raw_error
+from tests.tolerances import TINY_SCORE_ATOL
 
 one_thread = one_torch_thread_fixture()
 
@@ -74,7 +75,7 @@ async def test_classify_image_matches_the_pipeline(media, client: AsyncClient) -
         got = as_dict(result)
         assert got.keys() == {r["label"] for r in reference}
         for r in reference:
-            assert got[r["label"]] == pytest.approx(r["score"], abs=1e-5)
+            assert got[r["label"]] == pytest.approx(r["score"], abs=TINY_SCORE_ATOL)
         assert [ls.score for ls in result.labels] == sorted(got.values(), reverse=True)
     # The tiny model reacts to its input: a constant answer must not pass.
     cat = [as_dict(r)["cat"] for r in results]
@@ -101,7 +102,7 @@ async def test_image_formats_decode_like_pillow(media, client: AsyncClient) -> N
     results = await client.classify_image(inputs, top_k=5)
     for result, reference in zip(results, expected, strict=True):
         for r in reference:
-            assert as_dict(result)[r["label"]] == pytest.approx(r["score"], abs=1e-5)
+            assert as_dict(result)[r["label"]] == pytest.approx(r["score"], abs=TINY_SCORE_ATOL)
     # The GIF's second frame would score otherwise: the server took the first.
     second = pipe(media, "tiny-vit", "image-classification")(frames[1].convert("RGB"), top_k=5)
     assert any(abs(as_dict(results[1])[r["label"]] - r["score"]) > 1e-3 for r in second)
@@ -117,7 +118,7 @@ async def test_exif_orientation_is_applied(media, client: AsyncClient, tmp_path:
     expected, unrotated = classifier([upright, stored], top_k=5)
     (result,) = await client.classify_image(path, top_k=5)  # a path: the SDK reads it
     for r in expected:
-        assert as_dict(result)[r["label"]] == pytest.approx(r["score"], abs=1e-5)
+        assert as_dict(result)[r["label"]] == pytest.approx(r["score"], abs=TINY_SCORE_ATOL)
     assert any(abs(as_dict(result)[r["label"]] - r["score"]) > 1e-3 for r in unrotated)
 
 
@@ -130,7 +131,7 @@ def assert_same_detections(got: Detections, expected: list[dict]) -> None:
     want = sorted(expected, key=lambda d: d["score"], reverse=True)
     for obj, ref in zip(got.objects, want, strict=True):
         assert obj.label == ref["label"]
-        assert obj.score == pytest.approx(ref["score"], abs=1e-5)
+        assert obj.score == pytest.approx(ref["score"], abs=TINY_SCORE_ATOL)
         box = obj.box
         assert [int(box.xmin), int(box.ymin), int(box.xmax), int(box.ymax)] == [
             ref["box"][k] for k in ("xmin", "ymin", "xmax", "ymax")
@@ -182,7 +183,7 @@ async def test_concurrent_images_of_any_size_batch_without_changing_results(
         kept = [o for o in single.objects if o.score > (0.0 if i % 2 == 0 else 0.3)]
         assert [o.label for o in result.objects] == [o.label for o in kept]
         for a, b in zip(result.objects, kept, strict=True):
-            assert a.score == pytest.approx(b.score, abs=1e-5)
+            assert a.score == pytest.approx(b.score, abs=TINY_SCORE_ATOL)
             assert a.box.xmin == pytest.approx(b.box.xmin, abs=1e-3)
 
 

@@ -16,6 +16,13 @@ from modelwire_server.prepack import PackedLinear, prepack_linears
 from tests.conftest import RunningServer, preset_server
 from tests.test_classify_text import TEXTS, reference_scores
 from tests.test_generate import PROMPTS, reference_greedy
+from tests.tolerances import (
+    TINY_DEPTH,
+    TINY_LOGPROB_ATOL,
+    TINY_REDUCTION,
+    TINY_SCORE_ATOL,
+    assert_close_as_floats,
+)
 
 pytestmark = pytest.mark.skipif(
     not torch.backends.mkldnn.is_available(), reason="this PyTorch has no oneDNN"
@@ -41,7 +48,7 @@ def test_packed_layers_compute_the_same_product(bias: bool, shape: tuple[int, ..
         with torch.inference_mode():
             expected, got = layer(x), packed(x)
         assert got.shape == expected.shape
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        assert_close_as_floats(got, expected, reduction=48, depth=1)
 
 
 def test_only_plain_linear_layers_are_replaced() -> None:
@@ -65,7 +72,7 @@ def test_a_packed_model_gives_the_same_logits() -> None:
         expected = model(ids).logits
         assert prepack_linears(model) == 2 * 4 + 1  # 4 per block, and the LM head
         got = model(ids).logits
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert_close_as_floats(got, expected, reduction=TINY_REDUCTION, depth=TINY_DEPTH)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +105,7 @@ async def test_generate_on_a_packed_model(packed_server: RunningServer, model: s
             with torch.inference_mode():
                 logits = reference(**encoded).logits[0, -1]
             expected = torch.log_softmax(logits, dim=-1)[tokens[0].id].item()
-            assert tokens[0].logprob == pytest.approx(expected, abs=1e-4)
+            assert tokens[0].logprob == pytest.approx(expected, abs=TINY_LOGPROB_ATOL)
 
 
 async def test_one_shot_tasks_on_a_packed_model(packed_server: RunningServer) -> None:
@@ -113,4 +120,4 @@ async def test_one_shot_tasks_on_a_packed_model(packed_server: RunningServer) ->
         got = {ls.label: ls.score for ls in result.labels}
         assert got.keys() == reference.keys()
         for label, score in reference.items():
-            assert got[label] == pytest.approx(score, abs=1e-4)
+            assert got[label] == pytest.approx(score, abs=TINY_SCORE_ATOL)

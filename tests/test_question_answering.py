@@ -14,6 +14,7 @@ from modelwire import AsyncClient
 from modelwire.v1 import inference_service_pb2 as pb
 from tests.forward_rows import forward_rows
 from tests.helpers import bad_request_fields, raw_error
+from tests.tolerances import TINY_SCORE_RTOL
 
 # Short enough that question and context fit one 64-token window.
 CONTEXT = "The Eiffel Tower was built in 1889 by Gustave Eiffel in Paris. It is 330 metres tall."
@@ -84,7 +85,7 @@ async def test_best_answer_matches_brute_force(qa_path: str, client: AsyncClient
         [expected] = brute_force(qa_path, question, CONTEXT)
         [answer] = await client.answer_question(question, CONTEXT, model="tiny-qa")
         assert (answer.start, answer.end) == (expected.start, expected.end)
-        assert answer.score == pytest.approx(expected.score, rel=1e-4)
+        assert answer.score == pytest.approx(expected.score, rel=TINY_SCORE_RTOL)
         assert answer.text == CONTEXT[answer.start : answer.end]
         tops.append((answer.start, answer.end, round(answer.score, 6)))
     # The tiny model reacts to its input: each question gets its own best answer.
@@ -124,7 +125,7 @@ async def test_max_answer_length(qa_path: str, client: AsyncClient) -> None:
             best.start,
             best.end,
         )
-        assert short.score == pytest.approx(one.score, rel=1e-4)
+        assert short.score == pytest.approx(one.score, rel=TINY_SCORE_RTOL)
 
 
 async def test_impossible_answer_only_when_asked(qa_path: str, client: AsyncClient) -> None:
@@ -136,7 +137,7 @@ async def test_impossible_answer_only_when_asked(qa_path: str, client: AsyncClie
     )
     [null] = [a for a in allowed if a.is_impossible]
     assert (null.text, null.start, null.end) == ("", 0, 0)
-    assert null.score == pytest.approx(expected.null, rel=1e-4)
+    assert null.score == pytest.approx(expected.null, rel=TINY_SCORE_RTOL)
     # It ranks among the spans by its score.
     assert [a.score for a in allowed] == sorted((a.score for a in allowed), reverse=True)
 
@@ -153,7 +154,7 @@ async def test_long_context_is_read_in_windows(server, qa_path: str, client: Asy
     assert rows == [len(windows)]  # every window, in one forward pass
     best = max(windows, key=lambda w: w.score)
     assert (answers[0].start, answers[0].end) == (best.start, best.end)
-    assert answers[0].score == pytest.approx(best.score, rel=1e-4)
+    assert answers[0].score == pytest.approx(best.score, rel=TINY_SCORE_RTOL)
     assert all(a.text == LONG_CONTEXT[a.start : a.end] for a in answers)
     # Answers come from all over the context, not just its first window.
     assert max(a.end for a in answers) > len(LONG_CONTEXT) // 2

@@ -15,6 +15,7 @@ from modelwire_server.config import ModelConfig, ServerConfig
 from tests.conftest import RunningServer, start_server
 from tests.forward_rows import forward_rows
 from tests.helpers import bad_request_fields, raw_error
+from tests.tolerances import TINY_SCORE_ATOL
 
 TEXTS = [
     "The striker scored twice in the final minutes of the match.",
@@ -37,7 +38,7 @@ def assert_matches(results: list, expected: list[dict]) -> None:
         got = {ls.label: ls.score for ls in result.labels}
         assert got.keys() == ref.keys()
         for label, score in ref.items():
-            assert got[label] == pytest.approx(score, abs=1e-5)
+            assert got[label] == pytest.approx(score, abs=TINY_SCORE_ATOL)
         scores = [ls.score for ls in result.labels]
         assert scores == sorted(scores, reverse=True)
 

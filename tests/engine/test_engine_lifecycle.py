@@ -28,6 +28,7 @@ from modelwire_server.engine import (
     SamplingParams,
     StoppingParams,
 )
+from tests.tolerances import TINY_LOGPROB_ATOL
 
 
 class FakeClock:
@@ -213,15 +214,17 @@ def test_logprobs_are_of_the_raw_distribution(llama: Bundle) -> None:
     infos = [t for d in sink.deltas() for t in d.tokens]
     for step, info in enumerate(infos):
         row = logprobs[len(prompt) - 1 + step]
-        assert info.logprob == pytest.approx(float(row[info.id]), abs=1e-4)
+        assert info.logprob == pytest.approx(float(row[info.id]), abs=TINY_LOGPROB_ATOL)
         top = torch.topk(row, 3)
         assert [t[0] for t in info.top] == top.indices.tolist()
-        assert [t[2] for t in info.top] == pytest.approx(top.values.tolist(), abs=1e-4)
+        assert [t[2] for t in info.top] == pytest.approx(top.values.tolist(), abs=TINY_LOGPROB_ATOL)
         assert info.text == llama.tokenizer.decode([info.id])
     echoed = sink.prompt_info.tokens
     assert [t.id for t in echoed] == prompt and echoed[0].logprob is None
     for i, info in enumerate(echoed[1:], start=1):
-        assert info.logprob == pytest.approx(float(logprobs[i - 1, prompt[i]]), abs=1e-4)
+        assert info.logprob == pytest.approx(
+            float(logprobs[i - 1, prompt[i]]), abs=TINY_LOGPROB_ATOL
+        )
     assert echoed[0].special  # <s>
 
 

@@ -15,6 +15,7 @@ from seq2seq_helpers import SOURCES
 
 from modelwire_server.engine.adapter import PrefillInput
 from modelwire_server.engine.seq2seq import Seq2SeqAdapter, Seq2SeqState
+from tests.tolerances import TINY_DEPTH, TINY_REDUCTION, assert_close_as_floats
 
 
 def _expected(bundle: Bundle, prompt: list[int], history: list[int]) -> torch.Tensor:
@@ -38,7 +39,12 @@ def _step(
         history.append(token)
     logits = adapter.decode(state, torch.tensor(tokens))
     for r, (prompt, history) in enumerate(rows):
-        torch.testing.assert_close(logits[r], _expected(bundle, prompt, history), atol=1e-4, rtol=0)
+        assert_close_as_floats(
+            logits[r],
+            _expected(bundle, prompt, history),
+            reduction=TINY_REDUCTION,
+            depth=TINY_DEPTH,
+        )
 
 
 @pytest.mark.parametrize("name", ["t5", "m2m100", "bart", "marian"])
@@ -56,8 +62,11 @@ def test_padded_rows_match_unbatched_forward(name: str, request: pytest.FixtureR
         _step(adapter, state, bundle, rows[:1], step)
 
     joined = adapter.prefill([PrefillInput(prompts[1]), PrefillInput(prompts[2])])
-    torch.testing.assert_close(
-        joined.logits[1], _expected(bundle, prompts[2], [start]), atol=1e-4, rtol=0
+    assert_close_as_floats(
+        joined.logits[1],
+        _expected(bundle, prompts[2], [start]),
+        reduction=TINY_REDUCTION,
+        depth=TINY_DEPTH,
     )
     state.merge(joined.state)  # the new rows are 4 decoder columns shorter: left-padded
     assert state.decoder.mask[1:, :4].sum() == 0
