@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import signal
+import socket
 from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from modelwire_server import cli
 from tests.processes import kill_if_running, read_port, spawn_server, wait_serving
@@ -41,6 +43,60 @@ def test_serve_with_no_config_serves_the_tiny_preset(preset_cache: Path) -> None
         _check_preset_models(f"127.0.0.1:{port}")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+    finally:
+        kill_if_running(proc)
+
+
+def test_version_prints_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("modelwire-server 0.")
+
+
+def test_a_busy_port_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"modelwire-server: cannot listen on 127.0.0.1:{port}: ")
+
+
+def test_no_model_loads_exits_1_saying_why(tmp_path: Path, preset_cache: Path) -> None:
+    config = tmp_path / "models.yaml"
+    missing = tmp_path / "no-such-dir"
+    config.write_text(f"models:\n  - {{name: a, task: ner, source: {missing}}}\n")
+    proc = spawn_server("--config", str(config), cache=preset_cache)
+    try:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 1, out
+        assert f"the local directory {missing} does not exist" in out
+        assert "no model could be loaded" in out and "Traceback" not in out
+    finally:
+        kill_if_running(proc)
+
+    # With --serve-without-models it stays up (NOT_SERVING) for LoadModel, and drains.
+    proc = spawn_server("--config", str(config), "--serve-without-models", cache=preset_cache)
+    log: list[str] = []
+    try:
+        port = read_port(proc, log)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            ready = grpc.channel_ready_future(channel)
+            ready.result(timeout=30)
+            request = health_pb2.HealthCheckRequest(service="modelwire.v1.InferenceService")
+            for _ in range(600):  # until loading has ended: the failure is in the log
+                if any("model a: FAILED" in line for line in log):
+                    break
+                log.append(proc.stdout.readline())  # type: ignore[union-attr]
+            reply = stub.Check(request, timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert proc.poll() is None, "".join(log)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0
+        assert "SIGTERM: draining" in out, out
     finally:
         kill_if_running(proc)
 

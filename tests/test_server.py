@@ -44,6 +44,26 @@ async def test_reflection_lists_the_three_services(server) -> None:
     } <= names
 
 
+async def test_reflection_v1_answers_as_v1alpha_does(server) -> None:
+    """grpcurl asks grpc.reflection.v1 first: the same protocol under the new name."""
+    method = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        call = channel.stream_stream(
+            method,
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        listing = reflection_pb2.ServerReflectionRequest(list_services="")
+        symbol = reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="modelwire.v1.InferenceService"
+        )
+        replies = [reply async for reply in call(iter([listing, symbol]))]
+    names = {s.name for s in replies[0].list_services_response.service}
+    assert {"modelwire.v1.InferenceService", "grpc.reflection.v1.ServerReflection"} <= names
+    files = replies[1].file_descriptor_response.file_descriptor_proto
+    assert files and not replies[1].HasField("error_response")
+
+
 async def test_list_and_get_models(client: AsyncClient) -> None:
     models = {m.name: m for m in await client.list_models()}
     sentiment = models["tiny-sentiment"]

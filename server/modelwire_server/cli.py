@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import logging
 import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("modelwire_server")
 
 SERVER_MODULES = ("torch", "transformers", "yaml", "grpc_health", "grpc_reflection")
 INSTALL_HINT = (
@@ -22,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modelwire-server", description="Modelwire gRPC model server"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve models over gRPC")
     serve.add_argument("--config", help="YAML file listing the models (default: the tiny preset)")
@@ -36,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="PEM certificate chain: serve TLS")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     serve.add_argument("--tls-client-ca", help="PEM CA bundle: require client certificates")
+    serve.add_argument(
+        "--serve-without-models",
+        action="store_true",
+        default=None,
+        help="stay up when no model loads (for LoadModel); otherwise the server exits 1",
+    )
     check = commands.add_parser(
         "healthcheck", help="exit 0 if a server's InferenceService is SERVING (for containers)"
     )
@@ -46,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--tls-key", help="PEM private key of --tls-cert")
     check.add_argument("--tls-server-name", help="the name the server's certificate carries")
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("modelwire")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def missing_server_modules() -> list[str]:
@@ -73,12 +92,16 @@ def main(argv: list[str] | None = None) -> int:
             tls_cert_file=args.tls_cert,
             tls_key_file=args.tls_key,
             tls_client_ca_file=args.tls_client_ca,
+            serve_without_models=args.serve_without_models,
         )
     except ConfigError as exc:
         print(f"modelwire-server: {exc}", file=sys.stderr)
         return 2
     level = args.log_level or os.environ.get("MODELWIRE_LOG_LEVEL") or config.log_level
     configure_logging(level, config.log_format)
+    from modelwire_server import progress
+
+    progress.configure(bar=config.log_format == "text" and sys.stderr.isatty())
     try:
         return asyncio.run(_serve(config))
     except ConfigError as exc:  # a key or certificate file that cannot be used
@@ -97,10 +120,21 @@ async def _serve(config: object) -> int:
     # Printed on stdout so that scripts (and tests) starting us on port 0 learn the port.
     print(f"modelwire-server listening on {server.config.host}:{port}", flush=True)
     loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Future[None]] = []
+
+    def drain(sig: signal.Signals) -> None:
+        log.info(
+            "%s: draining; running calls have up to %gs to finish (grace_period_s)",
+            sig.name,
+            server.config.grace_period_s,
+        )
+        stopping.append(asyncio.ensure_future(server.stop()))
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.stop()))
+        loop.add_signal_handler(sig, drain, sig)
     await server.wait()
-    return 0
+    log.info("stopped")
+    return server.exit_code
 
 
 def _tls_options(args: argparse.Namespace) -> dict[str, str] | None:

@@ -82,6 +82,8 @@ class ModelConfig:
     # this long and carries every token made meanwhile (0: each step's at once). Fewer
     # messages when steps are fast and streams many; first and final messages never wait.
     stream_interval_ms: float = 0.0
+    # Translate: the source language of requests that name none (unset: they must).
+    source_language: str | None = None
     preset: bool = False
 
 
@@ -112,6 +114,9 @@ class ServerConfig:
     # ModelService.LoadModel: the sources it may load, each a local directory prefix
     # (an absolute path) or a hub-id glob ("my-org/*"); empty turns LoadModel off.
     load_allow_list: list[str] = field(default_factory=list)
+    # With no model READY once loading has ended the server exits non-zero, saying
+    # why; this keeps it up instead (NOT_SERVING), for models loaded with LoadModel.
+    serve_without_models: bool = False
 
 
 _SECRET_KEYS = {"api_keys", "admin_key"}
@@ -224,6 +229,10 @@ def parse_config(raw: Any, origin: str = "config") -> ServerConfig:
             setattr(config, key, _check_type(key, raw[key], int))
     if "grace_period_s" in raw:
         config.grace_period_s = _check_type("grace_period_s", raw["grace_period_s"], float)
+    if "serve_without_models" in raw:
+        config.serve_without_models = _check_type(
+            "serve_without_models", raw["serve_without_models"], bool
+        )
     if raw.get("load_allow_list") is not None:
         config.load_allow_list = _string_list("load_allow_list", raw["load_allow_list"])
     models = raw.get("models", [])

@@ -10,12 +10,14 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from modelwire_server import tasks
 from modelwire_server.config import ModelConfig
 from modelwire_server.errors import InvalidArgument, NotFound, Unavailable, Unimplemented
+from modelwire_server.progress import LoadProgress
 from modelwire_server.tasks.base import TaskRunner
 from modelwire_server.worker import WorkerPool
 
@@ -101,9 +103,12 @@ class Registry:
     async def load_all(self) -> None:
         """Load every model in order; a failure marks that model FAILED and goes on."""
         total = len(self.entries)
-        for n, entry in enumerate(list(self.entries.values()), start=1):
-            log.info("loading model %d/%d: %s (%s)", n, total, entry.config.name, entry.config.task)
+        progress = LoadProgress(total)
+        for entry in list(self.entries.values()):
+            progress.starting(entry.config.name)
             await self.load(entry)
+            progress.done(entry.config.name, _outcome(entry))
+        progress.close()
         ready = sum(e.state is ModelState.READY for e in self.entries.values())
         log.info("loading done: %d of %d models ready", ready, total)
         self.loading_done.set()
@@ -118,6 +123,7 @@ class Registry:
             device = resolve_device(config.device)
             dtype = resolve_dtype(config.dtype, device)
             entry.device, entry.dtype = str(device), str(dtype).removeprefix("torch.")
+            _check_local_source(config.source)
             if self._prepare_source is not None:
                 await asyncio.to_thread(_locked(lambda: self._prepare_source(config)))
             runner = cls(config, device, dtype, self.workers.get(str(device)))
@@ -126,11 +132,13 @@ class Registry:
             await runner.worker.run(runner.warmup)
         except Exception as exc:
             entry.state, entry.failure = ModelState.FAILED, _describe(exc)
-            log.error("model %s failed to load: %s", config.name, entry.failure)
             return
         entry.runner, entry.state = runner, ModelState.READY
         entry.load_seconds = time.monotonic() - started
-        log.info("model %s ready on %s in %.1fs", config.name, entry.device, entry.load_seconds)
+
+    async def _load_logged(self, entry: ModelEntry) -> None:
+        await self.load(entry)
+        log.info("model %s: %s", entry.config.name, _outcome(entry))
 
     async def close(self) -> None:
         for entry in self.entries.values():
@@ -151,7 +159,7 @@ class Registry:
         entry = ModelEntry(config)
         self.entries[config.name] = entry
         # Its own task, shielded: a caller that goes away must not leave it half-loaded.
-        task = asyncio.create_task(self.load(entry), name=f"load-{config.name}")
+        task = asyncio.create_task(self._load_logged(entry), name=f"load-{config.name}")
         self._loads.add(task)
         task.add_done_callback(self._loads.discard)
         await asyncio.shield(task)
@@ -267,6 +275,19 @@ class Registry:
                 )
             raise Unavailable(f"model {name!r} failed to load: {entry.failure}")
         return entry.runner
+
+
+def _outcome(entry: ModelEntry) -> str:
+    if entry.state is ModelState.READY:
+        return f"ready on {entry.device} in {entry.load_seconds:.1f}s"
+    return f"FAILED: {entry.failure}"
+
+
+def _check_local_source(source: str) -> None:
+    """A source written as a path must be a directory: transformers would take a
+    missing one for a hub id and answer with a riddle about the form of repo ids."""
+    if source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().is_dir():
+        raise InvalidArgument("source", f"the local directory {source} does not exist")
 
 
 def _describe(exc: BaseException) -> str:

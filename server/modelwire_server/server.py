@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
+import socket
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from modelwire.v1 import inference_service_pb2, model_service_pb2
 from modelwire.v1 import inference_service_pb2_grpc as inference_grpc
@@ -42,10 +44,51 @@ def preset_configs(name: str) -> list[ModelConfig]:
     """ModelConfigs for every model of a built-in preset (built on first load)."""
     return [
         ModelConfig(
-            name=m.name, task=m.task, source=f"preset:{m.name}", default=m.default, preset=True
+            name=m.name,
+            task=m.task,
+            source=f"preset:{m.name}",
+            default=m.default,
+            preset=True,
+            **m.settings,  # type: ignore[arg-type]
         )
         for m in preset_models.all_models()
     ]
+
+
+# grpcurl and current tools ask for reflection's v1 service first, older ones for
+# v1alpha; grpcio-reflection ships only v1alpha. The two protocols are the same messages
+# in another package, so one servicer answers both names.
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def enable_reflection(services: tuple[str, ...], server: grpc.aio.Server) -> None:
+    names = (*services, reflection.SERVICE_NAME, REFLECTION_V1)
+    servicer = reflection.aio.ReflectionServicer(names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": v1}),)
+    )
+
+
+def _check_free(host: str, port: int) -> None:
+    """Refuse a port that is taken with a sentence, before grpc tries it: grpc's own
+    failure is a core log line plus a RuntimeError."""
+    if port == 0:
+        return
+    try:
+        with socket.create_server((host.strip("[]"), port)):
+            pass
+    except OSError as exc:
+        raise OSError(
+            f"cannot listen on {host}:{port}: {os.strerror(exc.errno) if exc.errno else exc} "
+            "(pick another port "
+            "with --port, or --port 0 for a free one)"
+        ) from None
 
 
 def prepare_source(config: ModelConfig) -> None:
@@ -95,11 +138,11 @@ class ModelwireServer:
         )
         model_grpc.add_ModelServiceServicer_to_server(self.models_servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (INFERENCE_SERVICE, MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
-            self.server,
-        )
+        enable_reflection((INFERENCE_SERVICE, MODEL_SERVICE, health.SERVICE_NAME), self.server)
         self.port = 0
+        # What the process should exit with once stopped: 1 when no model could load.
+        self.exit_code = 0
+        self._stopping: asyncio.Task[None] | None = None
         self._loading: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
@@ -124,12 +167,19 @@ class ModelwireServer:
     async def start(self) -> int:
         """Bind, start answering (health NOT_SERVING), and load models in the background."""
         address = f"{self.config.host}:{self.config.port}"
-        if self.credentials is not None:
-            self.port = self.server.add_secure_port(address, self.credentials)
-        else:
-            self.port = self.server.add_insecure_port(address)
+        _check_free(self.config.host, self.config.port)
+        try:
+            if self.credentials is not None:
+                self.port = self.server.add_secure_port(address, self.credentials)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpc: "Failed to bind to address ..."
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind {address}")
+            raise OSError(
+                f"cannot listen on {address}: the port is in use or the address is not "
+                "one of this machine's (pick another with --port, or --port 0 for a free one)"
+            )
         if self._metrics_endpoint is not None:
             assert self.config.metrics_port is not None
             self.metrics_port = await self._metrics_endpoint.start(
@@ -160,8 +210,20 @@ class ModelwireServer:
     async def _load(self) -> None:
         await self.registry.load_all()
         await self._set_inference_health(serving=self.registry.any_ready)
-        if not self.registry.any_ready:
-            log.error("no model could be loaded: health stays NOT_SERVING")
+        if self.registry.any_ready:
+            return
+        if self.config.serve_without_models:
+            log.error("no model could be loaded: health stays NOT_SERVING until LoadModel")
+            return
+        for entry in self.registry.entries.values():
+            log.error("model %s: %s", entry.config.name, entry.failure or entry.state.value)
+        log.error(
+            "no model could be loaded, so the server stops (serve_without_models: true, "
+            "or --serve-without-models, keeps it up for LoadModel)"
+        )
+        self.exit_code = 1
+        # Its own task: stop() cancels this loading task.
+        self._stopping = asyncio.create_task(self.stop(grace=0))
 
     async def _set_inference_health(self, *, serving: bool) -> None:
         status = (

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # Bump when any builder changes, so stale caches are rebuilt rather than reused.
@@ -29,6 +29,8 @@ class PresetModel:
     build: Callable[[Path], None]
     default: bool = False
     description: str = ""
+    # More ModelConfig fields the preset serves it with.
+    settings: dict[str, object] = field(default_factory=dict)
 
 
 def preset_dir() -> Path:

@@ -478,5 +478,6 @@ MODELS: list[PresetModel] = [
         build_m2m100,
         True,
         "M2M100 encoder-decoder, languages en/fr/de/es",
+        {"source_language": "en"},
     ),
 ]

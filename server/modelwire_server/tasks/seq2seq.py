@@ -163,7 +163,8 @@ class TranslationTask(Seq2SeqTask):
         check_text_inputs(inputs, self.config)
         if not target_language:
             raise errors.InvalidArgument("target_language", "must not be empty")
-        plan = self.languages.plan(source_language or None, target_language)
+        source = source_language or self.config.source_language or None
+        plan = self.languages.plan(source, target_language)
         prompts = await asyncio.to_thread(self.encode_all, [plan.prefix + t for t in inputs])
         if plan.source_token is not None:
             assert isinstance(self.languages, LanguageTokens)
