@@ -10,7 +10,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from modelwire_server import cli
+from modelwire_server import cli, preset
 from tests.processes import kill_if_running, read_port, spawn_server, wait_serving
 
 
@@ -41,8 +41,15 @@ def test_serve_with_no_config_serves_the_tiny_preset(preset_cache: Path) -> None
         wait_serving(f"127.0.0.1:{port}", proc, log)
         assert any("MEANINGLESS" in line for line in log), "no preset warning in the log"
         _check_preset_models(f"127.0.0.1:{port}")
+        _embed_past_the_tokenizer_maximum(f"127.0.0.1:{port}")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+        # One line per model, no library progress bars or warnings an operator cannot act on.
+        text = "".join(log)
+        for noise in ("Loading weights", "Writing model shards", "torchvision", "Token indices"):
+            assert noise not in text, noise
+        ready = [line for line in log if ": ready on cpu in " in line]
+        assert len(ready) == len(preset.all_models()), ready
     finally:
         kill_if_running(proc)
 
@@ -99,6 +106,17 @@ def test_no_model_loads_exits_1_saying_why(tmp_path: Path, preset_cache: Path) -
         assert "SIGTERM: draining" in out, out
     finally:
         kill_if_running(proc)
+
+
+def _embed_past_the_tokenizer_maximum(target: str) -> None:
+    from modelwire.v1 import inference_service_pb2 as pb
+    from modelwire.v1 import inference_service_pb2_grpc as pb_grpc
+
+    words = " ".join(["fox"] * 2000)
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.InferenceServiceStub(channel)
+        reply = stub.Embed(pb.EmbedRequest(inputs=[words], truncate=True), timeout=30)
+    assert reply.embeddings[0].truncated
 
 
 def _check_preset_models(target: str) -> None:
