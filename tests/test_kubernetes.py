@@ -318,3 +318,17 @@ def test_gpu_overlay_asks_for_a_gpu_and_the_cpu_overlay_does_not(tmp_path: Path)
     for objects, name, device in ((gpu, "gpu", "cuda"), (cpu, "cpu", "cpu")):
         (tmp_path / name).mkdir()
         assert {m.device for m in config_of(objects, tmp_path / name).models} == {device}
+
+
+def test_kubernetes_and_compose_share_the_image_config_path_and_cache_layout() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["modelwire"]
+    objects = render("overlays/gpu")
+    server, env = container(objects), environment(objects)
+    assert server["image"] == compose["image"]
+    for key in ("MODELWIRE_CONFIG", "MODELWIRE_METRICS_PORT"):
+        assert env[key] == compose["environment"][key]
+    compose_mounts = {v.split(":")[1]: v.split(":")[0] for v in compose["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in server["volumeMounts"]}
+    assert compose_mounts[mounts["cache"]] == "model-cache"
+    assert str(Path(env["MODELWIRE_CONFIG"]).parent) == mounts["config"]
+    assert compose["read_only"] is True and "/tmp" in compose["tmpfs"]
