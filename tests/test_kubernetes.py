@@ -332,3 +332,30 @@ def test_kubernetes_and_compose_share_the_image_config_path_and_cache_layout() -
     assert compose_mounts[mounts["cache"]] == "model-cache"
     assert str(Path(env["MODELWIRE_CONFIG"]).parent) == mounts["config"]
     assert compose["read_only"] is True and "/tmp" in compose["tmpfs"]
+
+
+def test_readme_steps_name_the_paths_and_secrets_the_manifests_use() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Run on Kubernetes", 1)[1].split("\n## ", 1)[0]
+    for path in re.findall(r"deploy/kubernetes/[\w./-]*\w", section):
+        assert (ROOT / path).exists(), path
+    for overlay in re.findall(r"kubectl apply -n \S+ -k (\S+)", section):
+        assert overlay.removeprefix("deploy/kubernetes/") in OVERLAYS
+    # The auth Secret: its name and keys as the Deployment reads them.
+    objects = render("overlays/gpu-tls")
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    [auth] = [v["secret"] for v in pod["volumes"] if v["name"] == "auth"]
+    [admin] = [e for e in container(objects)["env"] if e["name"] == "MODELWIRE_ADMIN_KEY"]
+    created = re.search(r"create secret generic (\S+) \\\s+(.+)", section)
+    assert created and created.group(1) == auth["secretName"]
+    literals = set(re.findall(r"--from-literal=([\w-]+)=", created.group(2)))
+    assert literals == {auth["items"][0]["key"], admin["valueFrom"]["secretKeyRef"]["key"]}
+    # The TLS Secret: the files the server and the probes read from it.
+    [tls] = [v["secret"]["secretName"] for v in pod["volumes"] if v["name"] == "tls"]
+    files = re.search(rf"create secret generic {tls} (.+?)`", section, re.DOTALL)
+    assert files
+    env = environment(objects)
+    probe = container(objects)["readinessProbe"]["exec"]["command"]
+    wanted = {Path(env["MODELWIRE_TLS_CERT_FILE"]).name, Path(env["MODELWIRE_TLS_KEY_FILE"]).name}
+    wanted.add(Path(probe[probe.index("--tls-ca") + 1]).name)
+    assert set(re.findall(r"--from-file=(\S+)", files.group(1))) == wanted
