@@ -105,6 +105,8 @@ class Registry:
                 await asyncio.to_thread(self._prepare_source, config)
             runner = cls(config, device, dtype, self.workers.get(str(device)))
             await asyncio.to_thread(runner.load)
+            if config.device_map is not None:  # GetModel says where it was spread
+                entry.device = _spread(getattr(runner.model, "hf_device_map", {}))
             await runner.start()
             await runner.worker.run(runner.warmup)
         except Exception as exc:
@@ -250,6 +252,12 @@ class Registry:
                 )
             raise Unavailable(f"model {name!r} failed to load: {entry.failure}")
         return entry.runner
+
+
+def _spread(device_map: dict[str, object]) -> str:
+    """The devices a device_map put a model's modules on, e.g. "cpu,cuda:0,cuda:1"."""
+    names = {f"cuda:{d}" if isinstance(d, int) else str(d) for d in device_map.values()}
+    return ",".join(sorted(names)) or "unknown"
 
 
 def _describe(exc: BaseException) -> str:
