@@ -17,6 +17,8 @@ import torch
 from modelwire import AsyncClient
 from modelwire_server import preset
 from modelwire_server.config import ConfigError, parse_config
+from modelwire_server.tasks.base import spread_over
+from modelwire_server.tasks.text_generation import TextGenerationTask
 from tests.conftest import RunningServer, preset_server, preset_variant
 
 # tiny-llama's modules, half in memory and half offloaded to disk.
@@ -48,6 +50,7 @@ def test_config_takes_a_strategy_or_a_module_mapping(device_map: object) -> None
         ({"device_map": {"lm_head": 0}}, r"maps module names to device names"),
         ({"device_map": []}, r"must be a strategy or a mapping"),
         ({"device_map": "auto", "task": "fill-mask"}, r"text-generation models only"),
+        ({"device_map": {"a": "cuda:0", "b": "cuda:1"}}, r"uses cuda:0, cuda:1: one GPU at"),
     ],
 )
 def test_config_refuses_a_bad_device_map_naming_it(fields: dict, message: str) -> None:
@@ -86,3 +89,19 @@ async def test_a_model_spread_over_cpu_and_disk_generates_as_the_whole_model(
     [sequence] = result.sequences
     assert [t.id for t in sequence.tokens] == expected[0, ids.shape[1] :].tolist()
     assert info.device == "cpu,disk"
+
+
+def test_a_spread_over_several_gpus_is_refused_at_load() -> None:
+    """A strategy is only resolved at load: a spread over two GPUs fails that model
+    with a sentence (the engine's KV cache lives on one device) instead of failing
+    calls later; one GPU plus offloaded modules is allowed."""
+    config = parse_config({"models": [_model(device_map="auto")]}).models[0]
+    runner = TextGenerationTask(config, torch.device("cpu"), torch.float32, worker=None)
+    two_gpus = torch.nn.Linear(2, 2)
+    two_gpus.hf_device_map = {"model.layers.0": 0, "model.layers.1": 1, "lm_head": "cpu"}
+    with pytest.raises(ValueError, match="over cuda:0, cuda:1, but the generation engine"):
+        runner.place(two_gpus)
+    one_gpu = torch.nn.Linear(2, 2).train()
+    one_gpu.hf_device_map = {"model.layers.0": 0, "model.layers.1": "cpu", "lm_head": "disk"}
+    assert runner.place(one_gpu) is one_gpu and not one_gpu.training
+    assert spread_over(one_gpu) == ["cpu", "cuda:0", "disk"]

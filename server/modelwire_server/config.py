@@ -60,9 +60,10 @@ class ModelConfig:
     default: bool = False
     device: str = "auto"
     dtype: str = "auto"
-    # A model bigger than one device, spread by accelerate at load (text-generation):
-    # a strategy ("auto": over every GPU, then CPU memory, then disk) or a mapping of
-    # module names to "cpu", "cuda:N" or "disk". `device` is then where inputs go.
+    # A model bigger than its GPU, spread by accelerate at load (text-generation): a
+    # strategy ("auto": the GPU, then CPU memory, then disk) or a mapping of module
+    # names to "cpu", "cuda:N" or "disk"; one GPU at most for now (the engine keeps a
+    # model's KV cache on one device). `device` is where inputs go.
     device_map: str | dict[str, str] | None = None
     trust_remote_code: bool = False
     # float32 on the CPU: linear layers packed for oneDNN at load (modelwire_server.prepack):
@@ -233,6 +234,11 @@ def _check_device_map(model: ModelConfig, where: str) -> None:
             raise ConfigError(
                 f"{where}.device_map[{module!r}] {device!r} must be cpu, cuda:N or disk"
             )
+    gpus = sorted({d for d in device_map.values() if d.startswith("cuda")})
+    if len(gpus) > 1:  # the engine's KV cache lives on one device (tasks/base.py: place)
+        raise ConfigError(
+            f"{where}.device_map uses {', '.join(gpus)}: one GPU at most for now, plus cpu or disk"
+        )
 
 
 def parse_config(raw: Any, origin: str = "config") -> ServerConfig:

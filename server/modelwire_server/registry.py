@@ -15,7 +15,7 @@ import torch
 from modelwire_server import tasks
 from modelwire_server.config import ModelConfig
 from modelwire_server.errors import InvalidArgument, NotFound, Unavailable, Unimplemented
-from modelwire_server.tasks.base import TaskRunner
+from modelwire_server.tasks.base import TaskRunner, spread_over
 from modelwire_server.worker import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class Registry:
             runner = cls(config, device, dtype, self.workers.get(str(device)))
             await asyncio.to_thread(runner.load)
             if config.device_map is not None:  # GetModel says where it was spread
-                entry.device = _spread(getattr(runner.model, "hf_device_map", {}))
+                entry.device = ",".join(spread_over(runner.model))
             await runner.start()
             await runner.worker.run(runner.warmup)
         except Exception as exc:
@@ -252,12 +252,6 @@ class Registry:
                 )
             raise Unavailable(f"model {name!r} failed to load: {entry.failure}")
         return entry.runner
-
-
-def _spread(device_map: dict[str, object]) -> str:
-    """The devices a device_map put a model's modules on, e.g. "cpu,cuda:0,cuda:1"."""
-    names = {f"cuda:{d}" if isinstance(d, int) else str(d) for d in device_map.values()}
-    return ",".join(sorted(names)) or "unknown"
 
 
 def _describe(exc: BaseException) -> str:

@@ -93,6 +93,13 @@ class TaskRunner(ABC):
         ``cpu_prepack``, a float32 CPU model's linear layers packed for oneDNN). A
         model spread by ``device_map`` stays where accelerate put it."""
         if self.config.device_map is not None:
+            gpus = [d for d in spread_over(model) if d.startswith("cuda")]
+            if len(gpus) > 1:
+                raise ValueError(
+                    f"device_map spread the model over {', '.join(gpus)}, but the generation "
+                    "engine keeps a model's KV cache on one GPU for now: map it to one GPU "
+                    "plus cpu or disk"
+                )
             return model.eval()
         model = model.to(device=self.device, dtype=self.dtype).eval()
         if self.config.cpu_prepack:
@@ -107,6 +114,13 @@ class TaskRunner(ABC):
                     self.dtype,
                 )
         return model
+
+
+def spread_over(model: Any) -> list[str]:
+    """The devices a ``device_map`` put a model's modules on ("cuda:N" for a GPU index);
+    offloaded modules are on "cpu" or "disk" and run on the first GPU (or the CPU)."""
+    placed = getattr(model, "hf_device_map", None) or {}
+    return sorted({f"cuda:{d}" if isinstance(d, int) else str(d) for d in placed.values()})
 
 
 class BatchedTask(TaskRunner, Generic[ItemT, ResultT]):
