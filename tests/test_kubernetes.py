@@ -143,6 +143,8 @@ def test_the_pod_config_is_valid_for_the_server_and_matches_the_ports(
     assert config.host == "0.0.0.0"
     assert config.port == ports["grpc"]
     assert config.metrics_port == ports["metrics"]
+    # The HTTP API (a key of servers that have it): on the port the pod opens for it.
+    assert getattr(config, "http_port", None) in (None, ports["http"])
     assert config.models, "a real model list, not the tiny preset"
     assert config.preset is None
     template = one(objects, "Deployment")["spec"]["template"]
