@@ -105,8 +105,6 @@ class Registry:
                 await asyncio.to_thread(self._prepare_source, config)
             runner = cls(config, device, dtype, self.workers.get(str(device)))
             await asyncio.to_thread(runner.load)
-            if config.device_map is not None:  # GetModel says where it was spread
-                entry.device = ",".join(spread_over(runner.model))
             await runner.start()
             await runner.worker.run(runner.warmup)
         except Exception as exc:
@@ -114,6 +112,8 @@ class Registry:
             log.error("model %s failed to load: %s", config.name, entry.failure)
             return
         entry.runner, entry.state = runner, ModelState.READY
+        if config.device_map is not None:  # GetModel says where it was spread
+            entry.device = ",".join(spread_over(runner.model))
         entry.load_seconds = time.monotonic() - started
         log.info("model %s ready on %s in %.1fs", config.name, entry.device, entry.load_seconds)
 
