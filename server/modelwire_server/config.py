@@ -36,6 +36,9 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 PRESETS = ("tiny",)
 LOG_FORMATS = ("text", "json")
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+# device_map: accelerate's placement strategies, or a mapping of module names to devices.
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+_MAP_DEVICE = re.compile(r"^(cpu|cuda:\d+|disk)$")
 
 
 class ConfigError(ValueError):
@@ -57,6 +60,11 @@ class ModelConfig:
     default: bool = False
     device: str = "auto"
     dtype: str = "auto"
+    # A model bigger than its GPU, spread by accelerate at load (text-generation): a
+    # strategy ("auto": the GPU, then CPU memory, then disk) or a mapping of module
+    # names to "cpu", "cuda:N" or "disk"; one GPU at most for now (the engine keeps a
+    # model's KV cache on one device). `device` is where inputs go.
+    device_map: str | dict[str, str] | None = None
     trust_remote_code: bool = False
     # float32 on the CPU: linear layers packed for oneDNN at load (modelwire_server.prepack):
     # about 2x faster small batches, results equal to float rounding, not bit for bit.
@@ -160,6 +168,9 @@ def _model_from_dict(index: int, raw: Any) -> ModelConfig:
     values: dict[str, Any] = {}
     types = {"str": str, "bool": bool, "int": int, "float": float, "str | None": str}
     for key, value in raw.items():
+        if key == "device_map":  # a string or a mapping: validate_model checks it
+            values[key] = value
+            continue
         kind = types[str(_MODEL_FIELDS[key].type)]
         values[key] = _check_type(f"{where}.{key}", value, kind)
     model = ModelConfig(**values)
@@ -180,6 +191,8 @@ def validate_model(model: ModelConfig, where: str) -> None:
         raise ConfigError(f"{where}.device {model.device!r} must be auto, cpu, cuda or cuda:N")
     if model.dtype not in DTYPES:
         raise ConfigError(f"{where}.dtype {model.dtype!r} must be one of {', '.join(DTYPES)}")
+    if model.device_map is not None:
+        _check_device_map(model, where)
     for key in (
         "max_batch_size",
         "max_queue",
@@ -204,6 +217,33 @@ def validate_model(model: ModelConfig, where: str) -> None:
         )
     if model.default_max_new_tokens > model.max_new_tokens:
         raise ConfigError(f"{where}.default_max_new_tokens must not exceed max_new_tokens")
+
+
+def _check_device_map(model: ModelConfig, where: str) -> None:
+    device_map = model.device_map
+    if model.task != "text-generation":
+        raise ConfigError(f"{where}.device_map applies to text-generation models only")
+    if isinstance(device_map, str):
+        if device_map not in DEVICE_MAP_STRATEGIES:
+            raise ConfigError(
+                f"{where}.device_map {device_map!r} must be one of "
+                f"{', '.join(DEVICE_MAP_STRATEGIES)}, or a mapping of modules to devices"
+            )
+        return
+    if not isinstance(device_map, dict) or not device_map:
+        raise ConfigError(f"{where}.device_map must be a strategy or a mapping of modules")
+    for module, device in device_map.items():
+        if not isinstance(module, str) or not isinstance(device, str):
+            raise ConfigError(f"{where}.device_map maps module names to device names")
+        if not _MAP_DEVICE.match(device):
+            raise ConfigError(
+                f"{where}.device_map[{module!r}] {device!r} must be cpu, cuda:N or disk"
+            )
+    gpus = sorted({d for d in device_map.values() if d.startswith("cuda")})
+    if len(gpus) > 1:  # the engine's KV cache lives on one device (tasks/base.py: place)
+        raise ConfigError(
+            f"{where}.device_map uses {', '.join(gpus)}: one GPU at most for now, plus cpu or disk"
+        )
 
 
 def parse_config(raw: Any, origin: str = "config") -> ServerConfig:

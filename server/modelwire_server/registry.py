@@ -18,7 +18,7 @@ from modelwire_server import tasks
 from modelwire_server.config import ModelConfig
 from modelwire_server.errors import InvalidArgument, NotFound, Unavailable, Unimplemented
 from modelwire_server.progress import LoadProgress
-from modelwire_server.tasks.base import TaskRunner
+from modelwire_server.tasks.base import TaskRunner, spread_over
 from modelwire_server.worker import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,8 @@ class Registry:
             entry.state, entry.failure = ModelState.FAILED, _describe(exc)
             return
         entry.runner, entry.state = runner, ModelState.READY
+        if config.device_map is not None:  # GetModel says where it was spread
+            entry.device = ",".join(spread_over(runner.model))
         entry.load_seconds = time.monotonic() - started
 
     async def _load_logged(self, entry: ModelEntry) -> None:

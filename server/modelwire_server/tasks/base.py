@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,9 +76,31 @@ class TaskRunner(ABC):
             kwargs["revision"] = self.config.revision
         return kwargs
 
+    def placement_kwargs(self) -> dict[str, Any]:
+        """The model's own from_pretrained arguments: with ``device_map``, accelerate
+        spreads its weights at load, in their dtype (offloaded ones under the cache)."""
+        device_map = self.config.device_map
+        if device_map is None:
+            return {}
+        kwargs: dict[str, Any] = {"device_map": device_map, "dtype": self.dtype}
+        if isinstance(device_map, str) or "disk" in device_map.values():
+            root = os.environ.get("MODELWIRE_CACHE") or Path.home() / ".cache" / "modelwire"
+            kwargs["offload_folder"] = str(Path(root) / "offload" / self.config.name)
+        return kwargs
+
     def place(self, model: Any) -> Any:
         """Move a loaded model to its device and dtype, in inference mode (with
-        ``cpu_prepack``, a float32 CPU model's linear layers packed for oneDNN)."""
+        ``cpu_prepack``, a float32 CPU model's linear layers packed for oneDNN). A
+        model spread by ``device_map`` stays where accelerate put it."""
+        if self.config.device_map is not None:
+            gpus = [d for d in spread_over(model) if d.startswith("cuda")]
+            if len(gpus) > 1:
+                raise ValueError(
+                    f"device_map spread the model over {', '.join(gpus)}, but the generation "
+                    "engine keeps a model's KV cache on one GPU for now: map it to one GPU "
+                    "plus cpu or disk"
+                )
+            return model.eval()
         model = model.to(device=self.device, dtype=self.dtype).eval()
         if self.config.cpu_prepack:
             if self.device.type == "cpu" and self.dtype == torch.float32:
@@ -91,6 +114,13 @@ class TaskRunner(ABC):
                     self.dtype,
                 )
         return model
+
+
+def spread_over(model: Any) -> list[str]:
+    """The devices a ``device_map`` put a model's modules on ("cuda:N" for a GPU index);
+    offloaded modules are on "cpu" or "disk" and run on the first GPU (or the CPU)."""
+    placed = getattr(model, "hf_device_map", None) or {}
+    return sorted({f"cuda:{d}" if isinstance(d, int) else str(d) for d in placed.values()})
 
 
 class BatchedTask(TaskRunner, Generic[ItemT, ResultT]):

@@ -194,7 +194,8 @@ class TextGenerationTask(TaskRunner):
     def load(self) -> None:
         source, kwargs = self.config.source, self.pretrained_kwargs()
         self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        self.model = self.place(AutoModelForCausalLM.from_pretrained(source, **kwargs))
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **self.placement_kwargs())
+        self.model = self.place(model)
         self.engine = self.make_engine()
         self.driver = EngineDriver(self.engine, self.worker, self.config.name)
 
