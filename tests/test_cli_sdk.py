@@ -202,7 +202,11 @@ def test_missing_image_file_is_named(server: Any, capsys: pytest.CaptureFixture[
 
 
 class ScriptedStdin(io.StringIO):
-    """Lines typed at the prompt; then Ctrl-C at the prompt (input() raises there)."""
+    """Lines a person types at the prompt (a terminal); then Ctrl-C at the prompt
+    (input() raises there)."""
+
+    def isatty(self) -> bool:
+        return True
 
     def readline(self, *args: Any) -> str:
         line = super().readline(*args)
@@ -254,3 +258,35 @@ def _split_at_prompts(writes: list[str]) -> list[str]:
         else:
             turns[-1] += text
     return turns
+
+
+def test_chat_goes_on_past_the_context_and_resets(
+    server: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tiny-llama has 512 positions: 200-token answers soon leave no room for the next
+    one beside them, so the oldest turns are left out and the chat goes on. Piped input
+    gets no "> " prompts on stdout."""
+    sent: list[list[str]] = []
+    generate_stream = AsyncClient.generate_stream
+
+    def recording(self: AsyncClient, *args: Any, **kwargs: Any) -> Any:
+        sent.append([m.role for m in kwargs["messages"]])
+        return generate_stream(self, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncClient, "generate_stream", recording)
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello\nAgain\nMore\n/reset\nFresh\n"))
+    argv = ["--target", server.target, "chat", "--model", "tiny-llama", "--system", "Be brief."]
+    argv += ["--temperature", "0", "--max-new-tokens", "200", "--ignore-eos"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "error" not in captured.err, captured.err
+    assert "> " not in captured.out
+    assert "oldest turns to fit the model's context" in captured.err
+    assert len(sent) == 4 and sent[0] == ["system", "user"]
+    # Each turn kept the system message, started on a user turn and ended on the new one;
+    # some left older turns out.
+    for roles in sent:
+        assert roles[:2] == ["system", "user"] and roles[-1] == "user"
+    assert any(len(roles) < 2 * n + 2 for n, roles in enumerate(sent[:3]))
+    assert "[the conversation starts over]" in captured.err
+    assert sent[3] == ["system", "user"]

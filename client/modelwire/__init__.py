@@ -10,6 +10,7 @@ The SDK depends on grpcio, protobuf and grpcio-status only.
 """
 
 from modelwire._chat import ChatMessageLike
+from modelwire._chat_window import ChatFit
 from modelwire._client import NOT_GIVEN, AsyncClient, NotGiven
 from modelwire._errors import (
     APIConnectionError,
@@ -85,6 +86,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BoundingBox",
+    "ChatFit",
     "ChatMessage",
     "ChatMessageLike",
     "Classification",

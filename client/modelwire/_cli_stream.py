@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import sys
 from collections.abc import Coroutine
 from typing import Any
 
@@ -93,20 +94,27 @@ async def generate(client: AsyncClient, args: argparse.Namespace, output: Output
 
 
 async def chat(client: AsyncClient, args: argparse.Namespace, output: Output) -> Report:
-    """Read turns from stdin until EOF, ``/quit`` or Ctrl-C at the prompt."""
+    """Read turns from stdin until EOF, ``/quit`` or Ctrl-C at the prompt; ``/reset``
+    starts over. The oldest turns are left out once the conversation outgrows the
+    model's context (never the system message), so a long chat goes on."""
     # asyncio.run's own SIGINT handler would only cancel this task while input() blocks;
     # the default handler makes Ctrl-C at the prompt raise KeyboardInterrupt right there.
     with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    history = [ChatMessage("system", args.system)] if args.system else []
+    start = [ChatMessage("system", args.system)] if args.system else []
+    history = list(start)
     params = {"model": args.model, **generation_params(args)}
     while (line := _read_turn()) is not None:
         if not line.strip():
             continue
+        if line.strip() == "/reset":
+            history = list(start)
+            output.note("[the conversation starts over]")
+            continue
         history.append(ChatMessage("user", line))
         answer = await _chat_turn(client, output, history, params)
         if answer is None:
-            history.pop()  # the turn failed: the server never saw it, so forget it
+            history.pop()  # the turn failed: forget it, so the next one can succeed
         else:
             history.append(ChatMessage("assistant", answer))
     return Report(None, [])
@@ -114,9 +122,10 @@ async def chat(client: AsyncClient, args: argparse.Namespace, output: Output) ->
 
 def _read_turn() -> str | None:
     # Blocking input() on the loop's thread is deliberate: nothing else runs between
-    # turns, and a thread stuck in input() could not be cancelled at exit.
+    # turns, and a thread stuck in input() could not be cancelled at exit. The "> "
+    # prompt is for a person at a terminal, not for a pipe's stdout.
     try:
-        line = input("> ")
+        line = input("> " if sys.stdin.isatty() else "")
     except (EOFError, KeyboardInterrupt):
         return None
     return None if line.strip() in {"/quit", "/exit"} else line
@@ -125,11 +134,21 @@ def _read_turn() -> str | None:
 async def _chat_turn(
     client: AsyncClient, output: Output, history: list[ChatMessage], params: dict[str, Any]
 ) -> str | None:
-    """One answer, streamed; the partial text if stopped, None if the call failed."""
+    """One answer, streamed; the partial text if stopped, None if the call failed.
+    ``history`` loses the turns left out to fit the model's context."""
     parts: list[str] = []
     try:
+        fit = await client.fit_chat(
+            history, model=params["model"], max_new_tokens=params.get("max_new_tokens")
+        )
+        if fit.dropped:
+            output.note(f"[left out the {fit.dropped} oldest turns to fit the model's context]")
+            history[:] = fit.messages  # type: ignore[assignment]
+        call = {**params, "max_new_tokens": fit.max_new_tokens}
+        if fit.truncate_prompt_tokens is not None:
+            call["truncate_prompt_tokens"] = fit.truncate_prompt_tokens
         stopped = await cancel_on_interrupt(
-            _stream_answer(client, output, parts, messages=list(history), **params)
+            _stream_answer(client, output, parts, messages=list(history), **call)
         )
     except APIError as error:
         output.stream("\n")

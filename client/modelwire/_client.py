@@ -14,6 +14,7 @@ import grpc
 from modelwire import _health, _tasks
 from modelwire import _validation as check
 from modelwire._chat import ChatMessageLike
+from modelwire._chat_window import ChatFit, fit_chat
 from modelwire._errors import (
     REQUEST_ID_KEY,
     APITimeoutError,
@@ -253,6 +254,26 @@ class AsyncClient(TextTaskMethods, MediaTaskMethods, Seq2SeqTaskMethods):
         stubs = self._transport.stubs(self.max_retries)
         call = stubs.inference.Generate(request, timeout=deadline, metadata=metadata)
         return GenerateStream(call, sent_request_id=sent_id)
+
+    async def fit_chat(
+        self,
+        messages: Sequence[ChatMessageLike],
+        *,
+        model: str | None = None,
+        max_new_tokens: int | None = None,
+        timeout: float | None = None,
+    ) -> ChatFit:
+        """Make a conversation fit its model's context for the next answer.
+
+        Leaves out the oldest turns (never the system message) until the prompt and
+        ``max_new_tokens`` (default: up to a quarter of the context) fit; if the newest
+        turn alone is too long, shrinks the answer's budget and sets
+        ``truncate_prompt_tokens``. Counts with the server's ``Tokenize``.
+        """
+        check.integer("max_new_tokens", max_new_tokens, minimum=1)
+        return await fit_chat(
+            self, messages, model=model, max_new_tokens=max_new_tokens, timeout=timeout
+        )
 
     async def generate(
         self,
