@@ -121,3 +121,16 @@ async def test_answers_render_delta_by_delta(client: AsyncClient, page: Page) ->
     assert await answer.get_attribute("data-state") == "done"
     assert await answer.text_content() == reference.text
     assert int(await answer.get_attribute("data-deltas") or 0) > 3  # rendered piece by piece
+
+
+async def test_a_chat_past_the_context_goes_on(page: Page) -> None:
+    """Each 480-token answer fills most of tiny-llama's 512 positions: every later turn
+    leaves the older ones out (the page forgets them too) instead of failing."""
+    for turn in range(3):
+        await _ask(page, f"And then? ({turn})")
+        await page.wait_for_function(
+            f"document.querySelectorAll('.answer')[{turn}]?.dataset.state === 'done'"
+        )
+    assert await page.locator(".error").count() == 0
+    kept = await page.evaluate("history.length")
+    assert kept < 6  # three questions and answers, some of them forgotten

@@ -72,22 +72,41 @@ async def stream_answer(request: web.Request) -> web.StreamResponse:
     except ValueError:
         raise web.HTTPBadRequest(text="`messages` must be JSON chat turns") from None
     settings = request.app[SETTINGS]
+    client = request.app[CLIENT]
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
-    stream = request.app[CLIENT].generate_stream(
-        messages=messages,
-        model=settings.model,
-        max_new_tokens=settings.max_new_tokens,
-        ignore_eos=settings.ignore_eos or None,
-    )
-    request.app[RUNNING][answer_id] = stream
     try:
-        await _relay(stream, response)
-    finally:
-        request.app[RUNNING].pop(answer_id, None)
-        await stream.close()  # also when the browser went away mid-answer
+        try:
+            # The page sends the whole conversation each turn: once it outgrows the
+            # model's context, the oldest turns are left out (the page is told how many,
+            # and forgets them too) instead of the server refusing every later turn.
+            fit = await client.fit_chat(
+                messages, model=settings.model, max_new_tokens=settings.max_new_tokens
+            )
+        except (APIError, ValueError) as error:
+            await _event(response, "failed", {"error": str(error)})
+            return response
+        if fit.dropped:
+            await _event(response, "fitted", {"dropped": fit.dropped})
+        stream = client.generate_stream(
+            messages=fit.messages,
+            model=settings.model,
+            max_new_tokens=fit.max_new_tokens,
+            truncate_prompt_tokens=fit.truncate_prompt_tokens,
+            ignore_eos=settings.ignore_eos or None,
+        )
+        request.app[RUNNING][answer_id] = stream
+        try:
+            await _relay(stream, response)
+        finally:
+            request.app[RUNNING].pop(answer_id, None)
+            await stream.close()  # also when the browser went away mid-answer
+    except ConnectionResetError:
+        # The browser went away (closing the page, or EventSource.close()): that is how
+        # a reader cancels. The stream is closed above, so the server stops generating.
+        pass
     return response
 
 
