@@ -185,9 +185,7 @@ async def test_chat_logprobs_and_stop(oai: openai.AsyncOpenAI, sdk: AsyncClient)
     assert stopped.choices[0].message.content == text[: text.index(stop)]
 
 
-async def test_closing_a_stream_stops_the_generation(
-    http_server, oai: openai.AsyncOpenAI
-) -> None:
+async def test_closing_a_stream_stops_the_generation(http_server, oai: openai.AsyncOpenAI) -> None:
     engine = http_server.runner("tiny-llama").engine
     generated_before = engine.stats().generated_tokens
     stream = await oai.chat.completions.create(
