@@ -1,15 +1,18 @@
 """Which task a model serves, read from its files: ``serve --model SOURCE`` without ``--task``.
 
 A local model card's ``pipeline_tag`` (the YAML front matter of its README.md) wins
-when it names a task this server has; otherwise the ``architectures`` of config.json
-decide, by the head's class name, as the hub's own pipelines do. A sentence-transformers
-directory (modules.json) is an embedder whatever its architecture says.
+when it names a task this server has; a sentence-transformers directory (modules.json)
+is an embedder; otherwise the ``architectures`` of config.json decide: looked up in
+transformers' own auto-class tables (``MODEL_FOR_*_MAPPING_NAMES``, which tell an audio
+classifier's ``...ForSequenceClassification`` from a text one), then by the head's
+class-name suffix for classes those tables do not know (remote code).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +76,47 @@ def task_of_files(config: dict[str, Any], card: str | None, sentence_transformer
     raise ConfigError(_unknown(architectures))
 
 
+# transformers' auto-class tables, in the order they are tried (first match wins).
+_AUTO_TABLES = (
+    ("image-text-to-text", "IMAGE_TEXT_TO_TEXT"),
+    ("automatic-speech-recognition", "SPEECH_SEQ_2_SEQ"),
+    ("automatic-speech-recognition", "CTC"),
+    ("audio-classification", "AUDIO_CLASSIFICATION"),
+    ("text-to-speech", "TEXT_TO_WAVEFORM"),
+    ("text-to-speech", "TEXT_TO_SPECTROGRAM"),
+    ("image-classification", "IMAGE_CLASSIFICATION"),
+    ("object-detection", "OBJECT_DETECTION"),
+    ("text-generation", "CAUSAL_LM"),
+    ("sentiment-analysis", "SEQUENCE_CLASSIFICATION"),
+    ("ner", "TOKEN_CLASSIFICATION"),
+    ("question-answering", "QUESTION_ANSWERING"),
+    ("fill-mask", "MASKED_LM"),
+    ("summarization", "SEQ_TO_SEQ_CAUSAL_LM"),
+)
+
+
+@cache
+def _auto_classes() -> dict[str, str]:
+    """Class name → task, from transformers' auto-class tables."""
+    from transformers.models.auto import modeling_auto
+
+    found: dict[str, str] = {}
+    for task, table in _AUTO_TABLES:
+        names = getattr(modeling_auto, f"MODEL_FOR_{table}_MAPPING_NAMES", {})
+        for value in names.values():
+            for name in (value,) if isinstance(value, str) else value:
+                found.setdefault(name, task)
+    return found
+
+
 def _task_of_architecture(name: str, model_type: str) -> str | None:
     if name in _ARCHITECTURES:
         return _ARCHITECTURES[name]
+    task = _auto_classes().get(name)
+    if task == "summarization" and model_type in _TRANSLATION_TYPES:
+        return "translation"
+    if task is not None:
+        return task
     for suffix, task in _HEADS:
         if name.endswith(suffix):
             if task == "summarization" and model_type in _TRANSLATION_TYPES:
