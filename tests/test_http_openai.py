@@ -8,7 +8,10 @@ shown to give the same answers.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -21,7 +24,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modelwire import AsyncClient
-from tests.conftest import RunningServer, engine_stats_once_idle, start_server, swelling_tone
+from tests.conftest import (
+    RunningServer,
+    engine_stats_once_idle,
+    preset_variant,
+    start_server,
+    swelling_tone,
+)
 
 KEY = "test-key"
 MODELS = ("tiny-llama", "tiny-gpt2", "tiny-embed", "tiny-whisper", "tiny-vits")
@@ -33,7 +42,8 @@ def http_server(preset_cache: Path) -> Iterator[RunningServer]:
     from modelwire_server.server import preset_configs
 
     models = [m for m in preset_configs("tiny") if m.name in MODELS]
-    running = start_server(ServerConfig(port=0, http_port=0, models=models, api_keys=[KEY]))
+    config = ServerConfig(port=0, http_port=0, metrics_port=0, models=models, api_keys=[KEY])
+    running = start_server(config)
     try:
         yield running
     finally:
@@ -117,6 +127,15 @@ async def test_completion_greedy_equals_generate(http_server, oai: openai.AsyncO
         extra_body={"ignore_eos": True},
     )  # fmt: skip
     assert "".join([c.choices[0].text async for c in streamed if c.choices]) == choice.text
+
+    # Several prompts, n each: choice p * n + i is sample i of prompt p.
+    several = await oai.completions.create(
+        model="tiny-gpt2", prompt=[prompt, "Hello"], n=2, temperature=0, max_tokens=10,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    assert [c.index for c in several.choices] == [0, 1, 2, 3]
+    assert several.choices[0].text == several.choices[1].text == choice.text
+    assert several.choices[2].text != choice.text
 
 
 async def test_seeded_chat_stream_equals_grpc_generate(
@@ -361,3 +380,136 @@ async def test_image_parts_need_an_image_model(oai: openai.AsyncOpenAI) -> None:
             ],
         )
     assert caught.value.param == "messages[0].content[0].image_url"
+
+
+# -- access log, metrics, capacity and drain ---------------------------------------------
+
+
+class AccessLines(logging.Handler):
+    """Access records by request id; ``line`` waits for one to arrive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: dict[str, list[logging.LogRecord]] = {}
+        self._arrived = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._arrived:
+            rid = record.fields["request_id"]  # type: ignore[attr-defined]
+            self.records.setdefault(rid, []).append(record)
+            self._arrived.notify_all()
+
+    def line(self, request_id: str) -> dict:
+        with self._arrived:
+            assert self._arrived.wait_for(lambda: request_id in self.records, timeout=60)
+            [record] = self.records[request_id]  # exactly one line per call
+            return record.fields  # type: ignore[attr-defined, no-any-return]
+
+
+@pytest.fixture
+def access() -> Iterator[AccessLines]:
+    logger = logging.getLogger("modelwire_server.access")
+    handler, level = AccessLines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+async def test_calls_are_logged_and_counted_like_grpc_calls(
+    http_server, oai: openai.AsyncOpenAI, access: AccessLines
+) -> None:
+    reply = await oai.chat.completions.with_raw_response.create(
+        model="tiny-llama", messages=[{"role": "user", "content": "Hi"}], temperature=0,
+        max_tokens=5, extra_body={"ignore_eos": True}, extra_headers={"x-request-id": "http-ok"},
+    )  # fmt: skip
+    assert reply.headers["x-request-id"] == "http-ok"
+    line = access.line("http-ok")
+    assert (line["rpc"], line["model"], line["code"]) == ("chat.completions", "tiny-llama", "OK")
+    assert line["generated_tokens"] == 5 and line["prompt_tokens"] > 0
+    assert line["peer"].startswith("ipv4:127.0.0.1:")
+
+    with pytest.raises(openai.BadRequestError):
+        await oai.embeddings.create(
+            model="tiny-embed", input="", extra_headers={"x-request-id": "http-bad"},
+            extra_body={"dimensions": 3},
+        )  # fmt: skip
+    line = access.line("http-bad")
+    assert (line["rpc"], line["code"]) == ("embeddings", "INVALID_ARGUMENT")
+    assert line["error"] == "dimensions: is not supported: vectors are full size"
+
+    stream = await oai.chat.completions.create(
+        model="tiny-llama", messages=[{"role": "user", "content": "Go"}], temperature=0,
+        max_tokens=300, stream=True, extra_body={"ignore_eos": True},
+        extra_headers={"x-request-id": "http-left"},
+    )  # fmt: skip
+    async for _ in stream:
+        break
+    await stream.close()
+    assert access.line("http-left")["code"] == "CANCELLED"
+
+    async with httpx.AsyncClient() as http:
+        scrape = await http.get(f"http://127.0.0.1:{http_server.server.metrics_port}/metrics")
+    assert 'modelwire_requests_total{code="OK",model="tiny-llama",rpc="chat.completions"}' in (
+        scrape.text
+    )
+    assert 'model="tiny-embed",rpc="embeddings"' in scrape.text
+
+
+async def test_full_queue_is_429_and_draining_is_503(preset_cache: Path) -> None:
+    from modelwire_server.config import ServerConfig
+
+    # max_batch_tokens: room for one running request at a time, one more waiting.
+    gpt2 = preset_variant(
+        "gpt2", "text-generation", "tiny-gpt2", max_waiting=1, max_batch_tokens=300
+    )
+    running = start_server(ServerConfig(port=0, http_port=0, models=[gpt2]))
+    try:
+        async with openai.AsyncOpenAI(
+            base_url=f"{base_url(running)}/v1", api_key="unused", max_retries=0
+        ) as client:
+            await _full_queue_is_429(client)
+            await _draining_is_503(client, running)
+    finally:
+        running.stop()
+
+
+async def _full_queue_is_429(client: openai.AsyncOpenAI) -> None:
+    async def one() -> object:
+        stream = await client.completions.create(
+            model="gpt2", prompt="Go", max_tokens=200, temperature=0, stream=True,
+            extra_body={"ignore_eos": True},
+        )  # fmt: skip
+        return "".join([c.choices[0].text async for c in stream if c.choices])
+
+    results = await asyncio.gather(*(one() for _ in range(4)), return_exceptions=True)
+    refused = [r for r in results if isinstance(r, openai.RateLimitError)]
+    assert refused, results
+    assert all(isinstance(r, str | openai.RateLimitError) for r in results), results
+    assert refused[0].status_code == 429 and refused[0].code == "rate_limit_exceeded"
+    assert int(refused[0].response.headers["retry-after"]) >= 1
+
+
+async def _draining_is_503(client: openai.AsyncOpenAI, running: RunningServer) -> None:
+    held = await client.completions.create(
+        model="gpt2", prompt="Go", max_tokens=250, temperature=0, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    async for _ in held:
+        break  # a call in flight: the drain waits for it
+    stopping = asyncio.run_coroutine_threadsafe(running.server.stop(grace=60), running.loop)
+    async with httpx.AsyncClient(base_url=base_url(running)) as http:
+        # Readiness follows gRPC health, which turns NOT_SERVING as the drain begins.
+        for _ in range(1000):
+            ready = await http.get("/health/ready")
+            if ready.status_code == 503:
+                break
+        assert ready.status_code == 503
+    with pytest.raises(openai.InternalServerError) as caught:
+        await client.completions.create(model="gpt2", prompt="Go", max_tokens=2)
+    assert caught.value.status_code == 503
+    # The call in flight was let finish: all its tokens came.
+    usage = [c.usage async for c in held if c.usage is not None]
+    assert [u.completion_tokens for u in usage] == [250]
+    await asyncio.wrap_future(stopping)

@@ -245,7 +245,14 @@ class OpenAIApp:
             return StreamingResponse(
                 self._sse(call, chunks), media_type="text/event-stream", headers=SSE_HEADERS
             )
-        streams = [await gen.primed(runner, r, call.request_id) for r in requests]
+        streams: list[AsyncIterator[Any]] = []
+        try:
+            for one in requests:
+                streams.append(await gen.primed(runner, one, call.request_id))
+        except BaseException:
+            for started in streams:  # stop the prompts already running
+                await started.aclose()  # type: ignore[attr-defined]
+            raise
         n = requests[0].sampling.n if requests[0].sampling.HasField("n") else 1
         choices, usage = await until_disconnected(request, gen.gather(streams, n))
         return JSONResponse(reply.body(choices, usage))
