@@ -359,6 +359,8 @@ async def chunks(
         usage.add(message)
         if message.HasField("prompt_token_count"):
             continue
+        if not (message.text or message.finish_reason or (reply.logprobs and message.tokens)):
+            continue  # text held back (a partial character or stop string): nothing to say
         index = message.index
         choice: dict[str, Any] = {"index": index}
         if reply.chat:
