@@ -23,9 +23,10 @@ import soundfile
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from modelwire import AsyncClient
+from modelwire import AsyncClient, ImagePart
 from tests.conftest import (
     RunningServer,
+    encode_image,
     engine_stats_once_idle,
     preset_variant,
     start_server,
@@ -33,7 +34,7 @@ from tests.conftest import (
 )
 
 KEY = "test-key"
-MODELS = ("tiny-llama", "tiny-gpt2", "tiny-embed", "tiny-whisper", "tiny-vits")
+MODELS = ("tiny-llama", "tiny-gpt2", "tiny-embed", "tiny-whisper", "tiny-vits", "tiny-llava")
 
 
 @pytest.fixture(scope="module")
@@ -266,6 +267,15 @@ async def test_transcription_equals_grpc(
             model="tiny-whisper", file=file, response_format="text"
         )
     assert text.strip() == reference.text.strip()
+    with wav.open("rb") as file:
+        verbose = await oai.audio.transcriptions.create(
+            model="tiny-whisper", file=file, response_format="verbose_json"
+        )
+    [timed] = await sdk.transcribe_audio(wav, model="tiny-whisper", return_timestamps="segment")
+    assert verbose.text == timed.text
+    assert [(s.text, s.start, s.end) for s in verbose.segments or []] == [
+        (c.text, pytest.approx(c.start_s), pytest.approx(c.end_s)) for c in timed.chunks
+    ]
 
 
 async def test_speech_equals_grpc(oai: openai.AsyncOpenAI, sdk: AsyncClient) -> None:
@@ -368,7 +378,7 @@ async def test_image_parts_need_an_image_model(oai: openai.AsyncOpenAI) -> None:
         await oai.chat.completions.create(
             model="tiny-llama", messages=[{"role": "user", "content": content}]
         )
-    assert caught.value.param == "messages[0].content[1].image"
+    assert caught.value.param == "messages[0].content[1].image_url"
     with pytest.raises(openai.BadRequestError) as caught:
         await oai.chat.completions.create(
             model="tiny-llama",
@@ -513,3 +523,68 @@ async def _draining_is_503(client: openai.AsyncOpenAI, running: RunningServer) -
     usage = [c.usage async for c in held if c.usage is not None]
     assert [u.completion_tokens for u in usage] == [250]
     await asyncio.wrap_future(stopping)
+
+
+async def test_chat_with_an_image_equals_grpc(oai: openai.AsyncOpenAI, sdk: AsyncClient) -> None:
+    from PIL import Image
+
+    png = encode_image(Image.new("RGB", (40, 30), (200, 30, 90)))
+    uri = "data:image/png;base64," + base64.b64encode(png).decode()
+    content = [
+        {"type": "image_url", "image_url": {"url": uri}},
+        {"type": "text", "text": "What is in this picture?"},
+    ]
+    reply = await oai.chat.completions.create(
+        model="tiny-llava", messages=[{"role": "user", "content": content}], temperature=0,
+        max_tokens=8, extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    grpc = await sdk.generate(
+        messages=[{"role": "user", "content": [ImagePart(png), "What is in this picture?"]}],
+        model="tiny-llava", temperature=0, max_new_tokens=8, ignore_eos=True,
+    )  # fmt: skip
+    assert reply.choices[0].message.content == grpc.text
+    assert reply.usage is not None and reply.usage.prompt_tokens == grpc.prompt_token_count
+
+
+async def test_a_client_leaving_a_plain_call_stops_its_generation(
+    http_server, access: AccessLines
+) -> None:
+    """Not streamed: the call still watches for the client going away."""
+    runner = http_server.runner("tiny-llama")
+    engine = runner.engine
+    before = engine.stats().generated_tokens
+    gate = threading.Event()  # holds the device worker: the generation cannot end by itself
+
+    async def hold_worker() -> None:
+        runner.worker.submit(gate.wait)
+
+    async def call() -> None:
+        async with httpx.AsyncClient(base_url=base_url(http_server)) as http:
+            await http.post(
+                "/v1/chat/completions",
+                headers={"authorization": f"Bearer {KEY}", "x-request-id": "http-plain-left"},
+                json={
+                    "model": "tiny-llama", "messages": [{"role": "user", "content": "Go"}],
+                    "max_tokens": 400, "temperature": 0, "ignore_eos": True,
+                },
+            )  # fmt: skip
+
+    http_server.call(hold_worker())
+    try:
+        task = asyncio.create_task(call())
+        for _ in range(1000):  # until the request is in the engine (the worker is held)
+            stats = engine.stats()
+            if stats.waiting or stats.running_rows:
+                break
+            await asyncio.sleep(0.01)
+        assert stats.waiting or stats.running_rows, stats
+        task.cancel()  # the client goes away: its connection closes
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        line = access.line("http-plain-left")
+    finally:
+        gate.set()
+    assert line["code"] == "CANCELLED"
+    stats = await engine_stats_once_idle(engine)
+    assert stats.running_rows == stats.waiting == stats.reserved_tokens == 0, stats
+    assert engine.stats().generated_tokens - before < 100

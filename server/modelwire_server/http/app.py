@@ -125,8 +125,14 @@ class OpenAIApp:
                 self._authorize(request)
                 response = await handler(request, call)
             except asyncio.CancelledError:
-                self._close(call, "CANCELLED")
-                raise
+                if not self.registry.evicted(asyncio.current_task()):
+                    self._close(call, "CANCELLED")
+                    raise
+                # An UnloadModel cut it off: UNAVAILABLE, as the gRPC servicer answers.
+                exc = errors.Unavailable("the model was unloaded while this call was running")
+                error = http_error(exc, call.request_id, {})
+                self._close(call, error.code_name, error.message, exc)
+                return error.response(call.request_id)
             except Exception as exc:
                 if not call.model and self.model_of is not None and grpc_rpc:
                     call.model = self.model_of(grpc_rpc, "")
@@ -240,21 +246,18 @@ class OpenAIApp:
         if stream:
             if len(requests) > 1:
                 raise errors.InvalidArgument("prompt", "a stream takes one prompt")
-            events = await gen.primed(runner, requests[0], call.request_id)
+            # Watched while it waits for its first event (queued behind others, say).
+            events = await until_disconnected(
+                request, gen.primed(runner, requests[0], call.request_id)
+            )
             chunks = gen.chunks(reply, events, include_usage)
             return StreamingResponse(
                 self._sse(call, chunks), media_type="text/event-stream", headers=SSE_HEADERS
             )
-        streams: list[AsyncIterator[Any]] = []
-        try:
-            for one in requests:
-                streams.append(await gen.primed(runner, one, call.request_id))
-        except BaseException:
-            for started in streams:  # stop the prompts already running
-                await started.aclose()  # type: ignore[attr-defined]
-            raise
         n = requests[0].sampling.n if requests[0].sampling.HasField("n") else 1
-        choices, usage = await until_disconnected(request, gen.gather(streams, n))
+        choices, usage = await until_disconnected(
+            request, _run_all(runner, requests, call.request_id, n)
+        )
         return JSONResponse(reply.body(choices, usage))
 
     # -- one-shot tasks ---------------------------------------------------------------
@@ -359,6 +362,21 @@ class OpenAIApp:
         return JSONResponse(
             {"status": "ready" if serving else "not ready"}, status_code=200 if serving else 503
         )
+
+
+async def _run_all(
+    runner: Any, requests: list[Any], request_id: str, n: int
+) -> tuple[dict[int, gen.Choice], gen.Usage]:
+    """Every request's Generate stream to its end (a plain, not streamed, answer)."""
+    streams: list[AsyncIterator[Any]] = []
+    try:
+        for one in requests:
+            streams.append(await gen.primed(runner, one, request_id))
+    except BaseException:
+        for started in streams:  # stop the prompts already running
+            await started.aclose()  # type: ignore[attr-defined]
+        raise
+    return await gen.gather(streams, n)
 
 
 def _model_json(entry: Any) -> dict[str, Any]:

@@ -90,6 +90,8 @@ def openai_param(field: str, renames: dict[str, str]) -> str:
         if field.startswith(prefix):
             field = field.removeprefix(prefix)
             break
+    if field.startswith("messages[") and field.endswith(".image"):
+        return f"{field}_url"  # a chat image part is an image_url part here
     if field in renames:
         return renames[field]
     match = _INDEX.match(field)
