@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 from pathlib import Path
 
 import httpx2 as httpx
@@ -126,3 +127,14 @@ async def test_serve_model_dirs_over_grpc_and_http(preset_cache: Path) -> None:
     finally:
         kill_if_running(proc)
     assert not any("Traceback" in line for line in log), "".join(log)
+
+
+def test_a_taken_http_port_stops_the_start(preset_cache: Path, capsys) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        sentiment = str(preset.ensure_model("tiny-sentiment"))
+        code = main(["serve", "--port", "0", "--http-port", str(port), "--model", sentiment])
+    assert code != 0
+    assert f"cannot bind the HTTP port 127.0.0.1:{port}" in capsys.readouterr().err

@@ -135,6 +135,15 @@ class ModelwireServer:
         )
         return HttpFront(api)
 
+    def _http_tls(self) -> Any:
+        """TLS for HTTP with the gRPC port's files (keys never cross plaintext HTTP)."""
+        from modelwire_server.http import TlsFiles
+
+        config = self.config
+        if self.credentials is None or not config.tls_cert_file or not config.tls_key_file:
+            return None
+        return TlsFiles(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file)
+
     async def _inference_serving(self) -> bool:
         """What gRPC health says of InferenceService (the HTTP readiness route)."""
         request = health_pb2.HealthCheckRequest(service=INFERENCE_SERVICE)
@@ -165,7 +174,9 @@ class ModelwireServer:
             )
         if self.http is not None:
             assert self.config.http_port is not None
-            self.http_port = await self.http.start(self.config.host, self.config.http_port)
+            self.http_port = await self.http.start(
+                self.config.host, self.config.http_port, self._http_tls()
+            )
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._set_inference_health(serving=False)
         await self.server.start()

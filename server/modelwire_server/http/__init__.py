@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import uvicorn
 
@@ -32,6 +34,21 @@ class _LoopServer(uvicorn.Server):
         yield
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """The gRPC port's PEM files: HTTP serves TLS with them too (mutual with a CA)."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None
+
+    def uvicorn_options(self) -> dict[str, object]:
+        options: dict[str, object] = {"ssl_certfile": self.cert, "ssl_keyfile": self.key}
+        if self.client_ca:
+            options |= {"ssl_ca_certs": self.client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+        return options
+
+
 class HttpFront:
     """Binds at ``start`` (so a taken port fails the start), serves until ``stop``."""
 
@@ -41,7 +58,7 @@ class HttpFront:
         self._server: _LoopServer | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, tls: TlsFiles | None = None) -> int:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -59,6 +76,7 @@ class HttpFront:
             log_config=None,  # the process's logging as configured; no second setup
             access_log=False,  # calls are logged by the access log, as gRPC calls are
             timeout_graceful_shutdown=30,
+            **(tls.uvicorn_options() if tls is not None else {}),  # type: ignore[arg-type]
         )
         self._server = _LoopServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="http-front")
@@ -74,4 +92,4 @@ class HttpFront:
             await self._task
 
 
-__all__ = ["HttpFront", "OpenAIApp"]
+__all__ = ["HttpFront", "OpenAIApp", "TlsFiles"]

@@ -22,6 +22,9 @@ REFUSED = {
 
 
 async def json_body(request: Request, limit: int) -> dict[str, Any]:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:  # refused before it is read
+        raise InvalidArgument("", f"the request body is {declared} bytes; the limit is {limit}")
     body = await request.body()
     if len(body) > limit:
         raise InvalidArgument("", f"the request body is {len(body)} bytes; the limit is {limit}")
