@@ -320,6 +320,16 @@ async def test_bad_chat_fields_are_400_naming_them(
     assert caught.value.body["message"].startswith(f"{param}: ")
 
 
+async def test_bad_completion_fields_are_400_naming_them(oai: openai.AsyncOpenAI) -> None:
+    for extra, param in [({"logprobs": 25}, "logprobs"), ({"echo": True}, "echo")]:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await oai.completions.create(model="tiny-gpt2", prompt="Hi", **extra)
+        assert caught.value.param == param
+    with pytest.raises(openai.BadRequestError) as caught:
+        await oai.completions.create(model="tiny-gpt2", prompt=["a", "b"], stream=True)
+    assert caught.value.param == "prompt"
+
+
 async def test_response_format_text_is_accepted(oai: openai.AsyncOpenAI) -> None:
     reply = await oai.chat.completions.create(
         model="tiny-llama", messages=[{"role": "user", "content": "Hi"}], max_tokens=2,

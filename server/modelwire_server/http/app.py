@@ -75,12 +75,12 @@ class OpenAIApp:
             routes=[
                 Route(
                     "/v1/chat/completions",
-                    endpoint("chat.completions", "Generate", self.chat, gen.RENAMES),
+                    endpoint("chat.completions", "Generate", self.chat, gen.CHAT_RENAMES),
                     methods=["POST"],
                 ),
                 Route(
                     "/v1/completions",
-                    endpoint("completions", "Generate", self.completions, gen.RENAMES),
+                    endpoint("completions", "Generate", self.completions, gen.COMPLETION_RENAMES),
                     methods=["POST"],
                 ),
                 Route(
@@ -182,7 +182,9 @@ class OpenAIApp:
         call.model = self.model_of(grpc_rpc, model[:128]) if self.model_of else model[:128]
         return self.registry.runner_for(grpc_rpc, model)
 
-    def _sse(self, call: CallRecord, events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    def _sse(
+        self, call: CallRecord, events: AsyncIterator[dict[str, Any]], renames: dict[str, str]
+    ) -> AsyncIterator[bytes]:
         """``events`` as SSE ``data:`` lines and a final ``[DONE]``; ends the call's record.
 
         An error mid-stream (the status is sent already) is one ``data:`` error object,
@@ -199,7 +201,7 @@ class OpenAIApp:
                 code = "CANCELLED"
                 raise
             except Exception as exc:
-                error = http_error(exc, call.request_id, gen.RENAMES)
+                error = http_error(exc, call.request_id, renames)
                 code, message, failure = error.code_name, error.message, exc
                 body = json.loads(error.response(call.request_id).body)
                 yield b"data: " + json.dumps(body).encode() + b"\n\n"
@@ -252,7 +254,9 @@ class OpenAIApp:
             )
             chunks = gen.chunks(reply, events, include_usage)
             return StreamingResponse(
-                self._sse(call, chunks), media_type="text/event-stream", headers=SSE_HEADERS
+                self._sse(call, chunks, gen.CHAT_RENAMES if chat else gen.COMPLETION_RENAMES),
+                media_type="text/event-stream",
+                headers=SSE_HEADERS,
             )
         n = requests[0].sampling.n if requests[0].sampling.HasField("n") else 1
         choices, usage = await until_disconnected(

@@ -31,12 +31,9 @@ FINISH = {
     common_pb2.FINISH_REASON_CANCELLED: "stop",
 }
 # Server field names → this API's, for 400s (``param``).
-RENAMES = {
-    "max_new_tokens": "max_tokens",
-    "min_new_tokens": "min_tokens",
-    "messages": "messages",
-    "prompt": "prompt",
-}
+_STOPPING = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"}
+CHAT_RENAMES = {**_STOPPING, "prompt": "messages"}
+COMPLETION_RENAMES = {**_STOPPING, "top_logprobs": "logprobs"}
 # OpenAI's numeric parameters and vLLM's common extensions, as SamplingParameters names them.
 _SAMPLING_NUMBERS = (
     "temperature", "top_p", "presence_penalty", "frequency_penalty", "min_p",
