@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import uuid
@@ -183,20 +182,32 @@ class OpenAIApp:
         return self.registry.runner_for(grpc_rpc, model)
 
     def _sse(
-        self, call: CallRecord, events: AsyncIterator[dict[str, Any]], renames: dict[str, str]
-    ) -> AsyncIterator[bytes]:
-        """``events`` as SSE ``data:`` lines and a final ``[DONE]``; ends the call's record.
+        self,
+        call: CallRecord,
+        events: gen.Primed,
+        chunks: AsyncIterator[dict[str, Any]],
+        renames: dict[str, str],
+    ) -> StreamingResponse:
+        """``chunks`` (made from ``events``) as SSE ``data:`` lines and a final ``[DONE]``.
 
         An error mid-stream (the status is sent already) is one ``data:`` error object,
-        as OpenAI sends it. A client that goes away cancels this generator at an await:
-        ``events`` is closed at once, and its own ``finally`` stops the engine rows."""
+        as OpenAI sends it. A client that goes away cancels the stream at an await, and
+        the generation's own ``finally`` stops its engine rows; if it goes away before
+        the stream even started, the response's end closes the generation all the same.
+        Either way the call's record is closed once."""
+        closed = False
+
+        def close(code: str, message: str = "", failure: BaseException | None = None) -> None:
+            nonlocal closed
+            if not closed:
+                closed = True
+                self._close(call, code, message, failure)
 
         async def framed() -> AsyncIterator[bytes]:
             code, message, failure = "OK", "", None
             try:
-                async with contextlib.aclosing(events):  # type: ignore[type-var]
-                    async for event in events:
-                        yield b"data: " + json.dumps(event).encode() + b"\n\n"
+                async for chunk in chunks:
+                    yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
             except (asyncio.CancelledError, GeneratorExit):
                 code = "CANCELLED"
                 raise
@@ -206,10 +217,15 @@ class OpenAIApp:
                 body = json.loads(error.response(call.request_id).body)
                 yield b"data: " + json.dumps(body).encode() + b"\n\n"
             finally:
-                self._close(call, code, message, failure)
+                await events.aclose()
+                close(code, message, failure)
             yield b"data: [DONE]\n\n"
 
-        return framed()
+        async def end() -> None:
+            await events.aclose()
+            close("CANCELLED")
+
+        return _EventStream(framed(), end)
 
     # -- generation -------------------------------------------------------------------
 
@@ -253,10 +269,8 @@ class OpenAIApp:
                 request, gen.primed(runner, requests[0], call.request_id)
             )
             chunks = gen.chunks(reply, events, include_usage)
-            return StreamingResponse(
-                self._sse(call, chunks, gen.CHAT_RENAMES if chat else gen.COMPLETION_RENAMES),
-                media_type="text/event-stream",
-                headers=SSE_HEADERS,
+            return self._sse(
+                call, events, chunks, gen.CHAT_RENAMES if chat else gen.COMPLETION_RENAMES
             )
         n = requests[0].sampling.n if requests[0].sampling.HasField("n") else 1
         choices, usage = await until_disconnected(
@@ -371,16 +385,30 @@ class OpenAIApp:
 async def _run_all(
     runner: Any, requests: list[Any], request_id: str, n: int
 ) -> tuple[dict[int, gen.Choice], gen.Usage]:
-    """Every request's Generate stream to its end (a plain, not streamed, answer)."""
-    streams: list[AsyncIterator[Any]] = []
+    """Every request's Generate stream to its end (a plain, not streamed, answer); a
+    failure or a client gone ends them all."""
+    streams: list[gen.Primed] = []
     try:
         for one in requests:
             streams.append(await gen.primed(runner, one, request_id))
-    except BaseException:
-        for started in streams:  # stop the prompts already running
-            await started.aclose()  # type: ignore[attr-defined]
-        raise
-    return await gen.gather(streams, n)
+        return await gen.gather(streams, n)
+    finally:
+        for stream in streams:
+            await stream.aclose()
+
+
+class _EventStream(StreamingResponse):
+    """A streaming response whose ``end`` runs however it ends, started or not."""
+
+    def __init__(self, content: AsyncIterator[bytes], end: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=SSE_HEADERS)
+        self._end = end
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._end()
 
 
 def _model_json(entry: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import asyncio
 import base64
 import binascii
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,9 +194,34 @@ def stream_usage(body: dict[str, Any]) -> bool:
 # -- running and answering -------------------------------------------------------------
 
 
+class Primed:
+    """A Generate stream whose first message has come already; ``aclose`` ends the
+    generation (its ``finally`` cancels the engine rows) whether or not it was read."""
+
+    def __init__(
+        self,
+        first: generate_pb2.GenerateResponse,
+        stream: AsyncGenerator[generate_pb2.GenerateResponse, None],
+    ) -> None:
+        self._first: generate_pb2.GenerateResponse | None = first
+        self._stream = stream
+
+    def __aiter__(self) -> Primed:
+        return self
+
+    async def __anext__(self) -> generate_pb2.GenerateResponse:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await anext(self._stream)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
 async def primed(
     runner: TextGenerationTask, request: generate_pb2.GenerateRequest, request_id: str
-) -> AsyncIterator[generate_pb2.GenerateResponse]:
+) -> Primed:
     """``generate``'s stream, already past its first message, so that what fails before
     anything is generated (bad fields, a full queue) fails the HTTP call with its status
     instead of a 200 stream."""
@@ -206,16 +231,7 @@ async def primed(
     except BaseException:
         await stream.aclose()
         raise
-
-    async def resumed() -> AsyncIterator[generate_pb2.GenerateResponse]:
-        try:
-            yield first
-            async for message in stream:
-                yield message
-        finally:
-            await stream.aclose()
-
-    return resumed()
+    return Primed(first, stream)
 
 
 @dataclass
@@ -246,14 +262,12 @@ class Usage:
         }
 
 
-async def gather(
-    streams: list[AsyncIterator[generate_pb2.GenerateResponse]], n: int
-) -> tuple[dict[int, Choice], Usage]:
+async def gather(streams: list[Primed], n: int) -> tuple[dict[int, Choice], Usage]:
     """Every stream to its end; choice ``p * n + index`` for stream ``p``'s sequences."""
     usage = Usage()
     choices: dict[int, Choice] = {}
 
-    async def drain(p: int, stream: AsyncIterator[generate_pb2.GenerateResponse]) -> None:
+    async def drain(p: int, stream: Primed) -> None:
         async for message in stream:
             usage.add(message)
             if message.HasField("prompt_token_count"):
@@ -346,7 +360,7 @@ class Reply:
 
 
 async def chunks(
-    reply: Reply, stream: AsyncIterator[generate_pb2.GenerateResponse], include_usage: bool
+    reply: Reply, stream: Primed, include_usage: bool
 ) -> AsyncIterator[dict[str, Any]]:
     """OpenAI's stream chunks for one Generate stream (the caller frames them as SSE)."""
     usage = Usage()
