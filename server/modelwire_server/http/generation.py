@@ -62,7 +62,7 @@ def generate_request(body: dict[str, Any], *, chat: bool) -> generate_pb2.Genera
     for name in ("n", "seed", "top_k"):
         value = fields.integer(body, name)
         if value is not None:
-            setattr(sampling, name, value)
+            _set(sampling, name, value, name)
     bias = body.get("logit_bias")
     if bias is not None:
         sampling.logit_bias.update(_logit_bias(bias))
@@ -70,24 +70,25 @@ def generate_request(body: dict[str, Any], *, chat: bool) -> generate_pb2.Genera
     for name in ("max_completion_tokens", "max_tokens") if chat else ("max_tokens",):
         value = fields.integer(body, name)
         if value is not None:
-            stopping.max_new_tokens = value
+            _set(stopping, "max_new_tokens", value, name)
             break
     min_tokens = fields.integer(body, "min_tokens")
     if min_tokens is not None:
-        stopping.min_new_tokens = min_tokens
+        _set(stopping, "min_new_tokens", min_tokens, "min_tokens")
     stopping.stop.extend(fields.strings(body, "stop") or [])
     stopping.ignore_eos = bool(fields.boolean(body, "ignore_eos"))
     if chat:
         if fields.boolean(body, "logprobs"):
             request.options.logprobs = True
-            request.options.top_logprobs = fields.integer(body, "top_logprobs") or 0
+            top = fields.integer(body, "top_logprobs") or 0
+            _set(request.options, "top_logprobs", top, "top_logprobs")
         elif body.get("top_logprobs"):
             raise InvalidArgument("top_logprobs", "needs logprobs set to true")
     else:
         top = fields.integer(body, "logprobs")
         if top is not None:
             request.options.logprobs = True
-            request.options.top_logprobs = top
+            _set(request.options, "top_logprobs", top, "logprobs")
         if fields.boolean(body, "echo"):
             raise InvalidArgument("echo", "is not supported")
         if body.get("suffix"):
@@ -96,6 +97,14 @@ def generate_request(body: dict[str, Any], *, chat: bool) -> generate_pb2.Genera
         if best_of is not None and best_of != (fields.integer(body, "n") or 1):
             raise InvalidArgument("best_of", "is not supported (other than equal to n)")
     return request
+
+
+def _set(message: Any, name: str, value: int, param: str) -> None:
+    """``message.name = value``; a value the field's integer type cannot hold is a 400."""
+    try:
+        setattr(message, name, value)
+    except (ValueError, TypeError):
+        raise InvalidArgument(param, f"{value} is out of range") from None
 
 
 def _logit_bias(bias: Any) -> dict[int, float]:
@@ -109,6 +118,8 @@ def _logit_bias(bias: Any) -> dict[int, float]:
             raise InvalidArgument("logit_bias", f"the bias of {key} must be a number")
         if not -100 <= value <= 100:
             raise InvalidArgument("logit_bias", f"the bias of {key} must be in [-100, 100]")
+        if not 0 <= int(key) < 2**31:
+            raise InvalidArgument("logit_bias", f"key {key} is not a token id")
         out[int(key)] = float(value)
     return out
 
