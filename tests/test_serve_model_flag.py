@@ -29,6 +29,26 @@ def test_each_preset_kind_gets_its_task(preset_cache: Path, name: str) -> None:
     assert infer_task(str(preset.ensure_model(name))) == model.task
 
 
+def test_the_command_line_infers_each_kind(preset_cache: Path) -> None:
+    """What ``serve --model DIR ...`` with no config resolves to, for a classifier, an
+    embedder, a causal LM and a Whisper model."""
+    from modelwire_server.cli import flag_models
+
+    kinds = {
+        "tiny-sentiment": "sentiment-analysis",
+        "tiny-embed": "feature-extraction",
+        "tiny-gpt2": "text-generation",
+        "tiny-whisper": "automatic-speech-recognition",
+    }
+    argv = ["serve"]
+    for name in kinds:
+        argv += ["--model", str(preset.ensure_model(name))]
+    args = build_parser().parse_args(argv)
+    config = resolve(environ={}, models=flag_models(args.model))
+    assert {m.name: m.task for m in config.models} == kinds
+    assert config.preset is None  # models given: no preset beside them
+
+
 def test_sentence_transformers_model_is_an_embedder() -> None:
     assert infer_task(str(minilm_path())) == "feature-extraction"
 
