@@ -158,3 +158,19 @@ def test_a_taken_http_port_stops_the_start(preset_cache: Path, capsys) -> None:
         code = main(["serve", "--port", "0", "--http-port", str(port), "--model", sentiment])
     assert code != 0
     assert f"cannot bind the HTTP port 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_http_port_from_file_environment_and_flag(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("http_port: 8001\n")
+    assert resolve(config_file=str(config), environ={}).http_port == 8001
+    env = {"MODELWIRE_HTTP_PORT": "8002"}
+    assert resolve(config_file=str(config), environ=env).http_port == 8002
+    assert resolve(config_file=str(config), environ=env, http_port=8003).http_port == 8003
+    assert resolve(environ={}).http_port is None  # off unless set
+    with pytest.raises(ConfigError, match="http_port 50051 is taken by gRPC or metrics"):
+        resolve(environ={}, http_port=50051)
+    with pytest.raises(ConfigError, match="between 0 and 65535"):
+        resolve(environ={}, http_port=70000)
+    with pytest.raises(ConfigError, match="MODELWIRE_HTTP_PORT 'x' is not a number"):
+        resolve(environ={"MODELWIRE_HTTP_PORT": "x"})
