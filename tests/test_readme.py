@@ -4,10 +4,9 @@ Every fenced block is run or checked, so that the README cannot rot:
 - ``python``: run. A block with top-level ``await`` runs inside ``async with
   AsyncClient(...) as client:`` (the tour's convention, said in the README); the
   others run as scripts. The server's address replaces ``127.0.0.1:50051``.
-- ``bash``: each command line runs through bash with the SDK's ``modelwire`` on PATH;
-  ``grpcurl`` lines (grpcurl is no Python package) are done by the same calls through
-  reflection's descriptors and the JSON mapping grpcurl uses; the install and test
-  commands must be the ones ``.ci/run`` runs.
+- ``bash``: run by bash with the SDK's ``modelwire`` on PATH, and a ``grpcurl`` that
+  makes the same calls (tests/grpcurl.py; grpcurl is no Python package); the install
+  and test commands must be the ones ``.ci/run`` runs.
 - ``yaml``: parsed as a server config.
 A block that needs what a test cannot have (Docker, a cluster, a hub model) says so in
 an HTML comment just above it, ``<!-- not run by the tests: why -->``, and is then only
@@ -17,12 +16,10 @@ checked for syntax (Python: its calls bind to the SDK's signatures).
 from __future__ import annotations
 
 import ast
-import asyncio
 import inspect
 import io
 import os
 import re
-import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,24 +27,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 import soundfile as sf
 import yaml
-from google.protobuf import descriptor_pool, json_format, message_factory
-from grpc_reflection.v1alpha import reflection_pb2
 from PIL import Image
 
 from modelwire import AsyncClient
-from modelwire.v1 import generate_pb2, inference_service_pb2, model_service_pb2  # noqa: F401
-from modelwire_server import preset
-from modelwire_server.config import parse_config
-from tests.conftest import RunningServer, preset_server
+from modelwire_server.config import ServerConfig, parse_config
+from modelwire_server.server import preset_configs
+from tests.conftest import RunningServer, start_server
 
 ROOT = Path(__file__).parent.parent
 README = ROOT / "README.md"
 DOCUMENTED_TARGET = "127.0.0.1:50051"
+DOCUMENTED_HTTP = "127.0.0.1:8000"
 NOT_RUN = re.compile(r"<!-- not run by the tests: (.+?) -->")
 
 
@@ -108,9 +102,14 @@ def test_every_block_is_of_a_checked_language_and_not_run_blocks_say_why() -> No
 
 @pytest.fixture(scope="module")
 def readme_server(preset_cache: Path) -> Iterator[RunningServer]:
-    """Every model of the tiny preset: the README's tour touches every task."""
-    with preset_server([m.name for m in preset.all_models()]) as running:
+    """Every model of the tiny preset (the README's tour touches every task), with the
+    HTTP API on a free port."""
+    config = ServerConfig(port=0, http_port=0, models=preset_configs("tiny"))
+    running = start_server(config)
+    try:
         yield running
+    finally:
+        running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +130,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _for_server(code: str, server: RunningServer) -> str:
-    return code.replace(DOCUMENTED_TARGET, server.target)
+    http = f"127.0.0.1:{server.server.http_port}"
+    return code.replace(DOCUMENTED_TARGET, server.target).replace(DOCUMENTED_HTTP, http)
 
 
 # ------------------------------------------------------------------------ python
@@ -205,100 +205,46 @@ def test_python_blocks_not_run_still_match_the_sdk(block: Block) -> None:
 # ------------------------------------------------------------------------ bash
 
 
-def _commands(code: str) -> list[str]:
-    """Command lines, with continuation lines joined and comments dropped."""
-    joined = code.replace("\\\n", " ")
-    commands = []
-    for line in joined.splitlines():
-        words = shlex.split(line, comments=True)
-        if words:
-            commands.append(line)
-    return commands
+def _env(bin_dir: Path | None = None) -> dict[str, str]:
+    dirs = [str(Path(sys.executable).parent)] + ([str(bin_dir)] if bin_dir else [])
+    return {**os.environ, "PATH": ":".join([*dirs, os.environ.get("PATH", "")])}
 
 
-def _env() -> dict[str, str]:
-    bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
+@pytest.fixture(scope="module")
+def grpcurl_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``grpcurl`` on PATH (grpcurl is no Python package): tests/grpcurl.py makes the
+    same calls with the descriptors reflection serves and grpcurl's JSON mapping."""
+    bin_dir = tmp_path_factory.mktemp("bin")
+    script = bin_dir / "grpcurl"
+    stand_in = Path(__file__).with_name("grpcurl.py")
+    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{stand_in}" "$@"\n')
+    script.chmod(0o755)
+    return bin_dir
 
 
 @pytest.mark.parametrize("block", _blocks("bash", run=True))
 def test_bash_blocks_run(
-    block: Block, readme_server: RunningServer, workdir: Path, tmp_path: Path
+    block: Block, readme_server: RunningServer, workdir: Path, grpcurl_bin: Path
 ) -> None:
-    commands = _commands(_for_server(block.code, readme_server))
-    if any(c.startswith("python3 -m venv") for c in commands):
+    code = _for_server(block.code, readme_server)
+    if "python3 -m venv" in code:
         # The install and test commands: CI runs these very commands on a fresh clone.
         ci = (ROOT / ".ci" / "run").read_text()
-        for command in commands:
-            for part in command.split(" && "):
-                assert part in ci, f"{block.id}: .ci/run does not run {part!r}"
+        for line in code.splitlines():
+            if line.strip() and not line.startswith("#"):
+                for part in line.split(" && "):
+                    assert part in ci, f"{block.id}: .ci/run does not run {part!r}"
         return
-    shell: list[str] = []
-    for command in commands:
-        if command.startswith("grpcurl "):
-            asyncio.run(_grpcurl(shlex.split(command, comments=True)[1:]))
-        else:
-            shell.append(command)
-    if shell:
-        script = "set -euo pipefail\n" + "\n".join(shell) + "\n"
-        done = subprocess.run(
-            ["bash", "-c", script],
-            cwd=workdir,
-            input="Hi there\n",
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env=_env(),
-        )
-        assert done.returncode == 0, f"{block.id} failed:\n{done.stdout}\n{done.stderr}"
-
-
-async def _grpcurl(args: list[str]) -> None:
-    """What ``grpcurl -plaintext [-d JSON] TARGET (list | describe SYMBOL | METHOD)`` does,
-    with the descriptors the server's reflection serves."""
-    body, rest = "{}", []
-    i = 0
-    while i < len(args):
-        if args[i] == "-plaintext":
-            i += 1
-        elif args[i] == "-d":
-            body, i = args[i + 1], i + 2
-        else:
-            assert not args[i].startswith("-"), f"grpcurl flag the test does not know: {args[i]}"
-            rest.append(args[i])
-            i += 1
-    target, verb, *more = rest
-    async with grpc.aio.insecure_channel(target) as channel:
-        if verb in ("list", "describe"):
-            request = reflection_pb2.ServerReflectionRequest(
-                list_services="" if verb == "list" else None,
-                file_containing_symbol=more[0] if verb == "describe" else None,
-            )
-            call = channel.stream_stream(
-                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
-            )
-            async for reply in call(iter([request])):
-                assert not reply.HasField("error_response"), reply.error_response
-                break
-            return
-        service_name, method_name = verb.rsplit("/", 1)
-        pool = descriptor_pool.Default()
-        method = pool.FindServiceByName(service_name).methods_by_name[method_name]
-        request_class = message_factory.GetMessageClass(method.input_type)
-        response_class = message_factory.GetMessageClass(method.output_type)
-        message = json_format.Parse(body, request_class())
-        path = f"/{service_name}/{method_name}"
-        kwargs = {
-            "request_serializer": request_class.SerializeToString,
-            "response_deserializer": response_class.FromString,
-        }
-        if method.server_streaming:
-            replies = [r async for r in channel.unary_stream(path, **kwargs)(message)]
-            assert replies
-        else:
-            await channel.unary_unary(path, **kwargs)(message)
+    done = subprocess.run(
+        ["bash", "-c", "set -euo pipefail\n" + code],
+        cwd=workdir,
+        input="Hi there\n",  # what `modelwire chat` reads
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(grpcurl_bin),
+    )
+    assert done.returncode == 0, f"{block.id} failed:\n{done.stdout}\n{done.stderr}"
 
 
 @pytest.mark.parametrize("block", _blocks("bash", run=False))

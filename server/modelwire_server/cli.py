@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="stay up when no model loads (for LoadModel); otherwise the server exits 1",
     )
+    add_model_flags(serve)
     check = commands.add_parser(
         "healthcheck", help="exit 0 if a server's InferenceService is SERVING (for containers)"
     )
@@ -65,6 +66,50 @@ def _version() -> str:
         return version("modelwire")
     except PackageNotFoundError:
         return "unknown"
+
+
+class _ModelFlag(argparse.Action):
+    """``--model SOURCE`` starts an entry; ``--task/--name/--dtype/--device`` describe
+    the ``--model`` before them."""
+
+    def __call__(self, parser: Any, namespace: Any, value: Any, option: Any = None) -> None:
+        entries: list[dict[str, str]] = getattr(namespace, "model", None) or []
+        if self.dest == "model":
+            entries.append({"source": value})
+        elif not entries:
+            parser.error(f"{option} describes a --model: put it after the --model it is for")
+        elif self.dest in entries[-1]:
+            parser.error(f"{option} is given twice for --model {entries[-1]['source']}")
+        else:
+            entries[-1][self.dest] = value
+        namespace.model = entries
+
+
+def add_model_flags(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--model",
+        action=_ModelFlag,
+        metavar="SOURCE",
+        help="serve a hub id or local directory (repeatable); the flags below describe it",
+    )
+    serve.add_argument("--task", action=_ModelFlag, help="the --model's task (default: inferred)")
+    serve.add_argument(
+        "--name", action=_ModelFlag, help="the --model's name (default: its last path part)"
+    )
+    serve.add_argument("--dtype", action=_ModelFlag, help="the --model's dtype (default auto)")
+    serve.add_argument("--device", action=_ModelFlag, help="the --model's device (default auto)")
+    serve.add_argument(
+        "--http-port",
+        type=int,
+        help="serve the OpenAI-compatible HTTP API on this port (0: a free one)",
+    )
+
+
+def flag_models(entries: list[dict[str, str]] | None) -> list[Any]:
+    """ModelConfigs for the ``--model`` flags, tasks inferred where not given."""
+    from modelwire_server.task_inference import flag_model
+
+    return [flag_model(e.pop("source"), **e) for e in entries or []]
 
 
 def missing_server_modules() -> list[str]:
@@ -93,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             tls_key_file=args.tls_key,
             tls_client_ca_file=args.tls_client_ca,
             serve_without_models=args.serve_without_models,
+            http_port=args.http_port,
+            models=flag_models(args.model),
         )
     except ConfigError as exc:
         print(f"modelwire-server: {exc}", file=sys.stderr)
@@ -119,6 +166,8 @@ async def _serve(config: object) -> int:
     port = await server.start()
     # Printed on stdout so that scripts (and tests) starting us on port 0 learn the port.
     print(f"modelwire-server listening on {server.config.host}:{port}", flush=True)
+    if server.http_port is not None:
+        print(f"modelwire-server HTTP on {server.config.host}:{server.http_port}", flush=True)
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Future[None]] = []
 

@@ -110,6 +110,8 @@ class ServerConfig:
     # Operations, each off unless set: a Prometheus endpoint (0 picks a free port),
     # bearer-token auth from key files, and TLS (mutual when a client CA is given).
     metrics_port: int | None = None
+    # The OpenAI-compatible HTTP API (modelwire_server.http), off unless set; 0 picks a port.
+    http_port: int | None = None
     api_keys_file: str | None = None
     admin_key_file: str | None = None
     tls_cert_file: str | None = None
@@ -264,6 +266,8 @@ def parse_config(raw: Any, origin: str = "config") -> ServerConfig:
             setattr(config, key, _check_type(key, raw[key], str))
     if raw.get("metrics_port") is not None:  # null keeps it off
         config.metrics_port = _check_type("metrics_port", raw["metrics_port"], int)
+    if raw.get("http_port") is not None:
+        config.http_port = _check_type("http_port", raw["http_port"], int)
     for key in ("port", "max_message_bytes"):
         if key in raw:
             setattr(config, key, _check_type(key, raw[key], int))
@@ -312,6 +316,11 @@ def validate_operations(config: ServerConfig) -> None:
         raise ConfigError(f"metrics_port {port} must be between 0 and 65535")
     if port is not None and port != 0 and port == config.port:
         raise ConfigError(f"metrics_port {port} is the gRPC port; give metrics a port of its own")
+    http = config.http_port
+    if http is not None and not 0 <= http <= 65535:
+        raise ConfigError(f"http_port {http} must be between 0 and 65535")
+    if http and http in (config.port, port):
+        raise ConfigError(f"http_port {http} is taken by gRPC or metrics; give HTTP its own port")
     if config.log_format not in LOG_FORMATS:
         raise ConfigError(f"log_format {config.log_format!r} must be text or json")
     if bool(config.tls_cert_file) != bool(config.tls_key_file):
@@ -342,12 +351,14 @@ def resolve(
     port: int | None = None,
     preset: str | None = None,
     environ: dict[str, str] | None = None,
+    models: list[ModelConfig] | None = None,
     **flags: Any,
 ) -> ServerConfig:
     """The file, then MODELWIRE_* variables, then flags; no models means the tiny preset.
 
-    ``flags`` are more keys as the config file spells them (``metrics_port``,
-    ``tls_cert_file``, ...); None leaves a key as it is.
+    ``models`` (``serve --model``) are served beside the file's. ``flags`` are more keys
+    as the config file spells them (``metrics_port``, ``tls_cert_file``, ...); None
+    leaves a key as it is.
     """
     env = os.environ if environ is None else environ
     config_file = config_file or env.get("MODELWIRE_CONFIG") or None
@@ -375,6 +386,7 @@ def resolve(
         config.port = port
     if preset is not None:
         config.preset = preset
+    config.models += models or []
     if not config.models and config.preset is None:
         config.preset = "tiny"
     validate_server(config)
@@ -392,6 +404,12 @@ def _apply_operations_env(config: ServerConfig, env: Any) -> None:
         except ValueError:
             value = env["MODELWIRE_METRICS_PORT"]
             raise ConfigError(f"MODELWIRE_METRICS_PORT {value!r} is not a number") from None
+    if env.get("MODELWIRE_HTTP_PORT"):
+        try:
+            config.http_port = int(env["MODELWIRE_HTTP_PORT"])
+        except ValueError:
+            value = env["MODELWIRE_HTTP_PORT"]
+            raise ConfigError(f"MODELWIRE_HTTP_PORT {value!r} is not a number") from None
     keys = [k.strip() for k in env.get("MODELWIRE_API_KEYS", "").split(",")]
     config.api_keys += [k for k in keys if k]
     if env.get("MODELWIRE_ADMIN_KEY", "").strip():

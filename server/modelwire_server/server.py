@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 import socket
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -143,6 +144,8 @@ class ModelwireServer:
         # What the process should exit with once stopped: 1 when no model could load.
         self.exit_code = 0
         self._stopping: asyncio.Task[None] | None = None
+        self.http = self._http_front()
+        self.http_port: int | None = None
         self._loading: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
 
@@ -155,6 +158,40 @@ class ModelwireServer:
         requests = RequestInterceptor(observers, model_of=self.model_of)
         auth = [AuthInterceptor(self.keys, requests.wrap)] if self.keys.enabled else []
         return [*auth, *otel_interceptors(), requests]
+
+    def _http_front(self) -> Any:
+        """The OpenAI-compatible HTTP API over the same registry, keys and observers."""
+        if self.config.http_port is None:
+            return None
+        from modelwire_server.http import HttpFront, OpenAIApp
+
+        observers: list[Observer] = [write_access_line]
+        if self.metrics is not None:
+            observers.append(self.metrics.observe)
+        api = OpenAIApp(
+            self.registry,
+            self.keys,
+            observers=observers,
+            model_of=self.model_of,
+            ready=self._inference_serving,
+            max_body_bytes=self.config.max_message_bytes,
+        )
+        return HttpFront(api)
+
+    def _http_tls(self) -> Any:
+        """TLS for HTTP with the gRPC port's files (keys never cross plaintext HTTP)."""
+        from modelwire_server.http import TlsFiles
+
+        config = self.config
+        if self.credentials is None or not config.tls_cert_file or not config.tls_key_file:
+            return None
+        return TlsFiles(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file)
+
+    async def _inference_serving(self) -> bool:
+        """What gRPC health says of InferenceService (the HTTP readiness route)."""
+        request = health_pb2.HealthCheckRequest(service=INFERENCE_SERVICE)
+        reply = await self.health.Check(request, None)  # type: ignore[arg-type]
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
 
     def model_of(self, rpc: str, requested: str) -> str:
         """The model a call is for: the one it names, else its RPC's default (if any)."""
@@ -185,6 +222,11 @@ class ModelwireServer:
             self.metrics_port = await self._metrics_endpoint.start(
                 self.config.host, self.config.metrics_port
             )
+        if self.http is not None:
+            assert self.config.http_port is not None
+            self.http_port = await self.http.start(
+                self.config.host, self.config.http_port, self._http_tls()
+            )
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._set_inference_health(serving=False)
         await self.server.start()
@@ -203,6 +245,10 @@ class ModelwireServer:
         if self.keys.enabled:
             log.info(
                 "auth on: %d API keys, %d admin keys", len(self.keys.api), len(self.keys.admin)
+            )
+        if self.http_port is not None:
+            log.info(
+                "OpenAI-compatible HTTP API on http://%s:%d/v1", self.config.host, self.http_port
             )
         if self.metrics_port is not None:
             log.info("metrics on http://%s:%d/metrics", self.config.host, self.metrics_port)
@@ -248,6 +294,9 @@ class ModelwireServer:
         # whatever is left of the grace period.
         started = asyncio.get_running_loop().time()
         await self.registry.drain(grace)
+        left = max(0.0, grace - (asyncio.get_running_loop().time() - started))
+        if self.http is not None:
+            await self.http.stop(left)
         await self.server.stop(max(0.0, grace - (asyncio.get_running_loop().time() - started)))
         if self._metrics_endpoint is not None:  # last, so a drain can still be watched
             await self._metrics_endpoint.close()
