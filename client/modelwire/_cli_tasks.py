@@ -208,7 +208,7 @@ def add_text_commands(subparsers: Subparsers) -> None:
 
     p = command(subparsers, "qa", "answer a question from a context", qa)
     p.add_argument("--question", "-q", required=True)
-    p.add_argument("--context", "-c", required=True)
+    p.add_argument("--context", "-c", required=True, help='the text ("-": standard input)')
     p.add_argument("--top-k", type=int, help="answers (default 1)")
     p.add_argument("--max-answer-length", type=int, help="in tokens (default 15)")
     p.add_argument(
@@ -377,7 +377,7 @@ def add_media_commands(subparsers: Subparsers) -> None:
     p.add_argument("--top-k", type=int)
 
     p = command(subparsers, "speak", "synthesize speech into a WAV file", speak)
-    p.add_argument("text")
+    p.add_argument("text", help='what to say ("-": standard input)')
     p.add_argument("--output", "-o", type=Path, required=True, help="the WAV file to write")
     p.add_argument("--voice", help="a speaker id of a multi-speaker model")
     p.add_argument("--seed", type=int)
