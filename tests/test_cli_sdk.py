@@ -13,12 +13,22 @@ import re
 import signal
 import time
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
+import grpc
 import numpy as np
 import pytest
 
-from modelwire import AsyncClient
+from modelwire import (
+    AsyncClient,
+    BoundingBox,
+    DetectedObject,
+    Detections,
+    ResultList,
+    Speech,
+    Transcription,
+)
 from modelwire._streaming import GenerateStream
 from modelwire.cli import main
 from tests.tolerances import TINY_UNIT_ATOL
@@ -129,8 +139,10 @@ def test_generate_streams_deltas_as_they_arrive(
     stdout.truncate()
     assert main([*argv, "--json"]) == 0  # for scripts: one document at the end
     data = json.loads(stdout.getvalue())
-    assert data["sequences"][0]["text"] == expected.text
-    assert data["sequences"][0]["finish_reason"] == "length" and data["request_id"]
+    assert set(data) == {"results", "request_id"} and data["request_id"]  # as every command
+    [result] = data["results"]
+    assert result["text"] == result["sequences"][0]["text"] == expected.text
+    assert result["sequences"][0]["finish_reason"] == "length"
 
 
 def test_error_is_one_line_with_the_request_id(
@@ -194,6 +206,16 @@ def test_caption_prints_one_caption_per_image(
         }
     ]
     assert re.fullmatch(r"[0-9a-f]{32}", data["request_id"])
+
+
+def test_no_model_of_the_task_says_what_the_server_has(
+    captioner: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--target", captioner.target, "classify", "hi"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("modelwire: error: NOT_FOUND: this server has no sentiment-analysis")
+    assert "it has models for image-to-text" in err and "LoadModel" in err
+    assert "name one in 'model'" not in err  # naming a model cannot help: there is none
 
 
 def test_missing_image_file_is_named(server: Any, capsys: pytest.CaptureFixture[str]) -> None:
@@ -290,3 +312,210 @@ def test_chat_goes_on_past_the_context_and_resets(
     assert any(len(roles) < 2 * n + 2 for n, roles in enumerate(sent[:3]))
     assert "[the conversation starts over]" in captured.err
     assert sent[3] == ["system", "user"]
+
+
+# --- options the server's messages point to --------------------------------------
+
+
+def test_embed_truncate_is_the_option_the_error_names(
+    server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = "fox " * 300  # past all-MiniLM-L6-v2's 256 tokens
+    argv = ["--target", server.target, "embed", text, "--model", "minilm"]
+    assert main(argv) == 1
+    assert "set truncate to cut it" in capsys.readouterr().err
+    [expected] = sdk(server, "embed", text, model="minilm", truncate=True)
+    assert main([*argv, "--truncate", "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)["results"]
+    assert row["values"] == pytest.approx(expected.values, abs=TINY_UNIT_ATOL)
+
+
+def test_qa_and_fill_mask_take_the_sdk_options(
+    server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    question, context = "Where was Ada born?", "Ada Lovelace was born in London in 1815."
+    options = {"top_k": 3, "max_answer_length": 2, "handle_impossible_answer": True}
+    expected = sdk(server, "answer_question", question, context, model="tiny-qa", **options)
+    argv = ["--target", server.target, "--json", "qa", "-q", question, "-c", context]
+    argv += ["--model", "tiny-qa", "--top-k", "3", "--max-answer-length", "2"]
+    assert main([*argv, "--handle-impossible-answer", "--doc-stride", "1"]) == 0
+    answers = json.loads(capsys.readouterr().out)["results"]
+    assert [(a["start"], a["end"]) for a in answers] == [(a.start, a.end) for a in expected]
+
+    text, targets = "The cat sat on the [MASK].", ["the", "cat", "is"]
+    [expected] = sdk(server, "fill_mask", text, model="tiny-fill-mask", targets=targets)
+    argv = ["--target", server.target, "--json", "fill-mask", text, "--model", "tiny-fill-mask"]
+    assert main([*argv, "--targets", "the, cat,is"]) == 0
+    [result] = json.loads(capsys.readouterr().out)["results"]
+    tokens = [c["token"] for c in result["masks"][0]["candidates"]]
+    assert tokens == [c.token for c in expected.masks[0].candidates]
+    assert len(tokens) == 3
+
+
+# --- conventions -------------------------------------------------------------------
+
+
+def test_dash_reads_standard_input(
+    server: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts = ["I love this", "I hate this", "meh"]
+    expected = sdk(server, "classify_text", texts, model="tiny-sentiment")
+    monkeypatch.setattr("sys.stdin", io.StringIO("I love this\n\nI hate this\r\n"))
+    argv = ["--target", server.target, "classify", "-", "meh", "--model", "tiny-sentiment"]
+    assert main(argv) == 0  # one input per line, blank lines skipped, "-" where it stood
+    out = capsys.readouterr().out
+    assert out == "".join(
+        f"{t}\n  {r.top.label}  {r.top.score:.4f}\n" for t, r in zip(texts, expected, strict=True)
+    )
+
+    # A single text (a question's context, a prompt) takes all of standard input.
+    context = "Ada Lovelace was born in London.\nShe wrote the first program.\n"
+    [answer] = sdk(server, "answer_question", "Who?", context[:-1], model="tiny-qa")
+    monkeypatch.setattr("sys.stdin", io.StringIO(context))
+    argv = ["--target", server.target, "--json", "qa", "-q", "Who?", "-c", "-"]
+    assert main([*argv, "--model", "tiny-qa"]) == 0
+    [row] = json.loads(capsys.readouterr().out)["results"]
+    assert (row["start"], row["end"], row["text"]) == (answer.start, answer.end, answer.text)
+
+    params = {"temperature": 0, "max_new_tokens": 4}
+    expected = sdk(server, "generate", "Once upon\na time", model="tiny-gpt2", **params)
+    monkeypatch.setattr("sys.stdin", io.StringIO("Once upon\na time\n"))
+    argv = ["--target", server.target, "--json", "generate", "-", "--model", "tiny-gpt2"]
+    assert main([*argv, "--temperature", "0", "--max-new-tokens", "4"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["text"] == expected.text
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("a\nb\n"))
+    assert main(["--target", server.target, "classify", "-", "-"]) == 2
+    assert "standard input" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
+    assert main(["--target", server.target, "classify", "-"]) == 2
+    assert "standard input" in capsys.readouterr().err
+
+
+def test_every_json_document_has_the_same_top_level_shape(
+    server: Any,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    t = ["--target", server.target, "--json"]
+    commands = [
+        ["classify", "hi", "--model", "tiny-sentiment"],
+        ["zero-shot", "hi", "--labels", "a,b", "--model", "tiny-nli"],
+        ["fill-mask", "a [MASK]", "--model", "tiny-fill-mask"],
+        ["ner", "Ada in London", "--model", "tiny-ner"],
+        ["qa", "-q", "Who?", "-c", "Ada.", "--model", "tiny-qa"],
+        ["embed", "fox", "--model", "minilm"],
+        ["generate", "Hi", "--model", "tiny-gpt2", "--max-new-tokens", "2"],
+        ["models"],
+        ["health"],
+    ]
+    for command in commands:
+        assert main([*t, *command]) == 0, command
+        data = json.loads(capsys.readouterr().out)
+        assert set(data) == {"results", "request_id"}, (command, data)
+        assert isinstance(data["results"], list) and data["results"], command
+        if command[0] != "health":  # the health protocol carries no request id
+            assert re.fullmatch(r"[0-9a-f]{32}", data["request_id"]), command
+
+    monkeypatch.setattr("modelwire.cli.AsyncClient", FakeClient)
+    assert main(["--json", "speak", "Hello", "-o", str(tmp_path / "hello.wav")]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data == {
+        "results": [
+            {
+                "path": str(tmp_path / "hello.wav"),
+                "sample_rate": 16000,
+                "num_samples": 8000,
+                "duration_s": 0.5,
+                "format": "wav",
+            }
+        ],
+        "request_id": "fake-id",
+    }
+
+
+def test_models_prints_a_header_row(server: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    [expected] = [m for m in sdk(server, "list_models") if m.name == "tiny-gpt2"]
+    assert main(["--target", server.target, "models"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["NAME", "TASK", "STATE", "DEFAULT"]
+    [row] = [r for r in rows if r.split()[0] == "tiny-gpt2"]
+    assert row.split()[:3] == ["tiny-gpt2", expected.task, expected.state]
+    assert row.index(expected.task) == header.index("TASK")  # columns line up
+    assert row.index(expected.state) == header.index("STATE")
+
+
+def test_an_error_says_each_thing_once(server: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--target", server.target, "classify", "", "--model", "tiny-sentiment"]) == 1
+    err = capsys.readouterr().err
+    match = re.fullmatch(
+        r"modelwire: error: INVALID_ARGUMENT: inputs\[0\]: must not be empty "
+        r"\(request id [0-9a-f]{32}\)\n",
+        err,
+    )
+    assert match, err
+
+
+def test_field_violations_the_message_does_not_name_are_kept() -> None:
+    from modelwire._cli_output import error_line
+    from modelwire._errors import BadRequestError, FieldViolation
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    violations = [FieldViolation("inputs[0]", "must not be empty"), FieldViolation("top_k", "≥ 1")]
+    error = BadRequestError(
+        "inputs[0]: must not be empty", request_id="r1", code=code, field_violations=violations
+    )
+    assert error_line(error) == (
+        "INVALID_ARGUMENT: inputs[0]: must not be empty [top_k: ≥ 1] (request id r1)"
+    )
+    assert str(error) == "INVALID_ARGUMENT: inputs[0]: must not be empty (request id r1)"
+
+
+def test_detect_prints_no_negative_zero(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("modelwire.cli.AsyncClient", FakeClient)
+    assert main(["detect", str(FakeClient.existing_file())]) == 0  # the fake reads no file
+    assert capsys.readouterr().out == "cat          0.9000  box 0,0 11,5\n"
+
+
+def test_transcribe_passes_the_chunk_length(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("modelwire.cli.AsyncClient", FakeClient)
+    assert main(["transcribe", str(FakeClient.existing_file()), "--chunk-length-s", "12.5"]) == 0
+    assert FakeClient.calls["transcribe_audio"]["chunk_length_s"] == 12.5
+    assert capsys.readouterr().out == "hello\n"
+
+
+class FakeClient:
+    """Stands in for AsyncClient where the session server has no such model: it keeps
+    each call's arguments and answers as the SDK would."""
+
+    calls: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        FakeClient.calls = {}
+
+    @staticmethod
+    def existing_file() -> Path:
+        """A file for commands that check their paths exist; the fake never reads it."""
+        return Path(__file__)
+
+    async def __aenter__(self) -> FakeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def detect_objects(self, images: Any, **kwargs: Any) -> Any:
+        box = BoundingBox(xmin=-0.3, ymin=-0.2, xmax=10.6, ymax=5.4)
+        return ResultList([Detections([DetectedObject("cat", 0.9, box)])], request_id="fake-id")
+
+    async def transcribe_audio(self, clips: Any, **kwargs: Any) -> Any:
+        self.calls["transcribe_audio"] = kwargs
+        return ResultList([Transcription("hello", [])], request_id="fake-id")
+
+    async def synthesize_speech(self, text: str, **kwargs: Any) -> Any:
+        return Speech(b"", 16000, "wav", 8000, request_id="fake-id")

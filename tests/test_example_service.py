@@ -107,6 +107,33 @@ async def test_client_side_bad_argument_is_400(http: TestClient) -> None:
     assert "inputs" in (await response.json())["error"]
 
 
+@pytest.mark.parametrize("body", ["not json", "[1, 2]"])
+async def test_a_body_that_is_not_a_json_object_is_a_json_400(http: TestClient, body: str) -> None:
+    response = await http.post("/classify", data=body, headers={"X-Request-Id": "svc-7"})
+    assert response.status == 400 and response.content_type == "application/json"
+    assert await response.json() == {
+        "error": "the body must be JSON"
+        if body == "not json"
+        else "the body must be a JSON object",
+        "code": "INVALID_ARGUMENT",
+        "request_id": "svc-7",
+        "field_violations": [],
+    }
+
+
+async def test_every_error_has_a_request_id_without_one_sent(http: TestClient) -> None:
+    refused_here = await http.post("/embed", data="{")
+    refused_by_the_sdk = await http.post("/classify", json={"texts": []})
+    refused_by_modelwire = await http.post("/classify", json={"texts": [""]})
+    ids = []
+    for response in (refused_here, refused_by_the_sdk, refused_by_modelwire):
+        assert response.status == 400
+        body = await response.json()
+        assert body["code"] == "INVALID_ARGUMENT" and body["request_id"], body
+        ids.append(body["request_id"])
+    assert len(set(ids)) == 3
+
+
 async def test_a_passed_deadline_is_504(server: Any) -> None:
     timeouts = {"classify": 2.0, "embed": 2.0, "generate": 0.001}
     async for http in _http(app_module.Settings(target=server.target, timeouts=timeouts)):

@@ -114,7 +114,7 @@ def readme_server(preset_cache: Path) -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The files the README's examples name, made up: images, clips, an article."""
+    """The files the README's examples name, made up: images, clips, texts."""
     here = tmp_path_factory.mktemp("readme")
     rng = np.random.default_rng(0)
     for name in ("cat.png", "dog.jpg", "street.jpg"):
@@ -126,6 +126,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sf.write(here / "clip.flac", tone, 16_000)
     sf.write(here / "interview.flac", tone, 16_000)
     (here / "article.txt").write_text("The city council met on Tuesday. " * 20)
+    (here / "reviews.txt").write_text("Great food.\nSlow service.\n")
     return here
 
 

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from modelwire._errors import APIError, BadRequestError, ModelwireError
-from modelwire._types import Classification
+from modelwire._errors import APIError, BadRequestError, FieldViolation, ModelwireError
+from modelwire._types import Classification, GenerationResult
 
 
 class CommandError(ModelwireError):
@@ -64,11 +64,26 @@ class Output:
 
 
 def error_line(error: BaseException) -> str:
-    """One line naming the status, the message, the fields at fault and the request id."""
-    text = str(error)
-    if isinstance(error, BadRequestError) and error.field_violations:
-        fields = "; ".join(f"{v.field}: {v.description}" for v in error.field_violations)
-        text = f"{text} [{fields}]"
+    """One line: the status, the message, any field at fault that the message does not
+    already name, and the request id last."""
+    if not isinstance(error, APIError):
+        return _one_line(str(error))
+    text = f"{error.code.name if error.code is not None else 'ERROR'}: {error.message}"
+    if isinstance(error, BadRequestError):
+        extra = [v for v in error.field_violations if not _names(error.message, v)]
+        if extra:
+            text += " [" + "; ".join(f"{v.field}: {v.description}" for v in extra) + "]"
+    if error.request_id:
+        text += f" (request id {error.request_id})"
+    return _one_line(text)
+
+
+def _names(message: str, violation: FieldViolation) -> bool:
+    # The server's message for one bad field is "field: description" already.
+    return f"{violation.field}: {violation.description}" in message
+
+
+def _one_line(text: str) -> str:
     return " ".join(text.split())  # a server message with newlines must stay one line
 
 
@@ -100,9 +115,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def results_data(results: Sequence[Any], **extra: Any) -> dict[str, Any]:
-    """The ``--json`` document of a batch call: its results and the call's request id."""
-    return {"request_id": getattr(results, "request_id", None), "results": results, **extra}
+def results_data(results: Sequence[Any], request_id: str | None = None) -> dict[str, Any]:
+    """Every command's ``--json`` document: ``results`` (one per input, or the call's
+    items) and the call's ``request_id``, always these two keys and no others."""
+    if request_id is None:
+        request_id = getattr(results, "request_id", None)
+    return {"request_id": request_id, "results": results}
+
+
+def generation_data(result: GenerationResult) -> dict[str, Any]:
+    """``generate --json``: one result for the one prompt, with sequence 0's ``text``."""
+    item = {"text": result.text, **_plain(result)}
+    del item["request_id"]  # the call's id is at the top, as for every command
+    return results_data([item], result.request_id)
 
 
 def labelled(inputs: Sequence[str], blocks: Iterable[list[str]]) -> list[str]:

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from modelwire._cli_output import Output, Report, error_line
+from modelwire._cli_output import Output, Report, error_line, generation_data
 from modelwire._cli_tasks import Subparsers, command
 from modelwire._client import AsyncClient
 from modelwire._errors import APIError
@@ -78,7 +78,7 @@ async def _stream_answer(
 async def generate(client: AsyncClient, args: argparse.Namespace, output: Output) -> Report:
     call = {"prompt": args.prompt, "model": args.model, **generation_params(args)}
     if output.as_json:  # scripts want one document, not a stream
-        return Report(await client.generate(**call), [])
+        return Report(generation_data(await client.generate(**call)), [])
     parts: list[str] = []
     results: list[GenerationResult] = []
 

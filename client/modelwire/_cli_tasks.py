@@ -10,7 +10,7 @@ import argparse
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from modelwire._cli_output import Output, Report, label_lines, labelled, results_data
 from modelwire._client import AsyncClient
@@ -60,6 +60,31 @@ def command(subparsers: Subparsers, name: str, help: str, handler: Handler) -> A
     return parser
 
 
+STDIN = "-"
+LIST_ARGUMENTS = ("texts",)  # one input per line of standard input
+TEXT_ARGUMENTS = ("prompt", "text", "question", "context")  # all of standard input
+
+
+def read_stdin(args: argparse.Namespace, stdin: TextIO) -> None:
+    """Replace a ``-`` argument with standard input, as Unix tools do: in a list of
+    inputs, one input per non-blank line; as a single text (a prompt, a context), all of
+    it but its final line break. Standard input can stand for one argument only."""
+    lists = [n for n in LIST_ARGUMENTS if STDIN in (getattr(args, n, None) or ())]
+    texts = [n for n in TEXT_ARGUMENTS if getattr(args, n, None) == STDIN]
+    uses = sum(getattr(args, n).count(STDIN) for n in lists) + len(texts)
+    if uses > 1:
+        raise ValueError("standard input ('-') can stand for one argument only")
+    if lists:
+        values = getattr(args, lists[0])
+        lines = [line for line in stdin.read().splitlines() if line.strip()]
+        if not lines:
+            raise ValueError("standard input ('-') held no inputs: give one per line")
+        at = values.index(STDIN)
+        setattr(args, lists[0], [*values[:at], *lines, *values[at + 1 :]])
+    elif texts:
+        setattr(args, texts[0], stdin.read().removesuffix("\n"))
+
+
 # --- text ------------------------------------------------------------------------
 
 
@@ -80,7 +105,9 @@ async def zero_shot(client: AsyncClient, args: argparse.Namespace, _: Output) ->
 
 
 async def fill_mask(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
-    results = await client.fill_mask(args.texts, top_k=args.top_k, model=args.model)
+    results = await client.fill_mask(
+        args.texts, top_k=args.top_k, targets=args.targets, model=args.model
+    )
     blocks = (
         [f"{c.score:.4f}  {c.sequence}" for mask in r.masks for c in mask.candidates]
         for r in results
@@ -102,7 +129,13 @@ async def ner(client: AsyncClient, args: argparse.Namespace, _: Output) -> Repor
 
 async def qa(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
     answers = await client.answer_question(
-        args.question, args.context, top_k=args.top_k, model=args.model
+        args.question,
+        args.context,
+        top_k=args.top_k,
+        max_answer_length=args.max_answer_length,
+        handle_impossible_answer=args.handle_impossible_answer or None,
+        doc_stride=args.doc_stride,
+        model=args.model,
     )
     lines = [
         f"{a.score:.4f}  {'(no answer)' if a.is_impossible else a.text}  [{a.start}:{a.end}]"
@@ -129,7 +162,11 @@ async def translate(client: AsyncClient, args: argparse.Namespace, _: Output) ->
 
 async def embed(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
     results = await client.embed(
-        args.texts, pooling=args.pooling, normalize=args.normalize or None, model=args.model
+        args.texts,
+        pooling=args.pooling,
+        normalize=args.normalize or None,
+        truncate=args.truncate or None,
+        model=args.model,
     )
     blocks = ([_vector_line(e.values, e.token_vectors)] for e in results)
     return Report(results_data(results), labelled(args.texts, blocks))
@@ -149,44 +186,65 @@ def _limit(max_new_tokens: int | None) -> dict[str, Any]:
 
 def add_text_commands(subparsers: Subparsers) -> None:
     p = command(subparsers, "classify", "classify texts (sentiment-analysis)", classify)
-    p.add_argument("texts", nargs="+", metavar="TEXT")
+    _texts_argument(p)
     p.add_argument("--top-k", type=int, help="labels per text (default 1)")
 
     p = command(subparsers, "zero-shot", "score texts against labels you choose", zero_shot)
-    p.add_argument("texts", nargs="+", metavar="TEXT")
+    _texts_argument(p)
     p.add_argument("--labels", required=True, type=_comma_list, help="comma-separated labels")
     p.add_argument("--multi-label", action="store_true", help="score each label on its own")
     p.add_argument("--template", help='hypothesis template (default "This example is {}.")')
 
     p = command(subparsers, "fill-mask", "fill the mask token of texts", fill_mask)
-    p.add_argument("texts", nargs="+", metavar="TEXT")
+    _texts_argument(p)
     p.add_argument("--top-k", type=int, help="candidates per mask (default 5)")
+    p.add_argument("--targets", type=_comma_list, help="comma-separated words the mask may only be")
 
     p = command(subparsers, "ner", "find named entities", ner)
-    p.add_argument("texts", nargs="+", metavar="TEXT")
+    _texts_argument(p)
     p.add_argument(
         "--aggregation", choices=["none", "simple", "first", "average", "max"], default=None
     )
 
     p = command(subparsers, "qa", "answer a question from a context", qa)
     p.add_argument("--question", "-q", required=True)
-    p.add_argument("--context", "-c", required=True)
+    p.add_argument("--context", "-c", required=True, help='the text ("-": standard input)')
     p.add_argument("--top-k", type=int, help="answers (default 1)")
+    p.add_argument("--max-answer-length", type=int, help="in tokens (default 15)")
+    p.add_argument(
+        "--doc-stride", type=int, help="tokens of overlap between windows of a long context"
+    )
+    p.add_argument(
+        "--handle-impossible-answer",
+        action="store_true",
+        help='let "(no answer)" compete with the spans',
+    )
 
     p = command(subparsers, "summarize", "summarize texts", summarize)
-    p.add_argument("texts", nargs="+", metavar="TEXT")
+    _texts_argument(p)
     p.add_argument("--max-new-tokens", type=int)
 
     p = command(subparsers, "translate", "translate texts", translate)
-    p.add_argument("texts", nargs="+", metavar="TEXT")
+    _texts_argument(p)
     p.add_argument("--to", required=True, help="target language code, e.g. fr")
     p.add_argument("--from", dest="source", help="source language code (multilingual models)")
     p.add_argument("--max-new-tokens", type=int)
 
     p = command(subparsers, "embed", "embed texts (feature-extraction)", embed)
-    p.add_argument("texts", nargs="+", metavar="TEXT")
+    _texts_argument(p)
     p.add_argument("--pooling", choices=["mean", "cls", "none"])
     p.add_argument("--normalize", action="store_true", help="unit-length vectors")
+    p.add_argument(
+        "--truncate",
+        action="store_true",
+        help="cut texts longer than the model takes instead of refusing them",
+    )
+
+
+def _texts_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "texts", nargs="+", metavar="TEXT", help='"-" reads standard input, one text per line'
+    )
 
 
 def _comma_list(value: str) -> list[str]:
@@ -208,14 +266,19 @@ async def detect(client: AsyncClient, args: argparse.Namespace, _: Output) -> Re
     results = await client.detect_objects(_files(args), threshold=args.threshold, model=args.model)
     blocks = (
         [
-            f"{o.label:<12} {o.score:.4f}  box {o.box.xmin:.0f},{o.box.ymin:.0f}"
-            f" {o.box.xmax:.0f},{o.box.ymax:.0f}"
+            f"{o.label:<12} {o.score:.4f}  box {_px(o.box.xmin)},{_px(o.box.ymin)}"
+            f" {_px(o.box.xmax)},{_px(o.box.ymax)}"
             for o in found.objects
         ]
         or ["(nothing above the threshold)"]
         for found in results
     )
     return Report(results_data(results), labelled(args.files, blocks))
+
+
+def _px(coordinate: float) -> int:
+    # A whole pixel: round() gives an int, so -0.3 prints "0" where f"{-0.3:.0f}" is "-0".
+    return round(coordinate)
 
 
 async def caption(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
@@ -236,6 +299,7 @@ async def transcribe(client: AsyncClient, args: argparse.Namespace, _: Output) -
     results = await client.transcribe_audio(
         _files(args),
         return_timestamps=args.timestamps,
+        chunk_length_s=args.chunk_length_s,
         language=args.language,
         model=args.model,
     )
@@ -260,8 +324,7 @@ async def speak(client: AsyncClient, args: argparse.Namespace, _: Output) -> Rep
         args.text, voice=args.voice, seed=args.seed, model=args.model
     )
     args.output.write_bytes(speech.audio)
-    data = {
-        "request_id": speech.request_id,
+    written = {
         "path": str(args.output),
         "sample_rate": speech.sample_rate,
         "num_samples": speech.num_samples,
@@ -269,7 +332,7 @@ async def speak(client: AsyncClient, args: argparse.Namespace, _: Output) -> Rep
         "format": speech.format,
     }
     line = f"wrote {args.output} ({speech.duration_s:.2f} s at {speech.sample_rate} Hz)"
-    return Report(data, [line])
+    return Report(results_data([written], speech.request_id), [line])
 
 
 def _files(args: argparse.Namespace) -> list[Path]:
@@ -302,13 +365,19 @@ def add_media_commands(subparsers: Subparsers) -> None:
     p.add_argument("files", nargs="+", type=Path, metavar="AUDIO")
     p.add_argument("--timestamps", choices=["segment", "word", "char"])
     p.add_argument("--language")
+    p.add_argument(
+        "--chunk-length-s",
+        type=float,
+        metavar="SECONDS",
+        help="transcribe long clips in chunks of this length (default: the model's window)",
+    )
 
     p = command(subparsers, "classify-audio", "classify audio files", classify_audio)
     p.add_argument("files", nargs="+", type=Path, metavar="AUDIO")
     p.add_argument("--top-k", type=int)
 
     p = command(subparsers, "speak", "synthesize speech into a WAV file", speak)
-    p.add_argument("text")
+    p.add_argument("text", help='what to say ("-": standard input)')
     p.add_argument("--output", "-o", type=Path, required=True, help="the WAV file to write")
     p.add_argument("--voice", help="a speaker id of a multi-speaker model")
     p.add_argument("--seed", type=int)
@@ -319,18 +388,29 @@ def add_media_commands(subparsers: Subparsers) -> None:
 
 async def models(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
     found = await client.list_models(args.task)
-    lines = [
-        f"{m.name:<20} {m.task:<30} {m.state:<8}{'  default' if m.default_for_task else ''}"
-        + (f"  ({m.failure_message})" if m.failure_message else "")
-        for m in found
+    header = ["NAME", "TASK", "STATE", "DEFAULT"]
+    rows = [[m.name, m.task, m.state, "yes" if m.default_for_task else ""] for m in found]
+    if any(m.failure_message for m in found):
+        header.append("FAILURE")
+        for row, m in zip(rows, found, strict=True):
+            row.append(" ".join(m.failure_message.split()))
+    return Report(results_data(found), table(header, rows))
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Left-aligned columns under a header row, as ``docker ps`` prints them."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
     ]
-    return Report(results_data(found), lines)
 
 
 async def health(client: AsyncClient, args: argparse.Namespace, _: Output) -> Report:
     status = await client.health(args.service)
     # Scripts test the exit code: only SERVING is healthy.
-    return Report({"status": status}, [status], exit_code=0 if status == "SERVING" else 1)
+    data = results_data([{"service": args.service, "status": status}])  # no request id
+    return Report(data, [status], exit_code=0 if status == "SERVING" else 1)
 
 
 def add_admin_commands(subparsers: Subparsers) -> None:

@@ -1,6 +1,7 @@
 """The ``modelwire`` command: every task of a Modelwire server from the shell.
 
     modelwire classify "I love this!"
+    modelwire classify - < reviews.txt      # "-": standard input, one input per line
     modelwire generate "Once upon a time" --max-new-tokens 40
     modelwire --json embed "a small red fox" | jq '.results[0].values | length'
     modelwire chat --system "You are terse."
@@ -25,6 +26,7 @@ from modelwire._cli_tasks import (
     add_media_commands,
     add_text_commands,
     connection_flags,
+    read_stdin,
 )
 from modelwire._client import AsyncClient
 from modelwire._errors import ModelwireError
@@ -62,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     output = Output(as_json=args.json)
     try:
+        read_stdin(args, sys.stdin)
         report = asyncio.run(_run(args, output))
     except ValueError as error:  # the SDK checks arguments before sending anything
         output.error(error)

@@ -6,7 +6,8 @@
 Routes (JSON in, JSON out): ``POST /classify {"texts": [...]}``, ``POST /embed
 {"texts": [...]}``, ``POST /generate {"prompt": "...", "max_new_tokens": 40}``; each
 takes an optional ``"model"``. An incoming ``X-Request-Id`` is passed on to Modelwire,
-so one id names the call in both services' logs.
+so one id names the call in both services' logs; a request without one gets a fresh id.
+Every error is JSON: ``{"error", "code", "request_id"}`` (and ``field_violations`` on 400).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +48,7 @@ class Settings:
 
 CLIENT = web.AppKey("client", AsyncClient)
 SETTINGS = web.AppKey("settings", Settings)
+REQUEST_ID_HEADER = "X-Request-Id"
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -122,19 +125,19 @@ async def generate(request: web.Request) -> web.Response:
 
 
 def _call_options(request: web.Request, route: str) -> dict[str, Any]:
-    options: dict[str, Any] = {"timeout": request.app[SETTINGS].timeouts[route]}
-    if request_id := request.headers.get("X-Request-Id"):
-        options["request_id"] = request_id
-    return options
+    return {
+        "timeout": request.app[SETTINGS].timeouts[route],
+        "request_id": request.headers[REQUEST_ID_HEADER],  # always set by the middleware
+    }
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
     except ValueError:
-        raise web.HTTPBadRequest(text="the body must be JSON") from None
+        raise ValueError("the body must be JSON") from None
     if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text="the body must be a JSON object")
+        raise ValueError("the body must be a JSON object")
     return body
 
 
@@ -147,6 +150,18 @@ _STATUS: list[tuple[type[APIError], int]] = [
     (UnavailableError, 503),
     (APITimeoutError, 504),
 ]
+
+
+def bad_request(message: str, request_id: str) -> web.Response:
+    """400 for what this service refuses before calling Modelwire (a body that is not a
+    JSON object, an argument the SDK rejects), in the shape of Modelwire's own 400."""
+    body = {
+        "error": message,
+        "code": "INVALID_ARGUMENT",
+        "request_id": request_id,
+        "field_violations": [],
+    }
+    return web.json_response(body, status=400)
 
 
 def error_response(error: APIError) -> web.Response:
@@ -172,12 +187,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def modelwire_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # Every request has an id before anything can fail, so every error body names one.
+    request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+    headers = request.headers.copy()
+    headers[REQUEST_ID_HEADER] = request_id
+    request = request.clone(headers=headers)
     try:
         return await handler(request)
     except APIError as error:
         return error_response(error)
-    except ValueError as error:  # the SDK checks arguments before sending anything
-        return web.json_response({"error": str(error)}, status=400)
+    except ValueError as error:  # a bad body, or an argument the SDK checks before sending
+        return bad_request(str(error), request_id)
 
 
 def main() -> None:

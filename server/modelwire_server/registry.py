@@ -257,7 +257,15 @@ class Registry:
             if found is None:
                 if all(tasks.runner_class(t) is None for t in serving):
                     raise Unimplemented(f"{rpc} is not implemented by this server yet")
-                raise NotFound(f"no {' or '.join(serving)} model is loaded; name one in 'model'")
+                wanted = " or ".join(serving)
+                if any(e.config.task in serving for e in self.entries.values()):
+                    raise NotFound(f"no {wanted} model is the default; name one in 'model'")
+                tasks_here = sorted({e.config.task for e in self.entries.values()})
+                has = f"has models for {', '.join(tasks_here)}" if tasks_here else "has no models"
+                raise NotFound(
+                    f"this server has no {wanted} model loaded (it {has}); load one with "
+                    "ModelService.LoadModel or list it in the server's config file"
+                )
             entry = found
         runner = self._ready_runner(entry, rpc)
         self._track(entry)
