@@ -57,7 +57,11 @@ class Prepared:
     eos_ids: frozenset[int]  # empty with ignore_eos
     stop_ids: frozenset[int]
     rows: int  # engine rows: num_beams for beam search, else n
-    cost: int  # reserved batch tokens: rows * (prompt + max_new_tokens)
+    # Cache columns one row can come to hold: an encoder-decoder's encoder side (its
+    # cross-attention cache), and the side that grows (a causal LM's prompt + output,
+    # a decoder's output). A batch pads every row to the widest on each side.
+    encoder_width: int
+    decoder_width: int
     context_ids: list[int]  # what the output follows (see Limits.context_ids)
     # Generated-token index -> the only tokens allowed there (forced BOS / EOS).
     forced: dict[int, tuple[int, ...]]
@@ -70,6 +74,11 @@ class Prepared:
     @property
     def is_beam(self) -> bool:
         return self.sampling.num_beams > 1
+
+    @property
+    def cost(self) -> int:
+        """Batch tokens this request holds alone: rows x (encoder + decoder width)."""
+        return self.rows * (self.encoder_width + self.decoder_width)
 
 
 def _require(ok: bool, field: str, message: str) -> None:
@@ -274,6 +283,7 @@ def prepare(request: GenerationRequest, limits: Limits, generation_config: Any) 
     rows = sampling.num_beams if beam else sampling.n
     prompt_cost = limits.encoder_cost(request)
     cost = rows * (prompt_cost + max_new)
+    encoder_width = prompt_cost if encoder_decoder else 0
     _require(
         cost <= limits.max_batch_tokens,
         "stopping.max_new_tokens",
@@ -289,7 +299,8 @@ def prepare(request: GenerationRequest, limits: Limits, generation_config: Any) 
         eos_ids=frozenset() if stopping.ignore_eos else limits.eos_ids,
         stop_ids=frozenset(stopping.stop_token_ids),
         rows=rows,
-        cost=cost,
+        encoder_width=encoder_width,
+        decoder_width=prompt_cost + max_new - encoder_width,
         context_ids=limits.context_ids(request),
         forced=_forced(request, limits, generation_config, max_new),
         banned=_banned(generation_config),
