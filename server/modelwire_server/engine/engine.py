@@ -40,6 +40,7 @@ from modelwire_server.engine.beam import BeamSearch
 from modelwire_server.engine.beam_rows import advance_beams, finish_beams
 from modelwire_server.engine.detokenizer import byte_fallback_ids, fast_decode
 from modelwire_server.engine.errors import DeadlineExceeded, ResourceExhausted
+from modelwire_server.engine.reformer import ReformerAdapter, is_reformer
 from modelwire_server.engine.scheduler import Scheduler
 from modelwire_server.engine.seq2seq import Seq2SeqAdapter
 from modelwire_server.engine.sequence import (
@@ -95,9 +96,11 @@ def eos_token_ids(generation_config: Any, model: Any, tokenizer: Any) -> frozens
 
 
 def make_adapter(model: Any, device: torch.device) -> ModelAdapter:
-    """The adapter of ``model``'s kind: encoder-decoder, else causal LM."""
+    """The adapter of ``model``'s kind: encoder-decoder, Reformer, else causal LM."""
     if getattr(model.config, "is_encoder_decoder", False):
         return Seq2SeqAdapter(model, device)
+    if is_reformer(model):
+        return ReformerAdapter(model, device)
     return CausalLMAdapter(model, device)
 
 
