@@ -13,39 +13,18 @@ from engine_helpers import (
     run_until_idle,
     submit,
 )
-from transformers import GenerationConfig, ReformerConfig, ReformerModelWithLMHead
+from transformers import GenerationConfig
 
 from modelwire_server.engine import SamplingParams, StoppingParams
 from modelwire_server.engine.reformer import ReformerAdapter
+from tests.reformer_model import tiny_reformer_model
 
 NEW = 12
 
 
 def tiny_reformer() -> Bundle:
     tok = byte_level_tokenizer()
-    torch.manual_seed(0)
-    config = ReformerConfig(
-        vocab_size=len(tok),
-        attn_layers=["local", "lsh"],
-        hidden_size=32,
-        feed_forward_size=64,
-        num_attention_heads=2,
-        attention_head_size=16,
-        axial_pos_embds=True,
-        axial_pos_shape=[8, 16],
-        axial_pos_embds_dim=[16, 16],
-        max_position_embeddings=128,
-        local_attn_chunk_length=8,
-        lsh_attn_chunk_length=8,
-        num_buckets=4,
-        num_hashes=1,
-        hash_seed=0,  # LSH rotations are random per forward pass unless seeded
-        initializer_range=0.5,
-        is_decoder=True,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.eos_token_id,
-    )
-    model = ReformerModelWithLMHead(config).eval()
+    model = tiny_reformer_model(len(tok), tok.eos_token_id)
     gc = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
     return Bundle("reformer", model, tok, gc)
 
