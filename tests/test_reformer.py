@@ -94,7 +94,7 @@ def test_a_model_the_engine_cannot_drive_fails_at_load(
     running = start_server(_config(reformer_dir))
     try:
         entry = running.server.registry.entries["tiny-reformer"]
-        assert entry.state.name == "FAILED"
+        assert entry.state.name == "FAILED", entry.failure
         assert "warm-up" in entry.failure and "cannot serve it" in entry.failure
         assert "Traceback" not in entry.failure
     finally:

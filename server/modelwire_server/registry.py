@@ -106,7 +106,13 @@ class Registry:
             runner = cls(config, device, dtype, self.workers.get(str(device)))
             await asyncio.to_thread(runner.load)
             await runner.start()
-            await runner.worker.run(runner.warmup)
+            try:
+                await runner.worker.run(runner.warmup)
+            except Exception as exc:
+                raise WarmupFailed(
+                    "it loaded, but its warm-up call failed, so this server cannot serve it "
+                    f"({_describe(exc)})"
+                ) from exc
         except Exception as exc:
             entry.state, entry.failure = ModelState.FAILED, _describe(exc)
             log.error("model %s failed to load: %s", config.name, entry.failure)
@@ -250,6 +256,10 @@ class Registry:
                 )
             raise Unavailable(f"model {name!r} failed to load: {entry.failure}")
         return entry.runner
+
+
+class WarmupFailed(Exception):
+    """A model loaded, but the server could not run it end to end."""
 
 
 def _describe(exc: BaseException) -> str:

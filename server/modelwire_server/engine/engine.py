@@ -14,6 +14,12 @@ deltas and one ``Finished``; or ``Failed`` at any point, after which nothing fol
 rows leave the batch and their cache is freed then). A passed ``deadline`` ends the
 request with ``Failed(DeadlineExceeded)``; ``time_limit_ms`` (counted from submit)
 ends each open sequence with ``Finished(TIME_LIMIT)`` and the text it has so far.
+
+Failures stay with the request that caused them: when a batched prefill, decode step
+or token selection raises, each request in it is tried alone (prefill again; decode
+on a copy of its rows; selection with its rows' random draws undone) and only those
+that fail alone end with ``Failed``; the others go on, their outputs unchanged. Only a
+failure no single request reproduces fails everything in flight.
 """
 
 from __future__ import annotations
