@@ -86,11 +86,17 @@ def run_inline(
     failed with."""
     requests = [request] if isinstance(request, GenerationRequest) else list(request)
     events: list[object] = []
+    steps = len(requests) * (max_new_tokens + 8)
     for one in requests:
         one.stopping.max_new_tokens = max_new_tokens
         one.stopping.ignore_eos = True
-        engine.submit(one, events.append)
-    for _ in range(len(requests) * (max_new_tokens + 8)):
+        for _ in range(steps):
+            try:
+                engine.submit(one, events.append)
+                break
+            except engine_errors.QueueFull:  # a queue of one: admit the last one first
+                engine.step()
+    for _ in range(steps):
         if not engine.has_work():
             break
         engine.step()
