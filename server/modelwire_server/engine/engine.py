@@ -406,6 +406,8 @@ class GenerationEngine:
             trial.select(torch.tensor(index, dtype=torch.long))
             try:
                 self.adapter.decode(trial, tokens[index])
+            except torch.OutOfMemoryError:
+                raise error from None  # the trial's own copy ran out: no verdict
             except Exception as exc:
                 culprits[group] = exc
             del trial
@@ -476,21 +478,20 @@ class GenerationEngine:
         of the other rows. Selection draws its random numbers last, so the failed
         batched call left every generator as it was; the trials' draws are undone."""
         groups = _positions_by_group(rows)
-        if len(groups) > 1:
-            log.warning("token selection for %d requests failed (%r)", len(groups), error)
-        generators = [row.generator for row in rows if row.generator is not None]
-        states = [g.get_state() for g in generators]
         culprits: dict[RequestGroup, Exception] = {}
-        for group, index in groups.items():
-            if len(groups) == 1:
-                culprits[group] = error
-                break
-            try:
-                sampler.select(logits[index], [rows[i] for i in index])  # type: ignore[misc]
-            except Exception as exc:
-                culprits[group] = exc
-        for generator, state in zip(generators, states, strict=True):
-            generator.set_state(state)
+        if len(groups) == 1:
+            culprits[next(iter(groups))] = error
+        else:
+            log.warning("token selection for %d requests failed (%r)", len(groups), error)
+            generators = [row.generator for row in rows if row.generator is not None]
+            states = [g.get_state() for g in generators]
+            for group, index in groups.items():
+                try:
+                    sampler.select(logits[index], [rows[i] for i in index])  # type: ignore[arg-type]
+                except Exception as exc:
+                    culprits[group] = exc
+            for generator, state in zip(generators, states, strict=True):
+                generator.set_state(state)
         if not culprits:
             raise error
         for group, exc in culprits.items():
