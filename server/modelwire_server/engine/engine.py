@@ -243,19 +243,23 @@ class GenerationEngine:
         for group, verdict in ended.items():
             if isinstance(verdict, Exception):
                 self._fail(group, verdict)
-            elif group.beam is not None:
-                try:
-                    finish_beams(group, verdict, self.tokenizer)
-                except Exception as exc:
-                    self._fail_one(group, exc, "beam search")
-                self._release(group)
-            else:
-                for row in self._rows:
-                    if row.group is group and isinstance(row, StreamRow):
-                        row.finish(verdict)
-                self._release(group)
+                continue
+            try:
+                self._finish_early(group, verdict)
+            except Exception as exc:
+                self._fail_one(group, exc, "finishing")
+            self._release(group)
         if ended:
             self._remove_groups(set(ended))
+
+    def _finish_early(self, group: RequestGroup, reason: FinishReason) -> None:
+        """End a running request's open sequences (cancelled, time limit)."""
+        if group.beam is not None:
+            finish_beams(group, reason, self.tokenizer)
+            return
+        for row in self._rows:
+            if row.group is group and isinstance(row, StreamRow):
+                row.finish(reason)
 
     # ---- prefill and decode -------------------------------------------------------
 
