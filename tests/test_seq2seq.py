@@ -255,3 +255,19 @@ def test_sdk_checks_before_sending() -> None:
         asyncio.run(client.summarize("Hi", logprobs=True))  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="top_p"):
         asyncio.run(client.translate("Hi", target_language="fr", top_p=0))
+
+
+async def test_out_of_range_length_penalty_is_refused(
+    s2s: RunningServer, client: AsyncClient
+) -> None:
+    """Once a division by zero that failed every stream on the model (issue 15)."""
+    request = pb.SummarizeRequest(model="tiny-t5", inputs=["Hello there"])
+    request.sampling.num_beams = 2
+    for value in (-3.4e38, 3.4e38, float("nan"), float("inf")):
+        request.sampling.length_penalty = value
+        error = await raw_error(s2s, "Summarize", request)
+        assert error.code().name == "INVALID_ARGUMENT"
+        assert bad_request_fields(error) == ["sampling.length_penalty"]
+    # A strong but finite preference is served.
+    summary = await client.summarize("Hello there", model="tiny-t5", num_beams=2, length_penalty=-3)
+    assert summary[0].generated_tokens > 0

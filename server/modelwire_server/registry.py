@@ -129,7 +129,13 @@ class Registry:
             runner = cls(config, device, dtype, self.workers.get(str(device)))
             await asyncio.to_thread(_locked(runner.load))
             await runner.start()
-            await runner.worker.run(runner.warmup)
+            try:
+                await runner.worker.run(runner.warmup)
+            except Exception as exc:
+                raise WarmupFailed(
+                    "it loaded, but its warm-up call failed, so this server cannot serve it "
+                    f"({_describe(exc)})"
+                ) from exc
         except Exception as exc:
             entry.state, entry.failure = ModelState.FAILED, _describe(exc)
             return
@@ -298,6 +304,10 @@ def _check_local_source(source: str) -> None:
     missing one for a hub id and answer with a riddle about the form of repo ids."""
     if source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().is_dir():
         raise InvalidArgument("source", f"the local directory {source} does not exist")
+
+
+class WarmupFailed(Exception):
+    """A model loaded, but the server could not run it end to end."""
 
 
 def _describe(exc: BaseException) -> str:

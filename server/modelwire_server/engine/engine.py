@@ -14,10 +14,17 @@ deltas and one ``Finished``; or ``Failed`` at any point, after which nothing fol
 rows leave the batch and their cache is freed then). A passed ``deadline`` ends the
 request with ``Failed(DeadlineExceeded)``; ``time_limit_ms`` (counted from submit)
 ends each open sequence with ``Finished(TIME_LIMIT)`` and the text it has so far.
+
+Failures stay with the request that caused them: when a batched prefill, decode step
+or token selection raises, each request in it is tried alone (prefill again; decode
+on a copy of its rows; selection with its rows' random draws undone) and only those
+that fail alone end with ``Failed``; the others go on, their outputs unchanged. Only a
+failure no single request reproduces fails everything in flight.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import secrets
 import time
@@ -39,6 +46,7 @@ from modelwire_server.engine.beam import BeamSearch
 from modelwire_server.engine.beam_rows import advance_beams, finish_beams
 from modelwire_server.engine.detokenizer import byte_fallback_ids, fast_decode
 from modelwire_server.engine.errors import DeadlineExceeded, ResourceExhausted
+from modelwire_server.engine.reformer import ReformerAdapter, is_reformer
 from modelwire_server.engine.scheduler import Scheduler
 from modelwire_server.engine.seq2seq import Seq2SeqAdapter
 from modelwire_server.engine.sequence import (
@@ -94,9 +102,11 @@ def eos_token_ids(generation_config: Any, model: Any, tokenizer: Any) -> frozens
 
 
 def make_adapter(model: Any, device: torch.device) -> ModelAdapter:
-    """The adapter of ``model``'s kind: encoder-decoder, else causal LM."""
+    """The adapter of ``model``'s kind: encoder-decoder, Reformer, else causal LM."""
     if getattr(model.config, "is_encoder_decoder", False):
         return Seq2SeqAdapter(model, device)
+    if is_reformer(model):
+        return ReformerAdapter(model, device)
     return CausalLMAdapter(model, device)
 
 
@@ -233,16 +243,23 @@ class GenerationEngine:
         for group, verdict in ended.items():
             if isinstance(verdict, Exception):
                 self._fail(group, verdict)
-            elif group.beam is not None:
-                finish_beams(group, verdict, self.tokenizer)
-                self._release(group)
-            else:
-                for row in self._rows:
-                    if row.group is group and isinstance(row, StreamRow):
-                        row.finish(verdict)
-                self._release(group)
+                continue
+            try:
+                self._finish_early(group, verdict)
+            except Exception as exc:
+                self._fail_one(group, exc, "finishing")
+            self._release(group)
         if ended:
             self._remove_groups(set(ended))
+
+    def _finish_early(self, group: RequestGroup, reason: FinishReason) -> None:
+        """End a running request's open sequences (cancelled, time limit)."""
+        if group.beam is not None:
+            finish_beams(group, reason, self.tokenizer)
+            return
+        for row in self._rows:
+            if row.group is group and isinstance(row, StreamRow):
+                row.finish(reason)
 
     # ---- prefill and decode -------------------------------------------------------
 
@@ -276,17 +293,27 @@ class GenerationEngine:
                 self._fail(group, ResourceExhausted("out of device memory during prefill"))
             return
         except Exception as exc:  # only these requests were in this forward pass
-            log.exception("prefill failed")
-            for group in groups:
-                self._fail(group, exc)
+            if len(groups) > 1:
+                # Find the one that broke it: each alone fails or joins on its own.
+                log.warning("prefill of %d requests failed (%r); each alone", len(groups), exc)
+                for group in groups:
+                    self._prefill_and_join([group])
+                return
+            self._fail_one(groups[0], exc, "prefill")
             return
         rows: list[Row] = []
         index: list[int] = []
         for i, group in enumerate(groups):
-            self._send_prompt_info(group, out.prompt_logits[i])
-            new = self._make_rows(group)
+            try:
+                self._send_prompt_info(group, out.prompt_logits[i])
+                new = self._make_rows(group)
+            except Exception as exc:
+                self._fail_one(group, exc, "prefill")
+                continue
             rows += new
             index += [i] * len(new)
+        if not rows:
+            return
         order = torch.tensor(index, dtype=torch.long, device=self.device)
         out.state.select(order)
         kept, sources = self._advance(rows, out.logits.index_select(0, order))
@@ -358,39 +385,122 @@ class GenerationEngine:
                 log.warning("out of device memory; failing request %s", rid)
                 self._fail(victim, ResourceExhausted("out of device memory during decoding"))
                 self._remove_groups({victim})
+            except Exception as exc:
+                self._state.rollback()
+                culprits = self._decode_culprits(tokens, exc)
+                for group, error in culprits.items():
+                    self._fail_one(group, error, "decode step")
+                self._remove_groups(set(culprits))
         return None
+
+    def _decode_culprits(
+        self, tokens: torch.Tensor, error: Exception
+    ) -> dict[RequestGroup, Exception]:
+        """The requests a failed decode step fails alone: each request's rows are run by
+        themselves on a copy of their state. When none fails alone, the step cannot be
+        pinned on one request and ``error`` goes up to fail them all."""
+        assert self._state is not None
+        groups = _positions_by_group(self._rows)
+        if len(groups) == 1:
+            return {next(iter(groups)): error}
+        log.warning("a decode step of %d requests failed (%r); each alone", len(groups), error)
+        culprits: dict[RequestGroup, Exception] = {}
+        for group, index in groups.items():
+            trial = copy.deepcopy(self._state)
+            trial.select(torch.tensor(index, dtype=torch.long))
+            try:
+                self.adapter.decode(trial, tokens[index])
+            except torch.OutOfMemoryError:
+                raise error from None  # the trial's own copy ran out: no verdict
+            except Exception as exc:
+                culprits[group] = exc
+            del trial
+        if not culprits:
+            raise error
+        return culprits
 
     # ---- token selection and bookkeeping ----------------------------------------
 
     def _advance(self, rows: list[Row], logits: torch.Tensor) -> tuple[list[Row], list[int]]:
-        """Choose each row's next token and emit; return surviving rows and their sources."""
-        selection = sampler.select(logits, rows)  # type: ignore[arg-type]
+        """Choose each row's next token and emit; return surviving rows and their sources.
+
+        A request whose token selection or bookkeeping raises fails alone; the others
+        go on as if it had not been in the batch."""
+        origin = list(range(len(rows)))
+        try:
+            selection = sampler.select(logits, rows)  # type: ignore[arg-type]
+        except Exception as exc:
+            origin = self._drop_selection_culprits(rows, logits, exc)
+            if not origin:
+                return [], []
+            rows = [rows[i] for i in origin]
+            selection = sampler.select(logits[origin], rows)  # type: ignore[arg-type]
         kept: list[Row] = []
         sources: list[int] = []
-        beams: dict[RequestGroup, list[int]] = {}
-        for i, row in enumerate(rows):
-            if isinstance(row, StreamRow):
-                token = selection.tokens[i]
-                info = self._texts.info(token, selection.chosen_logprobs[i], selection.top.get(i))
-                if row.accept(token, info):
-                    if row.group.open_rows == 0:
-                        self._release(row.group)
-                else:
-                    kept.append(row)
-                    sources.append(i)
-            else:
-                beams.setdefault(row.group, []).append(i)
-        for group, index in beams.items():
-            group_rows = [rows[i] for i in index]
-            continues = advance_beams(group, group_rows, index, selection, self._texts)
-            if continues is None:
-                finish_beams(group, None, self.tokenizer)
-                self._release(group)
-            else:
-                kept += group_rows
-                sources += continues
+        for group, index in _positions_by_group(rows).items():
+            try:
+                group_kept, group_sources = self._advance_group(group, rows, index, selection)
+            except Exception as exc:
+                self._fail_one(group, exc, "token selection")
+                continue
+            kept += group_kept
+            sources += [origin[i] for i in group_sources]
         self._generated += len(rows)
         return kept, sources
+
+    def _advance_group(
+        self, group: RequestGroup, rows: list[Row], index: list[int], selection: sampler.Selection
+    ) -> tuple[list[Row], list[int]]:
+        """One request's step (its rows are ``rows[index]``): emit their tokens; return
+        the rows that go on and the position in ``rows`` whose cache each continues
+        (a stream row its own; a beam the row it now extends)."""
+        group_rows = [rows[i] for i in index]
+        if group.beam is None:
+            going: list[Row] = []
+            sources: list[int] = []
+            for i, row in zip(index, group_rows, strict=True):
+                assert isinstance(row, StreamRow)
+                token = selection.tokens[i]
+                info = self._texts.info(token, selection.chosen_logprobs[i], selection.top.get(i))
+                if not row.accept(token, info):
+                    going.append(row)
+                    sources.append(i)
+            if group.open_rows == 0:
+                self._release(group)
+            return going, sources
+        beam_sources = advance_beams(group, group_rows, index, selection, self._texts)
+        if beam_sources is None:
+            finish_beams(group, None, self.tokenizer)
+            self._release(group)
+            return [], []
+        return group_rows, beam_sources
+
+    def _drop_selection_culprits(
+        self, rows: list[Row], logits: torch.Tensor, error: Exception
+    ) -> list[int]:
+        """Fail the requests whose token selection raises alone; return the positions
+        of the other rows. Selection draws its random numbers last, so the failed
+        batched call left every generator as it was; the trials' draws are undone."""
+        groups = _positions_by_group(rows)
+        culprits: dict[RequestGroup, Exception] = {}
+        if len(groups) == 1:
+            culprits[next(iter(groups))] = error
+        else:
+            log.warning("token selection for %d requests failed (%r)", len(groups), error)
+            generators = [row.generator for row in rows if row.generator is not None]
+            states = [g.get_state() for g in generators]
+            for group, index in groups.items():
+                try:
+                    sampler.select(logits[index], [rows[i] for i in index])  # type: ignore[arg-type]
+                except Exception as exc:
+                    culprits[group] = exc
+            for generator, state in zip(generators, states, strict=True):
+                generator.set_state(state)
+        if not culprits:
+            raise error
+        for group, exc in culprits.items():
+            self._fail_one(group, exc, "token selection")
+        return [i for i, row in enumerate(rows) if row.group not in culprits]
 
     # ---- failure and cleanup ------------------------------------------------------
 
@@ -401,6 +511,12 @@ class GenerationEngine:
         group.emit(Failed(error))
         group.open_rows = 0
         self._release(group)
+
+    def _fail_one(self, group: RequestGroup, error: Exception, where: str) -> None:
+        """Fail one request whose own work raised (logged with its traceback)."""
+        rid = group.prepared.request.request_id
+        log.error("request %s failed in its %s", rid, where, exc_info=error)
+        self._fail(group, error)
 
     def _remove_groups(self, groups: set[RequestGroup]) -> None:
         keep = [i for i, r in enumerate(self._rows) if r.group not in groups]
@@ -422,3 +538,11 @@ class GenerationEngine:
     def _free_device_memory(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _positions_by_group(rows: list[Row]) -> dict[RequestGroup, list[int]]:
+    """Each request's rows' positions in ``rows``, requests in order of first row."""
+    groups: dict[RequestGroup, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(row.group, []).append(i)
+    return groups

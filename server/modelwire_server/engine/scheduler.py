@@ -1,16 +1,20 @@
 """The waiting queue and the batch-token budget, shared between callers and the worker.
 
 Callers (any thread) push requests and flag cancellations; the worker reaps ended
-requests and admits the next ones, first come first served, while the prompt plus
-``max_new_tokens`` of every admitted row fits in ``max_batch_tokens``. Strict FIFO:
-a big request at the head waits for room rather than being overtaken forever.
+requests and admits the next ones, first come first served, while the admitted
+requests fit in ``max_batch_tokens`` as the batch really holds them: rows are padded
+to the widest one, so the batch costs its rows times the widest row's prompt plus
+``max_new_tokens`` (per side, for an encoder-decoder), not the sum of each row's own
+tokens. One long prompt among many short ones thus runs with only as many of them as
+fit at its width, instead of padding them all in one giant prefill. Strict FIFO: a big
+request at the head waits for room rather than being overtaken forever.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from modelwire_server.engine.errors import QueueFull
 from modelwire_server.engine.sequence import RequestGroup
@@ -26,7 +30,13 @@ class Scheduler:
         self._work = threading.Condition(self._lock)
         self._waiting: deque[RequestGroup] = deque()
         self._cancel_pending = False
-        self.reserved = 0  # changed by the worker only
+        self._admitted: dict[RequestGroup, None] = {}  # changed by the worker only
+
+    @property
+    def reserved(self) -> int:
+        """Batch tokens the admitted requests hold, padding included."""
+        with self._lock:
+            return padded_cost(self._admitted)
 
     def push(self, group: RequestGroup) -> None:
         with self._lock:
@@ -76,10 +86,10 @@ class Scheduler:
         admitted = []
         with self._lock:
             while self._waiting:
-                cost = self._waiting[0].prepared.cost
-                if self.reserved + cost > self.max_batch_tokens:
+                head = self._waiting[0]
+                if padded_cost([*self._admitted, head]) > self.max_batch_tokens:
                     break
-                self.reserved += cost
+                self._admitted[head] = None
                 admitted.append(self._waiting.popleft())
         return admitted
 
@@ -87,4 +97,17 @@ class Scheduler:
         """Give back an admitted request's reservation (once)."""
         if not group.released:
             group.released = True
-            self.reserved -= group.prepared.cost
+            with self._lock:
+                self._admitted.pop(group, None)
+
+
+def padded_cost(groups: Iterable[RequestGroup]) -> int:
+    """What ``groups`` cost as one batch: all their rows, each padded to the widest
+    encoder side and the widest decoder side among them."""
+    rows = encoder = decoder = 0
+    for group in groups:
+        prepared = group.prepared
+        rows += prepared.rows
+        encoder = max(encoder, prepared.encoder_width)
+        decoder = max(decoder, prepared.decoder_width)
+    return rows * (encoder + decoder)

@@ -172,8 +172,8 @@ class GenerationRequest:
     # device worker for each row of this request at every step with the row's ids so far
     # (context + output) and its ``[V]`` scores after the built-in processors (bias,
     # penalties, suppression, forced tokens); returns the scores to choose from. Beam rows
-    # pass log-probabilities. Whisper's timestamp rules and language detection use it. It
-    # must not raise: an exception fails every request in that step.
+    # pass log-probabilities. Whisper's timestamp rules and language detection use it. An
+    # exception it raises fails this request alone (as any step failure a request causes).
     logits_hook: LogitsHook | None = None
 
 

@@ -57,7 +57,11 @@ class Prepared:
     eos_ids: frozenset[int]  # empty with ignore_eos
     stop_ids: frozenset[int]
     rows: int  # engine rows: num_beams for beam search, else n
-    cost: int  # reserved batch tokens: rows * (prompt + max_new_tokens)
+    # Cache columns one row can come to hold: an encoder-decoder's encoder side (its
+    # cross-attention cache), and the side that grows (a causal LM's prompt + output,
+    # a decoder's output). A batch pads every row to the widest on each side.
+    encoder_width: int
+    decoder_width: int
     context_ids: list[int]  # what the output follows (see Limits.context_ids)
     # Generated-token index -> the only tokens allowed there (forced BOS / EOS).
     forced: dict[int, tuple[int, ...]]
@@ -71,6 +75,11 @@ class Prepared:
     def is_beam(self) -> bool:
         return self.sampling.num_beams > 1
 
+    @property
+    def cost(self) -> int:
+        """Batch tokens this request holds alone: rows x (encoder + decoder width)."""
+        return self.rows * (self.encoder_width + self.decoder_width)
+
 
 def _require(ok: bool, field: str, message: str) -> None:
     if not ok:
@@ -82,17 +91,48 @@ def _check_ids(ids: Any, vocab: int, field: str) -> None:
     _require(not bad, field, f"token ids {bad[:5]} are outside the vocabulary (0..{vocab - 1})")
 
 
+# Ranges of the float parameters: finite, and wide enough for any real use, so that no
+# value can turn a step's arithmetic into inf, NaN or a division by zero (a temperature
+# of 1e-45 overflows the logits; length ** length_penalty underflows to 0 past +-10 or so
+# at long lengths). Each is (low, high, inclusive low).
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
+MAX_REPETITION_PENALTY = 100.0
+MAX_LENGTH_PENALTY = 10.0
+
+
+def _check_float(value: float, field: str, low: float, high: float, *, open_low: bool) -> None:
+    bracket = "(" if open_low else "["
+    inside = math.isfinite(value) and (low < value if open_low else low <= value) and value <= high
+    _require(inside, field, f"must be a finite number in {bracket}{low:g}, {high:g}], not {value}")
+
+
 def _check_sampling(s: ResolvedSampling, vocab: int) -> None:
     _require(
-        math.isfinite(s.temperature) and s.temperature >= 0, "sampling.temperature", "must be >= 0"
+        s.temperature == 0 or MIN_TEMPERATURE <= s.temperature <= MAX_TEMPERATURE,
+        "sampling.temperature",
+        f"must be 0 (greedy) or a finite number in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], "
+        f"not {s.temperature}",
     )
     _require(s.top_k >= 0, "sampling.top_k", "must be >= 0 (0 = off)")
-    _require(0 < s.top_p <= 1, "sampling.top_p", "must be in (0, 1]")
-    _require(0 <= s.min_p <= 1, "sampling.min_p", "must be in [0, 1]")
-    _require(0 < s.typical_p <= 1, "sampling.typical_p", "must be in (0, 1]")
-    _require(s.repetition_penalty > 0, "sampling.repetition_penalty", "must be > 0")
+    _check_float(s.top_p, "sampling.top_p", 0, 1, open_low=True)
+    _check_float(s.min_p, "sampling.min_p", 0, 1, open_low=False)
+    _check_float(s.typical_p, "sampling.typical_p", 0, 1, open_low=True)
+    _check_float(
+        s.repetition_penalty,
+        "sampling.repetition_penalty",
+        1 / MAX_REPETITION_PENALTY,
+        MAX_REPETITION_PENALTY,
+        open_low=False,
+    )
     for name in ("presence_penalty", "frequency_penalty"):
-        _require(-2 <= getattr(s, name) <= 2, f"sampling.{name}", "must be in [-2, 2]")
+        _check_float(getattr(s, name), f"sampling.{name}", -2, 2, open_low=False)
+    _check_float(
+        s.length_penalty,
+        "sampling.length_penalty",
+        -MAX_LENGTH_PENALTY,
+        MAX_LENGTH_PENALTY,
+        open_low=False,
+    )
     _require(s.seed is None or 0 <= s.seed < 2**63, "sampling.seed", "must be in [0, 2**63)")
     _require(s.num_beams >= 1, "sampling.num_beams", "must be >= 1")
     _require(s.n >= 1, "sampling.n", "must be >= 1")
@@ -102,7 +142,7 @@ def _check_sampling(s: ResolvedSampling, vocab: int) -> None:
     _require(
         all(math.isfinite(v) and -100 <= v <= 100 for v in s.logit_bias.values()),
         "sampling.logit_bias",
-        "biases must be in [-100, 100]",
+        "biases must be finite numbers in [-100, 100]",
     )
 
 
@@ -243,6 +283,7 @@ def prepare(request: GenerationRequest, limits: Limits, generation_config: Any) 
     rows = sampling.num_beams if beam else sampling.n
     prompt_cost = limits.encoder_cost(request)
     cost = rows * (prompt_cost + max_new)
+    encoder_width = prompt_cost if encoder_decoder else 0
     _require(
         cost <= limits.max_batch_tokens,
         "stopping.max_new_tokens",
@@ -258,7 +299,8 @@ def prepare(request: GenerationRequest, limits: Limits, generation_config: Any) 
         eos_ids=frozenset() if stopping.ignore_eos else limits.eos_ids,
         stop_ids=frozenset(stopping.stop_token_ids),
         rows=rows,
-        cost=cost,
+        encoder_width=encoder_width,
+        decoder_width=prompt_cost + max_new - encoder_width,
         context_ids=limits.context_ids(request),
         forced=_forced(request, limits, generation_config, max_new),
         banned=_banned(generation_config),

@@ -76,15 +76,27 @@ def domain_error(exc: engine_errors.EngineError) -> errors.ModelwireError:
 
 
 def run_inline(
-    engine: GenerationEngine, request: GenerationRequest, *, max_new_tokens: int
+    engine: GenerationEngine,
+    request: GenerationRequest | Sequence[GenerationRequest],
+    *,
+    max_new_tokens: int,
 ) -> None:
-    """Run ``request`` to its end right here (on the worker, at load: warm-ups),
-    ``max_new_tokens`` tokens with EOS ignored; raise what it failed with."""
-    request.stopping.max_new_tokens = max_new_tokens
-    request.stopping.ignore_eos = True
+    """Run ``request`` (or several, as one batch) to its end right here (on the worker,
+    at load: warm-ups), ``max_new_tokens`` tokens with EOS ignored; raise what it
+    failed with."""
+    requests = [request] if isinstance(request, GenerationRequest) else list(request)
     events: list[object] = []
-    engine.submit(request, events.append)
-    for _ in range(max_new_tokens + 8):
+    steps = len(requests) * (max_new_tokens + 8)
+    for one in requests:
+        one.stopping.max_new_tokens = max_new_tokens
+        one.stopping.ignore_eos = True
+        for _ in range(steps):
+            try:
+                engine.submit(one, events.append)
+                break
+            except engine_errors.QueueFull:  # a queue of one: admit the last one first
+                engine.step()
+    for _ in range(steps):
         if not engine.has_work():
             break
         engine.step()
@@ -184,6 +196,12 @@ class EngineDriver:
                 return
 
 
+# The longer warm-up prompt: past the chunk and window sizes where attention changes
+# its path (Reformer's chunks, sliding windows), and a prime, so no multiple of a chunk
+# size (a multiple would skip Reformer's own padding); short enough to cost little.
+WARMUP_PROMPT_TOKENS = 37
+
+
 class TextGenerationTask(TaskRunner):
     task = "text-generation"
     rpcs = ("Generate", "Tokenize")
@@ -242,11 +260,23 @@ class TextGenerationTask(TaskRunner):
         self.driver.wake()
 
     def warmup(self) -> None:
-        """Generate two tokens end to end (on the worker: steps run inline)."""
-        request = GenerationRequest(prompt_ids=self.encode_prompt("Hello")[-8:] or [0])
-        self.run_inline(request, max_new_tokens=2)
+        """Generate two tokens for a short and a longer prompt as one batch, end to end
+        (on the worker: steps run inline): a padded prefill of a real length and a
+        decode step, so that a model the engine cannot drive fails at load."""
+        short = self.encode_prompt("Hello")[-8:] or [0]
+        limits = self.engine.limits
+        length = min(WARMUP_PROMPT_TOKENS, limits.max_batch_tokens - 2)
+        if limits.max_context is not None:
+            length = min(length, limits.max_context - 3)
+        longer = (short * length)[: max(length, 1)]
+        self.run_inline(
+            [GenerationRequest(prompt_ids=short), GenerationRequest(prompt_ids=longer)],
+            max_new_tokens=2,
+        )
 
-    def run_inline(self, request: GenerationRequest, *, max_new_tokens: int) -> None:
+    def run_inline(
+        self, request: GenerationRequest | Sequence[GenerationRequest], *, max_new_tokens: int
+    ) -> None:
         run_inline(self.engine, request, max_new_tokens=max_new_tokens)
 
     async def complete_all(
