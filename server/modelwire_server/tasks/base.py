@@ -109,8 +109,16 @@ class BatchedTask(TaskRunner, Generic[ItemT, ResultT]):
             max_batch_size=self.config.max_batch_size,
             max_wait_ms=self.config.max_wait_ms,
             max_queue=self.config.max_queue,
+            max_batch_cost=self.config.max_batch_tokens,
+            cost=self.item_cost,
             name=self.config.name,
         )
+
+    def item_cost(self, item: ItemT) -> int:
+        """About how many tokens ``item`` adds to a forward pass, known before it is
+        tokenized, so that one batch holds the worker for about one pass of at most
+        ``max_batch_tokens``. 1 where batches are bounded by ``max_batch_size`` alone."""
+        return 1
 
     async def close(self) -> None:
         await self.batcher.close()
@@ -141,6 +149,13 @@ def check_text_inputs(inputs: Sequence[str], config: ModelConfig, field: str = "
                 f"{field}[{i}]",
                 f"has {len(text)} characters; the limit is {config.max_input_chars}",
             )
+
+
+def estimated_tokens(chars: int, max_length: int | None) -> int:
+    """A text's tokens before it is tokenized, for batch costs: about one per character
+    at most (plus special tokens), and no more than the window it is cut to."""
+    tokens = chars + 2
+    return tokens if max_length is None else min(tokens, max_length)
 
 
 def encoder_max_length(tokenizer: Any, model_config: Any) -> int | None:

@@ -20,6 +20,7 @@ from modelwire_server.tasks.base import (
     BatchedTask,
     check_text_inputs,
     encoder_max_length,
+    estimated_tokens,
     read_json,
 )
 
@@ -108,6 +109,9 @@ class EmbeddingTask(BatchedTask[EmbedItem, EmbedResult]):
         check_text_inputs(inputs, self.config)
         items = [EmbedItem(t, i, pooling, normalize, truncate) for i, t in enumerate(inputs)]
         return await self.batcher.submit(items, deadline=deadline)
+
+    def item_cost(self, item: EmbedItem) -> int:
+        return estimated_tokens(len(item.text), self.max_length)
 
     def run_batch(self, items: list[EmbedItem]) -> list[EmbedResult | BaseException]:
         results: list[EmbedResult | BaseException] = [InvalidArgument("inputs", "not run")] * len(
