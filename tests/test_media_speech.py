@@ -23,6 +23,7 @@ from tests.conftest import (
     preset_server_fixture,
 )
 from tests.helpers import bad_request_fields, raw_error
+from tests.memory import MB, peak_growth
 
 # One thread in the server and the reference alike, so float sums add up in the same
 # order and the audio can be compared exactly.
@@ -165,3 +166,44 @@ async def test_client_checks_arguments_before_sending(client: AsyncClient) -> No
             await client.synthesize_speech("hi", **kwargs)
     with pytest.raises(BadRequestError):  # the server's own check, through the SDK
         await client.synthesize_speech("ÄÖÜ")
+
+
+async def test_long_vits_text_is_refused_before_it_costs_memory(
+    media: RunningServer, client: AsyncClient
+) -> None:
+    """2,000 characters took VITS 1.5 GB; the text is now counted in tokens first."""
+    text = "a long sentence to say " * 87  # 2,001 characters, some 4,000 tokens
+    with peak_growth() as growth:
+        error = await raw_error(media, "SynthesizeSpeech", pb.SynthesizeSpeechRequest(text=text))
+    assert error.code().name == "INVALID_ARGUMENT"
+    assert bad_request_fields(error) == ["text"]
+    assert "tokens" in error.details()
+    assert growth.bytes < 300 * MB  # the synthesis would take about 1,500 MB
+    assert (await client.synthesize_speech("still here", seed=0)).num_samples > 0
+
+
+async def test_vits_token_limit_is_configurable(media: RunningServer, client: AsyncClient) -> None:
+    runner = media.runner("tiny-vits")
+    limit = runner.synth.max_tokens
+    assert limit == 512  # the preset's VITS names no limit of its own: the task default
+    tokens = runner.synth.tokenizer("hello", return_tensors="pt").input_ids.shape[-1]
+    runner.synth.max_tokens = tokens - 1
+    try:
+        with pytest.raises(BadRequestError) as refused:
+            await client.synthesize_speech("hello", seed=0)
+        assert refused.value.field_violations[0].field == "text"
+    finally:
+        runner.synth.max_tokens = limit
+
+
+async def test_speecht5_long_text_stops_at_its_position_table(
+    media: RunningServer, client: AsyncClient
+) -> None:
+    """Text whose default output length (20 frames per token) passes the decoder's
+    position table used to fail INTERNAL ("2049 vs 2048"); it now stops there."""
+    model = media.runner("tiny-speecht5").synth.model
+    rf, positions = model.config.reduction_factor, model.config.max_speech_positions
+    hop = int(np.prod(media.runner("tiny-speecht5").synth.vocoder.config.upsample_rates))
+    text = "speak at length " * 15  # 240 characters: under 256 text positions
+    speech = await client.synthesize_speech(text, model="tiny-speecht5", seed=0)
+    assert 0 < speech.num_samples <= positions * rf * hop

@@ -172,6 +172,23 @@ def encoder_max_length(tokenizer: Any, model_config: Any) -> int | None:
     return min(limits) if limits else None
 
 
+def input_token_limit(config: ModelConfig, tokenizer: Any, model_config: Any, fallback: int) -> int:
+    """The most tokens one input may have: the config's ``max_input_tokens``, else the
+    model's own limit (``encoder_max_length``), else ``fallback`` for models that set
+    none, whose memory would otherwise grow with whatever length a caller sends."""
+    if config.max_input_tokens is not None:
+        return config.max_input_tokens
+    return encoder_max_length(tokenizer, model_config) or fallback
+
+
+def check_input_tokens(lengths: Sequence[int], limit: int, field: str = "inputs") -> None:
+    for i, length in enumerate(lengths):
+        if length > limit:
+            raise InvalidArgument(
+                f"{field}[{i}]", f"is {length} tokens; this model takes at most {limit}"
+            )
+
+
 def read_json(path: Path) -> Any | None:
     try:
         return json.loads(path.read_text())
