@@ -21,6 +21,7 @@ from tests.conftest import (
     client_fixture,
     one_torch_thread_fixture,
     preset_server_fixture,
+    preset_variant,
 )
 from tests.helpers import bad_request_fields, raw_error
 from tests.memory import MB, peak_growth
@@ -30,7 +31,8 @@ from tests.memory import MB, peak_growth
 one_thread = one_torch_thread_fixture()
 
 
-media = preset_server_fixture("tiny-vits", "tiny-speecht5")
+SHORT = preset_variant("vits-short", "text-to-speech", "tiny-vits", max_input_tokens=8)
+media = preset_server_fixture("tiny-vits", "tiny-speecht5", extra=[SHORT])
 client = client_fixture("media", timeout=300)
 
 
@@ -182,18 +184,17 @@ async def test_long_vits_text_is_refused_before_it_costs_memory(
     assert (await client.synthesize_speech("still here", seed=0)).num_samples > 0
 
 
-async def test_vits_token_limit_is_configurable(media: RunningServer, client: AsyncClient) -> None:
-    runner = media.runner("tiny-vits")
-    limit = runner.synth.max_tokens
-    assert limit == 512  # the preset's VITS names no limit of its own: the task default
-    tokens = runner.synth.tokenizer("hello", return_tensors="pt").input_ids.shape[-1]
-    runner.synth.max_tokens = tokens - 1
-    try:
-        with pytest.raises(BadRequestError) as refused:
-            await client.synthesize_speech("hello", seed=0)
-        assert refused.value.field_violations[0].field == "text"
-    finally:
-        runner.synth.max_tokens = limit
+async def test_vits_token_limit_defaults_and_is_configurable(
+    media: RunningServer, client: AsyncClient
+) -> None:
+    # The preset's VITS names no limit of its own: the task default applies.
+    assert media.runner("tiny-vits").synth.max_tokens == 512
+    # vits-short: max_input_tokens 8; "hello" is 11 tokens (a blank between characters).
+    with pytest.raises(BadRequestError) as refused:
+        await client.synthesize_speech("hello", model="vits-short", seed=0)
+    assert refused.value.field_violations[0].field == "text"
+    assert "is 11 tokens; this model reads 8" in str(refused.value)
+    assert (await client.synthesize_speech("hi", model="vits-short", seed=0)).num_samples > 0
 
 
 async def test_speecht5_long_text_stops_at_its_position_table(

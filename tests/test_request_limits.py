@@ -100,13 +100,13 @@ async def test_zero_shot_pairs_are_bounded(limited: RunningServer) -> None:
 
 
 async def test_tokenize_keeps_the_character_limit(limited: RunningServer) -> None:
-    """1,000,000 characters took 2.4 GB and a 63 MB response."""
+    """1,000,000 characters took 0.5 to 2.4 GB (with the text) and a 63 MB response."""
     request = generate_pb2.TokenizeRequest(model="tiny-gpt2", text="word " * 200_000)
     with peak_growth() as growth:
         error = await raw_error(limited, "Tokenize", request)
     assert error.code().name == "INVALID_ARGUMENT"
     assert bad_request_fields(error) == ["text"]
-    assert growth.bytes < 300 * MB
+    assert growth.bytes < 150 * MB  # 490 MB or more before
 
 
 class _CallEnded(logging.Handler):
@@ -146,11 +146,13 @@ def _record_passes(model: Any, name: str, passes: list[str], hold: threading.Eve
     return model.register_forward_pre_hook(hook, with_kwargs=True), first
 
 
-async def test_a_deadline_frees_the_worker_for_another_model_within_a_pass(
-    preset_cache: Path, fill_mask_ended: _CallEnded
+@pytest.mark.parametrize("ending", ["deadline", "cancel"])
+async def test_a_call_that_ends_frees_the_worker_for_another_model_within_a_pass(
+    preset_cache: Path, fill_mask_ended: _CallEnded, ending: str
 ) -> None:
-    """A long FillMask call whose deadline passes during its first forward pass runs no
-    further pass, so a ClassifyText on another model, queued behind it, runs next.
+    """A long FillMask call whose deadline passes (or whose caller cancels) during its
+    first forward pass runs no further pass, so a ClassifyText on another model,
+    queued behind it, runs next.
 
     Before, the call's inputs formed one batch of many passes that ran to the end for
     nobody while the other model waited (20.8 s instead of 0.01 s)."""
@@ -163,16 +165,20 @@ async def test_a_deadline_frees_the_worker_for_another_model_within_a_pass(
         sentiment_hook, _ = _record_passes(sentiment.model, "sentiment", passes, None)
         # 8 inputs of about 60 tokens: with 64 tokens a pass, one input per pass.
         inputs = [" ".join(["word"] * 58) + f" {i} [MASK]" for i in range(8)]
+        timeout = 5.0 if ending == "deadline" else 120.0
         try:
             async with AsyncClient(running.target) as client:
                 long_call = asyncio.ensure_future(
-                    client.fill_mask(inputs, model="tiny-fill-mask", timeout=2.0)
+                    client.fill_mask(inputs, model="tiny-fill-mask", timeout=timeout)
                 )
-                await asyncio.to_thread(first_pass.wait, 60)
+                assert await asyncio.to_thread(first_pass.wait, 60), "no pass began"
                 other = asyncio.ensure_future(client.classify_text("fine", model="tiny-sentiment"))
                 await _until(fill.worker.has_waiting_jobs)  # queued behind the held pass
-                with pytest.raises(APITimeoutError):
-                    await long_call
+                if ending == "deadline":
+                    with pytest.raises(APITimeoutError):
+                        await long_call
+                else:
+                    long_call.cancel()
                 assert await asyncio.to_thread(fill_mask_ended.event.wait, 60)
                 release.set()
                 [label] = await other
