@@ -142,8 +142,18 @@ def _check_bytes(data: bytes, limits: MediaLimits, field: str) -> None:
 def decode_images(
     images: Sequence[bytes], limits: MediaLimits, field: str = "images"
 ) -> list[Image.Image]:
+    """Upright RGB images (EXIF orientation applied; an animation's first frame)."""
     check_count(images, limits, field)
-    opened = [_open_image(data, limits, f"{field}[{i}]") for i, data in enumerate(images)]
+    return decode_named_images(
+        [(f"{field}[{i}]", data) for i, data in enumerate(images)], limits, field
+    )
+
+
+def decode_named_images(
+    named: Sequence[tuple[str, bytes]], limits: MediaLimits, field: str
+) -> list[Image.Image]:
+    """Images named by their fields, limited per image and together (as ``field``)."""
+    opened = [_open_image(data, limits, name) for name, data in named]
     pixels = sum(image.width * image.height for image in opened)
     if pixels > limits.max_image_pixels:
         raise InvalidArgument(
@@ -152,14 +162,7 @@ def decode_images(
             "per request",
         )
     with limits.pixels.hold(pixels):
-        return [_load_image(image, f"{field}[{i}]") for i, image in enumerate(opened)]
-
-
-def decode_image(data: bytes, limits: MediaLimits, field: str) -> Image.Image:
-    """An upright RGB image (EXIF orientation applied; an animation's first frame)."""
-    image = _open_image(data, limits, field)
-    with limits.pixels.hold(image.width * image.height):
-        return _load_image(image, field)
+        return [_load_image(image, name) for image, (name, _) in zip(opened, named, strict=True)]
 
 
 def _open_image(data: bytes, limits: MediaLimits, field: str) -> Image.Image:
@@ -224,38 +227,35 @@ def decode_clips(
         return [_decode_audio(clip, limits, rate, f"{field}[{i}]") for i, clip in enumerate(clips)]
 
 
-def decode_audio(clip: AudioInput, limits: MediaLimits, rate: int, field: str) -> np.ndarray:
-    """Mono float32 samples at ``rate``, from an encoded file or raw PCM."""
-    with limits.samples.hold(_header_samples(clip, limits, field)):
-        return _decode_audio(clip, limits, rate, field)
-
-
 def _header_samples(clip: AudioInput, limits: MediaLimits, field: str) -> int:
     """Samples x channels the clip will decode to, from its header (or PCM length),
     refused past the per-clip limits before anything is decoded."""
     if isinstance(clip, PcmInput):
-        return len(clip.samples) // 4  # float32 values, bounded by max_input_bytes
-    import soundfile as sf
+        # float32 values, at most max_input_bytes of them; checked whole when decoded.
+        frames, channels = len(clip.samples) // max(4 * clip.channels, 4), clip.channels
+    else:
+        import soundfile as sf
 
-    _check_bytes(clip, limits, field)
-    _check_riff_length(clip, field)
-    try:
-        info = sf.info(io.BytesIO(clip))
-    except Exception as exc:  # libsndfile's errors on what is not audio
-        raise InvalidArgument(field, f"is not decodable audio: {_reason(exc)}") from None
-    frames, channels = info.frames, info.channels
-    _check_rate(info.samplerate, field)
-    _check_duration(frames, info.samplerate, limits, field)
+        _check_bytes(clip, limits, field)
+        _check_riff_length(clip, field)
+        try:
+            info = sf.info(io.BytesIO(clip))
+        except Exception as exc:  # libsndfile's errors on what is not audio
+            raise InvalidArgument(field, f"is not decodable audio: {_reason(exc)}") from None
+        frames, channels = info.frames, info.channels
+        _check_rate(info.samplerate, field)
+        _check_duration(frames, info.samplerate, limits, field)
     if frames * channels > limits.max_audio_samples:
         raise InvalidArgument(
             field,
             f"decodes to {frames} samples x {channels} channels; the limit is "
             f"{limits.max_audio_samples} samples x channels",
         )
-    return frames * channels
+    return max(frames * channels, 0)
 
 
 def _decode_audio(clip: AudioInput, limits: MediaLimits, rate: int, field: str) -> np.ndarray:
+    """Mono float32 samples at ``rate``, from an encoded file or raw PCM."""
     if isinstance(clip, PcmInput):
         samples, source_rate = _pcm_samples(clip, limits, field)
     else:
