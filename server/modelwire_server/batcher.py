@@ -235,11 +235,12 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
             live, results = batch, [exc] * len(batch)
         if live:
             self.stats.record(len(live))
-        self.stats.dropped += len(batch) - len(live)
+        ran = {id(p) for p in live}
+        dropped = [p for p in batch if id(p) not in ran]
+        self.stats.dropped += len(dropped)
         now = time.monotonic()
-        for p in batch:
-            if not p.future.done():
-                self._still_wanted(p, now)  # dropped on the worker: settle its deadline
+        for p in dropped:
+            self._still_wanted(p, now)  # one dropped for its deadline gets DeadlineExceeded
         for p, result in zip(live, results, strict=True):
             if p.future.done():
                 continue
