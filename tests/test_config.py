@@ -100,3 +100,23 @@ def test_no_models_means_the_tiny_preset() -> None:
     assert resolve(environ={}).preset == "tiny"
     with pytest.raises(ConfigError, match="preset 'huge'"):
         resolve(environ={}, preset="huge")
+
+
+def test_request_cost_limits_are_read_and_checked(tmp_path: Path) -> None:
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        "models:\n"
+        "  - {name: t5, task: summarization, source: /m/t5, max_input_tokens: 300,\n"
+        "     max_results: 50, max_audio_samples: 96000, max_image_pixels: 1000000}\n"
+        "  - {name: vits, task: text-to-speech, source: /m/vits, max_input_tokens: null}\n"
+    )
+    t5, vits = load_config_file(path).models
+    assert (t5.max_input_tokens, t5.max_results) == (300, 50)
+    assert (t5.max_audio_samples, t5.max_image_pixels) == (96000, 1000000)
+    assert vits.max_input_tokens is None and vits.max_audio_samples is None  # from the model
+    for key, value in (("max_input_tokens", 0), ("max_results", 0), ("max_audio_samples", -1)):
+        entry = {"name": "m", "task": "fill-mask", "source": "/m", key: value}
+        with pytest.raises(ConfigError, match=rf"models\[0\]\.{key} must be at least 1"):
+            parse_config({"models": [entry]})
+    with pytest.raises(ConfigError, match=r"max_results must be a int"):
+        parse_config({"models": [{"name": "m", "task": "ner", "source": "/m", "max_results": "x"}]})

@@ -105,3 +105,23 @@ async def test_real_minilm_matches_sentence_transformers_pooling(
 
     assert cos(0, 1) > cos(0, 2) + 0.2 and cos(0, 1) > cos(0, 3)
     assert cos(3, 4) > cos(3, 2) + 0.2 and cos(3, 4) > cos(3, 0)
+
+
+async def test_per_token_vectors_are_counted_before_the_work(server) -> None:
+    """256 texts of 256 tokens as per-token MiniLM vectors are 25 M floats (about 1 GB
+    as Python floats, then past the message limit): refused, naming pooling."""
+    from modelwire_server.tasks.embedding import MAX_TOKEN_FLOATS
+
+    text = "the quick brown fox jumps over the lazy dog " * 40
+    request = pb.EmbedRequest(
+        model="minilm", inputs=[text] * 256, pooling=pb.POOLING_NONE, truncate=True
+    )
+    error = await raw_error(server, "Embed", request)
+    assert error.code().name == "INVALID_ARGUMENT"
+    assert bad_request_fields(error) == ["pooling"]
+    assert f"the limit is {MAX_TOKEN_FLOATS}" in error.details()
+
+
+async def test_per_token_vectors_within_the_limit_are_served(client: AsyncClient) -> None:
+    [result] = await client.embed("a small red fox", model="minilm", pooling="none")
+    assert len(result.token_vectors) == result.token_count > 0

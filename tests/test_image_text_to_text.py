@@ -373,3 +373,14 @@ def test_prefill_rows_with_differing_extras_match_each_alone(
             reduction=TINY_REDUCTION,
             depth=TINY_DEPTH,
         )
+
+
+async def test_a_chats_images_are_limited_by_their_pixels_together(client: AsyncClient) -> None:
+    """llava-limited takes 2,500 pixels: each of two images fits, the two together not."""
+    two = chat("x", IMAGES[0], IMAGES[1])  # 1,920 + 1,350 pixels
+    assert (
+        await field_of(client.generate(messages=two, model="llava-limited", max_new_tokens=2))
+        == "messages"
+    )
+    with pytest.raises(BadRequestError, match="3270 pixels together"):
+        await client.generate(messages=two, model="llava-limited", max_new_tokens=2)

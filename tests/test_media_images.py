@@ -13,7 +13,7 @@ import pytest
 import transformers
 from PIL import Image, ImageOps
 
-from modelwire import AsyncClient, BadRequestError, Classification, Detections
+from modelwire import AsyncClient, BadRequestError, Classification, Detections, RateLimitError
 from modelwire.v1 import common_pb2
 from modelwire.v1 import inference_service_pb2 as pb
 from tests.conftest import (
@@ -28,6 +28,7 @@ from tests.conftest import (
     preset_variant,
 )
 from tests.helpers import bad_request_fields, raw_error
+from tests.memory import MB, peak_growth
 from tests.tolerances import TINY_SCORE_ATOL
 
 one_thread = one_torch_thread_fixture()
@@ -261,4 +262,46 @@ async def test_a_small_file_of_many_pixels_is_refused_before_decoding(
     assert len(bomb) < 100_000
     with pytest.raises(BadRequestError) as caught:
         await client.classify_image(bomb)  # tiny-vit: the default limit
-    assert "10000x10000 pixels; the limit is 40000000 pixels" in str(caught.value)
+    assert f"10000x10000 pixels; the limit is {4096 * 4096} pixels" in str(caught.value)
+
+
+async def test_a_flat_png_of_many_pixels_is_refused_before_it_costs_memory(
+    media: RunningServer,
+) -> None:
+    """6000x6600 flat pixels in 135 KB took 440 MB to decode (3.2 GB for 8 at once):
+    the default limit is 4096x4096 pixels, read from the header."""
+    bomb = encode_image(Image.new("RGB", (6000, 6600), (120, 30, 200)))
+    assert len(bomb) < 200_000
+    request = pb.ClassifyImageRequest(model="tiny-vit", images=[common_pb2.Image(data=bomb)])
+    with peak_growth() as growth:
+        error = await raw_error(media, "ClassifyImage", request)
+    assert error.code().name == "INVALID_ARGUMENT"
+    assert bad_request_fields(error) == ["images[0]"]
+    assert growth.bytes < 150 * MB
+
+
+async def test_a_request_is_limited_by_its_pixels_together(media: RunningServer) -> None:
+    """Each image within max_image_pixels (2,500 here), two of them over it together."""
+    square = encode_image(Image.new("RGB", (40, 40), (9, 9, 9)))  # 1,600 pixels
+    request = pb.ClassifyImageRequest(
+        model="vit-limited", images=[common_pb2.Image(data=square), common_pb2.Image(data=square)]
+    )
+    error = await raw_error(media, "ClassifyImage", request)
+    assert error.code().name == "INVALID_ARGUMENT"
+    assert bad_request_fields(error) == ["images"]
+    assert "3200 pixels together" in error.details()
+
+
+async def test_decoding_beyond_the_models_capacity_is_resource_exhausted(
+    media: RunningServer, client: AsyncClient
+) -> None:
+    """While other requests hold the model's decode budget, one that would pass it is
+    told to retry (capacity), and is served once the budget is free."""
+    budget = media.runner("vit-limited").limits.pixels
+    square = encode_image(Image.new("RGB", (40, 40), (9, 9, 9)))
+    with budget.hold(budget.capacity - 100):  # other requests' decodes, as it were
+        with pytest.raises(RateLimitError) as refused:
+            await client.classify_image(square, model="vit-limited")
+        assert refused.value.retry_after is not None
+    [result] = await client.classify_image(square, model="vit-limited")
+    assert result.labels

@@ -21,15 +21,18 @@ from tests.conftest import (
     client_fixture,
     one_torch_thread_fixture,
     preset_server_fixture,
+    preset_variant,
 )
 from tests.helpers import bad_request_fields, raw_error
+from tests.memory import MB, peak_growth
 
 # One thread in the server and the reference alike, so float sums add up in the same
 # order and the audio can be compared exactly.
 one_thread = one_torch_thread_fixture()
 
 
-media = preset_server_fixture("tiny-vits", "tiny-speecht5")
+SHORT = preset_variant("vits-short", "text-to-speech", "tiny-vits", max_input_tokens=8)
+media = preset_server_fixture("tiny-vits", "tiny-speecht5", extra=[SHORT])
 client = client_fixture("media", timeout=300)
 
 
@@ -165,3 +168,43 @@ async def test_client_checks_arguments_before_sending(client: AsyncClient) -> No
             await client.synthesize_speech("hi", **kwargs)
     with pytest.raises(BadRequestError):  # the server's own check, through the SDK
         await client.synthesize_speech("ÄÖÜ")
+
+
+async def test_long_vits_text_is_refused_before_it_costs_memory(
+    media: RunningServer, client: AsyncClient
+) -> None:
+    """2,000 characters took VITS 1.5 GB; the text is now counted in tokens first."""
+    text = "a long sentence to say " * 87  # 2,001 characters, some 4,000 tokens
+    with peak_growth() as growth:
+        error = await raw_error(media, "SynthesizeSpeech", pb.SynthesizeSpeechRequest(text=text))
+    assert error.code().name == "INVALID_ARGUMENT"
+    assert bad_request_fields(error) == ["text"]
+    assert "tokens" in error.details()
+    assert growth.bytes < 300 * MB  # the synthesis would take about 1,500 MB
+    assert (await client.synthesize_speech("still here", seed=0)).num_samples > 0
+
+
+async def test_vits_token_limit_defaults_and_is_configurable(
+    media: RunningServer, client: AsyncClient
+) -> None:
+    # The preset's VITS names no limit of its own: the task default applies.
+    assert media.runner("tiny-vits").synth.max_tokens == 512
+    # vits-short: max_input_tokens 8; "hello" is 11 tokens (a blank between characters).
+    with pytest.raises(BadRequestError) as refused:
+        await client.synthesize_speech("hello", model="vits-short", seed=0)
+    assert refused.value.field_violations[0].field == "text"
+    assert "is 11 tokens; this model reads 8" in str(refused.value)
+    assert (await client.synthesize_speech("hi", model="vits-short", seed=0)).num_samples > 0
+
+
+async def test_speecht5_long_text_stops_at_its_position_table(
+    media: RunningServer, client: AsyncClient
+) -> None:
+    """Text whose default output length (20 frames per token) passes the decoder's
+    position table used to fail INTERNAL ("2049 vs 2048"); it now stops there."""
+    model = media.runner("tiny-speecht5").synth.model
+    rf, positions = model.config.reduction_factor, model.config.max_speech_positions
+    hop = int(np.prod(media.runner("tiny-speecht5").synth.vocoder.config.upsample_rates))
+    text = "speak at length " * 15  # 240 characters: under 256 text positions
+    speech = await client.synthesize_speech(text, model="tiny-speecht5", seed=0)
+    assert 0 < speech.num_samples <= positions * rf * hop

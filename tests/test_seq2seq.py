@@ -27,6 +27,7 @@ from tests.conftest import (
     served_fixture,
 )
 from tests.helpers import bad_request_fields, raw_error
+from tests.memory import MB, peak_growth
 
 # Inputs on which the tiny random T5 does not just repeat one token.
 TEXTS = [
@@ -271,3 +272,23 @@ async def test_out_of_range_length_penalty_is_refused(
     # A strong but finite preference is served.
     summary = await client.summarize("Hello there", model="tiny-t5", num_beams=2, length_penalty=-3)
     assert summary[0].generated_tokens > 0
+
+
+async def test_input_past_the_tokenizer_limit_is_refused_before_it_costs_memory(
+    s2s: RunningServer, client: AsyncClient
+) -> None:
+    """The preset's T5 has relative positions, so nothing in the model stops a long
+    input, and its attention memory grows with the square of the length (12.8 KB took
+    2.5 GB): the tokenizer's model_max_length (512) is the limit."""
+    text = "the quick brown fox jumps over the lazy dog " * 290  # 12.8 KB
+    request = pb.SummarizeRequest(model="tiny-t5", inputs=["short", text])
+    with peak_growth() as growth:
+        error = await raw_error(s2s, "Summarize", request)
+    assert error.code().name == "INVALID_ARGUMENT"
+    assert bad_request_fields(error) == ["inputs[1]"]
+    assert "at most 512" in error.details()
+    assert growth.bytes < 500 * MB  # about 2,500 MB when it ran
+    runner = s2s.runner("tiny-t5")
+    assert runner.max_input_tokens == runner.tokenizer.model_max_length == 512
+    [ok] = await client.summarize("still here", model="tiny-t5", max_new_tokens=2)
+    assert ok.generated_tokens > 0

@@ -4,12 +4,21 @@ Requests that arrive within a short window (or while the worker is busy with the
 previous batch) run as one forward pass; results are scattered back in order. At most
 one batch per model is in flight, so under load the queue itself forms full batches
 and an idle server adds at most ``max_wait_ms`` of latency.
+
+A batch's cost is bounded (``max_batch_cost`` in the units of ``cost``, e.g. tokens),
+so that one model's batch holds the shared device worker for about one forward pass
+and the batches of other models interleave with its. Work nobody waits for is not
+done: inputs whose caller has gone (cancelled, or past its deadline) are dropped when
+the worker reaches their batch, and a batch function that runs several forward passes
+calls ``check_abandoned()`` between them, which stops the batch once all of its
+callers have gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -25,6 +34,30 @@ ResultT = TypeVar("ResultT")
 
 # A batch function returns one result per item: a value, or the exception for that item.
 BatchFn = Callable[[list[ItemT]], Sequence[ResultT | BaseException]]
+# What an item costs a forward pass (e.g. its tokens), for max_batch_cost.
+CostFn = Callable[[ItemT], int]
+
+
+class BatchAbandoned(BaseException):
+    """Raised by ``check_abandoned`` inside a batch function: every caller has gone.
+
+    A BaseException, like CancelledError, so that a task's ``except Exception`` around
+    one input's work does not turn it into that input's result.
+    """
+
+
+_running = threading.local()  # the worker thread's batch: whether its callers are all gone
+
+
+def check_abandoned() -> None:
+    """Between the forward passes of a batch function: stop if nobody waits any more.
+
+    Outside a batcher's batch (warmup, tests calling a batch function directly) it
+    does nothing.
+    """
+    abandoned: Callable[[], bool] | None = getattr(_running, "abandoned", None)
+    if abandoned is not None and abandoned():
+        raise BatchAbandoned
 
 
 @dataclass
@@ -33,6 +66,10 @@ class BatchStats:
 
     batches: int = 0
     items: int = 0
+    # Inputs dropped unrun because their caller had gone (cancelled or past its
+    # deadline) when the worker reached them, and batches stopped between passes.
+    dropped: int = 0
+    abandoned_batches: int = 0
     max_batch_size_seen: int = 0
     sizes: deque[int] = field(default_factory=lambda: deque(maxlen=1024))
     # Batches of each size since start: cumulative, so metrics export an exact histogram.
@@ -52,7 +89,13 @@ class _Pending(Generic[ItemT, ResultT]):
     future: asyncio.Future[ResultT]
     deadline: float | None
     enqueued: float
+    cost: int = 1
     taken: float | None = None  # when its batch was formed
+
+    def wanted(self, now: float) -> bool:
+        """Whether a caller still waits for this item (read on the worker thread too:
+        ``done()`` is one attribute read)."""
+        return not self.future.done() and (self.deadline is None or now < self.deadline)
 
 
 class DynamicBatcher(Generic[ItemT, ResultT]):
@@ -66,11 +109,15 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         max_batch_size: int = 32,
         max_wait_ms: float = 5.0,
         max_queue: int = 1024,
+        max_batch_cost: int | None = None,
+        cost: CostFn[ItemT] | None = None,
         name: str = "",
     ) -> None:
         self._worker = worker
         self._run_batch = run_batch
+        self._cost = cost
         self.max_batch_size = max_batch_size
+        self.max_batch_cost = max_batch_cost
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.name = name
@@ -100,7 +147,10 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         self._ensure_running()
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        pending = [_Pending(item, loop.create_future(), deadline, now) for item in items]
+        cost = self._cost or (lambda _: 1)
+        pending = [
+            _Pending(item, loop.create_future(), deadline, now, cost(item)) for item in items
+        ]
         self._queue.extend(pending)
         self._wakeup.set()
         try:
@@ -151,29 +201,65 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
 
     def _take_batch(self) -> list[_Pending[ItemT, ResultT]]:
         batch: list[_Pending[ItemT, ResultT]] = []
-        now = time.monotonic()
+        now, cost = time.monotonic(), 0
         while self._queue and len(batch) < self.max_batch_size:
-            p = self._queue.popleft()
-            if p.future.done():
-                continue  # its request was cancelled
-            if p.deadline is not None and now >= p.deadline:
-                p.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+            p = self._queue[0]
+            if p.wanted(now) and batch and self.max_batch_cost is not None:
+                if cost + p.cost > self.max_batch_cost:
+                    break  # the next batch's; a single item over the budget runs alone
+            self._queue.popleft()
+            if not self._still_wanted(p, now):
                 continue
             p.taken = now
+            cost += p.cost
             batch.append(p)
         return batch
 
+    @staticmethod
+    def _still_wanted(p: _Pending[ItemT, ResultT], now: float) -> bool:
+        """Whether to run ``p``; one whose deadline passed gets DeadlineExceeded."""
+        if p.future.done():
+            return False  # its request was cancelled
+        if p.deadline is not None and now >= p.deadline:
+            p.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+            return False
+        return True
+
     async def _run(self, batch: list[_Pending[ItemT, ResultT]]) -> None:
-        items = [p.item for p in batch]
-        self.stats.record(len(items))
         try:
-            results = await self._worker.run(lambda: self._run_batch(items))
+            live, results = await self._worker.run(lambda: self._run_live(batch))
+        except BatchAbandoned:
+            self.stats.abandoned_batches += 1
+            live, results = [], []
         except Exception as exc:  # the whole batch failed: every request gets the error
-            results = [exc] * len(batch)
-        for p, result in zip(batch, results, strict=True):
+            live, results = batch, [exc] * len(batch)
+        if live:
+            self.stats.record(len(live))
+        ran = {id(p) for p in live}
+        dropped = [p for p in batch if id(p) not in ran]
+        self.stats.dropped += len(dropped)
+        now = time.monotonic()
+        for p in dropped:
+            self._still_wanted(p, now)  # one dropped for its deadline gets DeadlineExceeded
+        for p, result in zip(live, results, strict=True):
             if p.future.done():
                 continue
             if isinstance(result, BaseException):
                 p.future.set_exception(result)
             else:
                 p.future.set_result(result)
+
+    def _run_live(
+        self, batch: list[_Pending[ItemT, ResultT]]
+    ) -> tuple[list[_Pending[ItemT, ResultT]], Sequence[ResultT | BaseException]]:
+        """On the worker: run the items someone still waits for (the batch may have
+        waited behind other models' work since it was formed)."""
+        now = time.monotonic()
+        live = [p for p in batch if p.wanted(now)]
+        if not live:
+            return [], []
+        _running.abandoned = lambda: not any(p.wanted(time.monotonic()) for p in live)
+        try:
+            return live, self._run_batch([p.item for p in live])
+        finally:
+            _running.abandoned = None

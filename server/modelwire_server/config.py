@@ -76,10 +76,19 @@ class ModelConfig:
     # Per-request limits.
     max_inputs: int = 256
     max_input_chars: int = 100_000
-    # Media tasks, per image or clip: pixels (checked on the header, before decoding),
-    # seconds of audio, and encoded bytes.
-    max_image_pixels: int = 40_000_000
+    # Tokens of one input after tokenization (summarization, translation and speech
+    # text); None: the model's own limit (its position table, else its tokenizer's
+    # model_max_length, else a task default).
+    max_input_tokens: int | None = None
+    # The most result entries one request may ask for: fill-mask candidates (masks x
+    # top_k), question-answering answers (top_k), zero-shot scores (inputs x labels).
+    max_results: int = 1024
+    # Media tasks, checked on the headers before anything is decoded: pixels over all
+    # the images of a request, seconds per clip, decoded samples x channels over all the
+    # clips of a request (None: max_audio_seconds of 48 kHz stereo), encoded bytes.
+    max_image_pixels: int = 4096 * 4096
     max_audio_seconds: float = 600.0
+    max_audio_samples: int | None = None
     max_input_bytes: int = 32 * 1024 * 1024
     # Generation: the running set's token budget, waiting queue and output caps.
     max_batch_tokens: int = 16_384
@@ -168,13 +177,23 @@ def _model_from_dict(index: int, raw: Any) -> ModelConfig:
         if required not in raw:
             raise ConfigError(f"{where} is missing {required!r}")
     values: dict[str, Any] = {}
-    types = {"str": str, "bool": bool, "int": int, "float": float, "str | None": str}
+    types = {
+        "str": str,
+        "bool": bool,
+        "int": int,
+        "float": float,
+        "str | None": str,
+        "int | None": int,
+    }
     for key, value in raw.items():
         if key == "device_map":  # a string or a mapping: validate_model checks it
             values[key] = value
             continue
-        kind = types[str(_MODEL_FIELDS[key].type)]
-        values[key] = _check_type(f"{where}.{key}", value, kind)
+        declared = str(_MODEL_FIELDS[key].type)
+        if value is None and declared.endswith("| None"):
+            values[key] = None  # null: the default taken from the model
+            continue
+        values[key] = _check_type(f"{where}.{key}", value, types[declared])
     model = ModelConfig(**values)
     validate_model(model, where)
     return model
@@ -206,8 +225,12 @@ def validate_model(model: ModelConfig, where: str) -> None:
         "default_max_new_tokens",
         "max_image_pixels",
         "max_input_bytes",
+        "max_results",
     ):
         if getattr(model, key) < 1:
+            raise ConfigError(f"{where}.{key} must be at least 1")
+    for key in ("max_input_tokens", "max_audio_samples"):
+        if getattr(model, key) is not None and getattr(model, key) < 1:
             raise ConfigError(f"{where}.{key} must be at least 1")
     if not model.max_audio_seconds > 0:
         raise ConfigError(f"{where}.max_audio_seconds must be positive")

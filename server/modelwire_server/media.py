@@ -5,7 +5,10 @@ Decoding runs in threads off the event loop (the runners call it through
 that input (``images[2]``, ``clips[0].pcm.sample_rate``): decoders raise a zoo of
 exception types on corrupt data, and none of them may become INTERNAL. Limits are
 checked on what the header promises, before the payload is decoded, so an oversize
-input costs no memory.
+input costs no memory: pixels for images, decoded samples x channels for audio (a
+small compressed file can promise gigabytes), per input and over a request's inputs.
+What a model's requests hold decoded at once is a capacity (``DecodeBudget``): past
+it, RESOURCE_EXHAUSTED, to retry.
 
 Pillow, soundfile and scipy are imported where used: a server without libsndfile
 still serves images.
@@ -16,15 +19,17 @@ from __future__ import annotations
 import io
 import math
 import re
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from modelwire_server.config import ModelConfig
-from modelwire_server.errors import InvalidArgument
+from modelwire_server.errors import InvalidArgument, ResourceExhausted
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -32,29 +37,71 @@ if TYPE_CHECKING:
 
 # Sample rates outside this range are taken for a mistake rather than resampled.
 MIN_SAMPLE_RATE = 1_000
-MAX_SAMPLE_RATE = 768_000
+MAX_SAMPLE_RATE = 192_000
+# The default budget of decoded samples x channels, per second of max_audio_seconds:
+# 48 kHz stereo.
+SAMPLES_PER_SECOND = 2 * 48_000
+# How many requests' worth of decoded media (each at its limit) a model holds at once.
+DECODES_AT_ONCE = 4
 
 _BUFFER_REPR = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 AudioFormat = Literal["wav_pcm16", "wav_float32", "pcm_float32"]
 
 
+class DecodeBudget:
+    """What a model's requests may hold decoded at once, in pixels or samples.
+
+    A request reserves its cost (read from headers) while it decodes; one that would
+    pass the capacity while others hold theirs is RESOURCE_EXHAUSTED. Alone, a request
+    within its per-request limit always fits.
+    """
+
+    def __init__(self, capacity: int, unit: str) -> None:
+        self.capacity, self.unit = capacity, unit
+        self.held = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def hold(self, amount: int) -> Iterator[None]:
+        with self._lock:
+            if self.held and self.held + amount > self.capacity:
+                raise ResourceExhausted(
+                    f"this model is decoding {self.held} {self.unit} for other requests "
+                    f"(capacity {self.capacity}); retry shortly",
+                    retry_after_s=0.5,
+                )
+            self.held += amount
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.held -= amount
+
+
 @dataclass(frozen=True)
 class MediaLimits:
-    """The per-request limits of one model's media inputs."""
+    """The per-request limits of one model's media inputs, and its decode budgets."""
 
     max_inputs: int
-    max_image_pixels: int
-    max_audio_seconds: float
+    max_image_pixels: int  # per image, and over a request's images
+    max_audio_seconds: float  # per clip
     max_input_bytes: int
+    max_audio_samples: int = 1 << 62  # decoded samples x channels, over a request's clips
+    pixels: DecodeBudget = field(default_factory=lambda: DecodeBudget(1 << 62, "pixels"))
+    samples: DecodeBudget = field(default_factory=lambda: DecodeBudget(1 << 62, "samples"))
 
     @classmethod
     def of(cls, config: ModelConfig) -> MediaLimits:
+        samples = config.max_audio_samples or int(config.max_audio_seconds * SAMPLES_PER_SECOND)
         return cls(
             config.max_inputs,
             config.max_image_pixels,
             config.max_audio_seconds,
             config.max_input_bytes,
+            samples,
+            DecodeBudget(DECODES_AT_ONCE * config.max_image_pixels, "pixels"),
+            DecodeBudget(DECODES_AT_ONCE * samples, "audio samples"),
         )
 
 
@@ -95,13 +142,32 @@ def _check_bytes(data: bytes, limits: MediaLimits, field: str) -> None:
 def decode_images(
     images: Sequence[bytes], limits: MediaLimits, field: str = "images"
 ) -> list[Image.Image]:
+    """Upright RGB images (EXIF orientation applied; an animation's first frame)."""
     check_count(images, limits, field)
-    return [decode_image(data, limits, f"{field}[{i}]") for i, data in enumerate(images)]
+    return decode_named_images(
+        [(f"{field}[{i}]", data) for i, data in enumerate(images)], limits, field
+    )
 
 
-def decode_image(data: bytes, limits: MediaLimits, field: str) -> Image.Image:
-    """An upright RGB image (EXIF orientation applied; an animation's first frame)."""
-    from PIL import Image, ImageOps
+def decode_named_images(
+    named: Sequence[tuple[str, bytes]], limits: MediaLimits, field: str
+) -> list[Image.Image]:
+    """Images named by their fields, limited per image and together (as ``field``)."""
+    opened = [_open_image(data, limits, name) for name, data in named]
+    pixels = sum(image.width * image.height for image in opened)
+    if pixels > limits.max_image_pixels:
+        raise InvalidArgument(
+            field,
+            f"hold {pixels} pixels together; the limit is {limits.max_image_pixels} pixels "
+            "per request",
+        )
+    with limits.pixels.hold(pixels):
+        return [_load_image(image, name) for image, (name, _) in zip(opened, named, strict=True)]
+
+
+def _open_image(data: bytes, limits: MediaLimits, field: str) -> Image.Image:
+    """The image with only its header read; over the pixel limit is refused here."""
+    from PIL import Image
 
     # Pillow warns of images over its own pixel budget; ours is checked right after.
     # (Set on each call: re-adding an existing filter only moves it to the front.)
@@ -118,6 +184,12 @@ def decode_image(data: bytes, limits: MediaLimits, field: str) -> Image.Image:
             field,
             f"is {width}x{height} pixels; the limit is {limits.max_image_pixels} pixels",
         )
+    return image
+
+
+def _load_image(image: Image.Image, field: str) -> Image.Image:
+    from PIL import ImageOps
+
     try:
         image.load()  # decodes now, so a truncated file fails here and not in a batch
         return ImageOps.exif_transpose(image).convert("RGB")
@@ -144,10 +216,45 @@ def decode_clips(
     clips: Sequence[AudioInput], limits: MediaLimits, rate: int, field: str = "clips"
 ) -> list[np.ndarray]:
     check_count(clips, limits, field)
-    return [decode_audio(clip, limits, rate, f"{field}[{i}]") for i, clip in enumerate(clips)]
+    samples = sum(_header_samples(clip, limits, f"{field}[{i}]") for i, clip in enumerate(clips))
+    if samples > limits.max_audio_samples:
+        raise InvalidArgument(
+            field,
+            f"decode to {samples} samples (x channels) together; the limit is "
+            f"{limits.max_audio_samples} per request",
+        )
+    with limits.samples.hold(samples):
+        return [_decode_audio(clip, limits, rate, f"{field}[{i}]") for i, clip in enumerate(clips)]
 
 
-def decode_audio(clip: AudioInput, limits: MediaLimits, rate: int, field: str) -> np.ndarray:
+def _header_samples(clip: AudioInput, limits: MediaLimits, field: str) -> int:
+    """Samples x channels the clip will decode to, from its header (or PCM length),
+    refused past the per-clip limits before anything is decoded."""
+    if isinstance(clip, PcmInput):
+        # float32 values, at most max_input_bytes of them; checked whole when decoded.
+        frames, channels = len(clip.samples) // max(4 * clip.channels, 4), clip.channels
+    else:
+        import soundfile as sf
+
+        _check_bytes(clip, limits, field)
+        _check_riff_length(clip, field)
+        try:
+            info = sf.info(io.BytesIO(clip))
+        except Exception as exc:  # libsndfile's errors on what is not audio
+            raise InvalidArgument(field, f"is not decodable audio: {_reason(exc)}") from None
+        frames, channels = info.frames, info.channels
+        _check_rate(info.samplerate, field)
+        _check_duration(frames, info.samplerate, limits, field)
+    if frames * channels > limits.max_audio_samples:
+        raise InvalidArgument(
+            field,
+            f"decodes to {frames} samples x {channels} channels; the limit is "
+            f"{limits.max_audio_samples} samples x channels",
+        )
+    return max(frames * channels, 0)
+
+
+def _decode_audio(clip: AudioInput, limits: MediaLimits, rate: int, field: str) -> np.ndarray:
     """Mono float32 samples at ``rate``, from an encoded file or raw PCM."""
     if isinstance(clip, PcmInput):
         samples, source_rate = _pcm_samples(clip, limits, field)

@@ -302,6 +302,11 @@ def tokenize_pb(
     which = request.WhichOneof("input")
     if which is None:
         raise errors.InvalidArgument("text", "set either text or messages")
+    if len(request.text) > runner.config.max_input_chars:
+        raise errors.InvalidArgument(
+            "text",
+            f"has {len(request.text)} characters; the limit is {runner.config.max_input_chars}",
+        )
     add_special = optional(request, "add_special_tokens")
     add_prompt = optional(request, "add_generation_prompt")
     result = runner.tokenize(

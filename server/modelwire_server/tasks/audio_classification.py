@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
+from modelwire_server.batcher import check_abandoned
 from modelwire_server.errors import InvalidArgument
 from modelwire_server.media import (
     AudioInput,
@@ -41,6 +42,7 @@ class AudioClassificationTask(BatchedTask[ClipItem, LabelScores]):
         self.rate = int(self.extractor.sampling_rate)
         self.limits = MediaLimits.of(self.config)
         self.min_samples = min_samples(self.model.config)
+        self.frame = int(getattr(self.model.config, "inputs_to_logits_ratio", 320))
 
     def warmup_item(self) -> ClipItem:
         return ClipItem(np.zeros(max(self.rate // 4, self.min_samples), dtype=np.float32), 1)
@@ -55,9 +57,13 @@ class AudioClassificationTask(BatchedTask[ClipItem, LabelScores]):
         items = [ClipItem(samples, top_k) for samples in decoded]
         return await self.batcher.submit(items, deadline=deadline)
 
+    def item_cost(self, item: ClipItem) -> int:
+        return len(item.samples) // self.frame + 1  # the encoder's frames
+
     def run_batch(self, items: list[ClipItem]) -> list[LabelScores]:
         results: list[LabelScores] = [[] for _ in items]
         for indices, features in audio_batches(self.extractor, [i.samples for i in items]):
+            check_abandoned()
             with torch.inference_mode():
                 inputs = features.to(device=self.device, dtype=self.dtype)
                 logits = self.model(**inputs).logits.float().cpu()

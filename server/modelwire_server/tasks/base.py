@@ -139,8 +139,16 @@ class BatchedTask(TaskRunner, Generic[ItemT, ResultT]):
             max_batch_size=self.config.max_batch_size,
             max_wait_ms=self.config.max_wait_ms,
             max_queue=self.config.max_queue,
+            max_batch_cost=self.config.max_batch_tokens,
+            cost=self.item_cost,
             name=self.config.name,
         )
+
+    def item_cost(self, item: ItemT) -> int:
+        """About how many tokens ``item`` adds to a forward pass, known before it is
+        tokenized, so that one batch holds the worker for about one pass of at most
+        ``max_batch_tokens``. 1 where batches are bounded by ``max_batch_size`` alone."""
+        return 1
 
     async def close(self) -> None:
         await self.batcher.close()
@@ -173,6 +181,13 @@ def check_text_inputs(inputs: Sequence[str], config: ModelConfig, field: str = "
             )
 
 
+def estimated_tokens(chars: int, max_length: int | None) -> int:
+    """A text's tokens before it is tokenized, for batch costs: about one per character
+    at most (plus special tokens), and no more than the window it is cut to."""
+    tokens = chars + 2
+    return tokens if max_length is None else min(tokens, max_length)
+
+
 def encoder_max_length(tokenizer: Any, model_config: Any) -> int | None:
     """The longest input an encoder takes: the tokenizer's limit or its position table."""
     limits = []
@@ -185,6 +200,23 @@ def encoder_max_length(tokenizer: Any, model_config: Any) -> int | None:
         offset = 2 if getattr(model_config, "model_type", "") in ("roberta", "xlm-roberta") else 0
         limits.append(positions - offset)
     return min(limits) if limits else None
+
+
+def input_token_limit(config: ModelConfig, tokenizer: Any, model_config: Any, fallback: int) -> int:
+    """The most tokens one input may have: the config's ``max_input_tokens``, else the
+    model's own limit (``encoder_max_length``), else ``fallback`` for models that set
+    none, whose memory would otherwise grow with whatever length a caller sends."""
+    if config.max_input_tokens is not None:
+        return config.max_input_tokens
+    return encoder_max_length(tokenizer, model_config) or fallback
+
+
+def check_input_tokens(lengths: Sequence[int], limit: int, field: str = "inputs") -> None:
+    for i, length in enumerate(lengths):
+        if length > limit:
+            raise InvalidArgument(
+                f"{field}[{i}]", f"is {length} tokens; this model takes at most {limit}"
+            )
 
 
 def read_json(path: Path) -> Any | None:

@@ -3,10 +3,15 @@
 Pooling and normalisation default to the model's sentence-transformers config when it
 has one (``modules.json``, ``1_Pooling/config.json``, ``sentence_bert_config.json``),
 so a sentence-transformers model served here gives the vectors its own library gives.
+
+Per-token vectors (pooling NONE) are counted before the work: their floats over a
+request stay within ``MAX_TOKEN_FLOATS``, as a response past the message limit would
+be built in memory only to be refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +25,13 @@ from modelwire_server.tasks.base import (
     BatchedTask,
     check_text_inputs,
     encoder_max_length,
+    estimated_tokens,
     read_json,
 )
 
 Pooling = Literal["default", "mean", "cls", "none"]
+# Floats of per-token vectors in one response: 32 MB, half the default message limit.
+MAX_TOKEN_FLOATS = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -106,8 +114,27 @@ class EmbeddingTask(BatchedTask[EmbedItem, EmbedResult]):
         deadline: float | None = None,
     ) -> list[EmbedResult]:
         check_text_inputs(inputs, self.config)
+        if pooling == "none":
+            tokens = sum(await asyncio.to_thread(self._token_counts, inputs))
+            floats = tokens * int(self.model.config.hidden_size)
+            if floats > MAX_TOKEN_FLOATS:
+                raise InvalidArgument(
+                    "pooling",
+                    f"NONE returns {tokens} token vectors here, {floats} floats; the limit "
+                    f"is {MAX_TOKEN_FLOATS} per request: send fewer inputs per call",
+                )
         items = [EmbedItem(t, i, pooling, normalize, truncate) for i, t in enumerate(inputs)]
         return await self.batcher.submit(items, deadline=deadline)
+
+    def _token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text as it would be embedded (at most the window)."""
+        ids = self.tokenizer(list(texts), truncation=False)["input_ids"]
+        return [
+            len(seq) if self.max_length is None else min(len(seq), self.max_length) for seq in ids
+        ]
+
+    def item_cost(self, item: EmbedItem) -> int:
+        return estimated_tokens(len(item.text), self.max_length)
 
     def run_batch(self, items: list[EmbedItem]) -> list[EmbedResult | BaseException]:
         results: list[EmbedResult | BaseException] = [InvalidArgument("inputs", "not run")] * len(

@@ -4,6 +4,10 @@ Each mask token gets its own candidates (a softmax over the vocabulary at its po
 optionally restricted to ``targets``), and each candidate's ``sequence`` is the input
 with that one mask filled. An input needs at least one mask token and must fit the
 model's window: a fill predicted from a cut text would be a guess about other words.
+
+A request is costed before it runs: ``top_k`` counts up to the candidates there are
+(the vocabulary, or the targets), and its masks times that stay within the model's
+``max_results``, so neither the work nor the response grows with a large ``top_k``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,12 @@ import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from modelwire_server.errors import InvalidArgument
-from modelwire_server.tasks.base import BatchedTask, check_text_inputs, encoder_max_length
+from modelwire_server.tasks.base import (
+    BatchedTask,
+    check_text_inputs,
+    encoder_max_length,
+    estimated_tokens,
+)
 from modelwire_server.tasks.rows import Row, pad_id_of, reads_token_types, run_rows
 
 DEFAULT_TOP_K = 5
@@ -85,8 +94,31 @@ class FillMaskTask(BatchedTask[FillMaskItem, MaskFills]):
             if not target.strip():
                 raise InvalidArgument(f"targets[{i}]", "must not be empty")
         k = DEFAULT_TOP_K if top_k is None else top_k
+        k = min(k, len(set(targets)) if targets else len(self.vocab))
+        self._check_results([text.count(self.tokenizer.mask_token) for text in inputs], k)
         items = [FillMaskItem(text, i, k, tuple(targets)) for i, text in enumerate(inputs)]
         return await self.batcher.submit(items, deadline=deadline)
+
+    def item_cost(self, item: FillMaskItem) -> int:
+        return estimated_tokens(len(item.text), self.max_length)
+
+    def _check_results(self, masks: list[int], top_k: int) -> None:
+        """Refuse a request for more candidates than ``max_results`` (counting each
+        input's mask tokens as they appear in its text) before any work is done."""
+        limit = self.config.max_results
+        for i, count in enumerate(masks):
+            if count > limit:
+                raise InvalidArgument(
+                    f"inputs[{i}]",
+                    f"has {count} {self.tokenizer.mask_token} tokens; the limit is {limit}",
+                )
+        wanted = sum(masks) * top_k
+        if wanted > limit:
+            raise InvalidArgument(
+                "top_k",
+                f"asks for {wanted} candidates ({sum(masks)} masks x top_k {top_k}); this "
+                f"model returns at most {limit} per request",
+            )
 
     def run_batch(self, items: list[FillMaskItem]) -> list[MaskFills | BaseException]:
         results: list[MaskFills | BaseException] = [[] for _ in items]
@@ -129,6 +161,12 @@ class FillMaskTask(BatchedTask[FillMaskItem, MaskFills]):
         masks = [n for n, token in enumerate(ids) if token == mask_id]
         if not masks:
             raise InvalidArgument(field, f"contains no {self.tokenizer.mask_token} token")
+        if len(masks) * item.top_k > self.config.max_results:  # as tokenized, to be sure
+            raise InvalidArgument(
+                field,
+                f"has {len(masks)} masks; with top_k {item.top_k} that is more than the "
+                f"{self.config.max_results} candidates this model returns per request",
+            )
         target_ids = self._target_ids(item.targets) if item.targets else None
         return _Prepared(position, item, row, masks, target_ids)
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+from modelwire_server.batcher import check_abandoned
 from modelwire_server.errors import InvalidArgument
 from modelwire_server.media import MediaLimits, decode_images, image_features, stacked_groups
 from modelwire_server.tasks.base import BatchedTask
@@ -62,6 +63,7 @@ class ImageClassificationTask(BatchedTask[ImageItem, LabelScores]):
     def run_batch(self, items: list[ImageItem]) -> list[LabelScores]:
         results: list[LabelScores] = [[] for _ in items]
         for indices, batch in stacked_groups([item.features for item in items]):
+            check_abandoned()
             with torch.inference_mode():
                 inputs = batch.to(device=self.device, dtype=self.dtype)
                 logits = self.model(**inputs).logits.float().cpu()

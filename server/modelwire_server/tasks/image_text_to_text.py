@@ -24,7 +24,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from modelwire_server import errors
 from modelwire_server.engine.types import GenerationRequest
-from modelwire_server.media import MediaLimits, _reason, decode_image
+from modelwire_server.media import MediaLimits, _reason, decode_named_images
 from modelwire_server.tasks.text_generation import (
     ChatTurn,
     EngineDriver,
@@ -196,7 +196,8 @@ class ImageTextToTextTask(TextGenerationTask):
                 "messages",
                 f"hold {len(fields)} images; this model takes at most {self.limits.max_inputs}",
             )
-        return [(field, decode_image(data, self.limits, field)) for field, data in fields]
+        images = decode_named_images(fields, self.limits, "messages")
+        return [(field, image) for (field, _), image in zip(fields, images, strict=True)]
 
     def _image_error(
         self, images: list[tuple[str, Image.Image]], exc: Exception

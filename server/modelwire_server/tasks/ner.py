@@ -18,7 +18,12 @@ import torch
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from modelwire_server.tasks import windows
-from modelwire_server.tasks.base import BatchedTask, check_text_inputs, encoder_max_length
+from modelwire_server.tasks.base import (
+    BatchedTask,
+    check_text_inputs,
+    encoder_max_length,
+    estimated_tokens,
+)
 from modelwire_server.tasks.entity_grouping import Entity, Strategy, TokenPrediction, aggregate
 from modelwire_server.tasks.rows import Row, pad_id_of, reads_token_types, run_rows
 
@@ -70,6 +75,9 @@ class NerTask(BatchedTask[NerItem, list[Entity]]):
         check_text_inputs(inputs, self.config)
         items = [NerItem(text, strategy) for text in inputs]
         return await self.batcher.submit(items, deadline=deadline)
+
+    def item_cost(self, item: NerItem) -> int:
+        return estimated_tokens(len(item.text), None)  # a long text reads in windows
 
     def run_batch(self, items: list[NerItem]) -> list[list[Entity]]:
         texts = [item.text for item in items]

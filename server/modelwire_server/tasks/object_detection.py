@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
+from modelwire_server.batcher import check_abandoned
 from modelwire_server.errors import InvalidArgument
 from modelwire_server.media import MediaLimits, decode_images, image_features, stacked_groups
 from modelwire_server.tasks.base import BatchedTask
@@ -71,6 +72,7 @@ class ObjectDetectionTask(BatchedTask[DetectItem, list[Detection]]):
         # DETR-style processors pad a batch to its largest image and the backbone sees
         # the padding, so only images of one processed shape share a forward pass.
         for indices, batch in stacked_groups([item.features for item in items]):
+            check_abandoned()
             group = [items[i] for i in indices]
             for i, detections in zip(indices, self._detect(batch, group), strict=True):
                 results[i] = detections

@@ -19,7 +19,7 @@ from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 from modelwire_server.config import ModelConfig
 from modelwire_server.errors import InvalidArgument
 from modelwire_server.tasks import qa_spans
-from modelwire_server.tasks.base import BatchedTask, encoder_max_length
+from modelwire_server.tasks.base import BatchedTask, encoder_max_length, estimated_tokens
 from modelwire_server.tasks.rows import Row, pad_id_of, reads_token_types, run_rows
 
 DEFAULT_TOP_K = 1
@@ -89,6 +89,13 @@ class QuestionAnsweringTask(BatchedTask[QaItem, list[Answer]]):
         ):
             if value is not None and value < least:
                 raise InvalidArgument(field, f"must be at least {least}")
+        if top_k is not None and top_k > self.config.max_results:
+            raise InvalidArgument(
+                "top_k", f"is {top_k}; this model returns at most {self.config.max_results}"
+            )
+        if max_answer_length is not None:
+            # No answer is longer than a window: a larger value means the same.
+            max_answer_length = min(max_answer_length, self.max_length)
         item = QaItem(
             question,
             context,
@@ -99,6 +106,9 @@ class QuestionAnsweringTask(BatchedTask[QaItem, list[Answer]]):
         )
         [answers] = await self.batcher.submit([item], deadline=deadline)
         return answers
+
+    def item_cost(self, item: QaItem) -> int:
+        return estimated_tokens(len(item.question) + len(item.context), None)
 
     def run_batch(self, items: list[QaItem]) -> list[list[Answer] | BaseException]:
         results: list[list[Answer] | BaseException] = [[] for _ in items]

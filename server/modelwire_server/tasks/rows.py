@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from modelwire_server.batcher import check_abandoned
+
 
 @dataclass(frozen=True)
 class Row:
@@ -48,7 +50,9 @@ def run_rows(
     """
     order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))
     results: list[torch.Tensor | None] = [None] * len(rows)
-    for chunk in _chunks(order, rows, max_tokens):
+    for n, chunk in enumerate(_chunks(order, rows, max_tokens)):
+        if n:
+            check_abandoned()  # stop here if every caller of the batch has gone
         batch = _pad([rows[i] for i in chunk], pad_id, device)
         with torch.inference_mode():
             out = readout(model(**batch))

@@ -28,7 +28,7 @@ from modelwire_server.engine.types import (
     SamplingParams,
     StoppingParams,
 )
-from modelwire_server.tasks.base import check_text_inputs
+from modelwire_server.tasks.base import check_input_tokens, check_text_inputs, input_token_limit
 from modelwire_server.tasks.text_generation import EngineDriver, TextGenerationTask, TextResult
 from modelwire_server.tasks.translation_languages import (
     Languages,
@@ -46,6 +46,10 @@ class _Loaded:
     engine: Any
     driver: EngineDriver
 
+
+# Inputs of an encoder whose model and tokenizer name no limit (T5's relative positions
+# take any length, at a memory cost quadratic in it).
+DEFAULT_MAX_INPUT_TOKENS = 1024
 
 # Per device worker (so per server): load key -> the loaded model its runners share.
 _LOADED: weakref.WeakKeyDictionary[DeviceWorker, dict[tuple[Any, ...], _Loaded]] = (
@@ -65,6 +69,9 @@ class Seq2SeqTask(TextGenerationTask):
                 loaded = table[self._load_key()] = self._load_model()
         self.tokenizer, self.model = loaded.tokenizer, loaded.model
         self.engine, self.driver = loaded.engine, loaded.driver
+        self.max_input_tokens = input_token_limit(
+            self.config, self.tokenizer, self.model.config, DEFAULT_MAX_INPUT_TOKENS
+        )
 
     def _load_key(self) -> tuple[Any, ...]:
         c = self.config
@@ -99,6 +106,7 @@ class Seq2SeqTask(TextGenerationTask):
         forced_bos_token_id: int | None = None,
     ) -> list[TextResult]:
         """Decode every prompt as its own engine request; one text each, in order."""
+        check_input_tokens([len(ids) for ids in prompts], self.max_input_tokens)
         if sampling.n not in (None, 1):
             raise errors.InvalidArgument(
                 "sampling.n", "this RPC returns one text per input; use Generate for several"

@@ -25,6 +25,7 @@ import torch
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForCTC, AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_CTC_MAPPING_NAMES
 
+from modelwire_server.batcher import check_abandoned
 from modelwire_server.errors import InvalidArgument
 from modelwire_server.media import (
     AudioChunk,
@@ -169,10 +170,14 @@ class SpeechRecognitionTask(BatchedTask[AudioChunk, np.ndarray]):
                 "chunk_length_s", f"must be at least {MIN_CHUNK_S:g} s, got {chunk_length_s}"
             )
 
+    def item_cost(self, item: AudioChunk) -> int:
+        return len(item.samples) // self.align + 1  # the encoder's frames
+
     def run_batch(self, items: list[AudioChunk]) -> list[np.ndarray]:
         results: list[np.ndarray] = [np.empty(0, np.int64)] * len(items)
         clips = [item.samples for item in items]
         for indices, features in audio_batches(self.extractor, clips):
+            check_abandoned()
             with torch.inference_mode():
                 inputs = features.to(device=self.device, dtype=self.dtype)
                 ids = self.model(**inputs).logits.argmax(dim=-1).cpu()

@@ -10,7 +10,12 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from modelwire_server.errors import InvalidArgument
-from modelwire_server.tasks.base import BatchedTask, check_text_inputs, encoder_max_length
+from modelwire_server.tasks.base import (
+    BatchedTask,
+    check_text_inputs,
+    encoder_max_length,
+    estimated_tokens,
+)
 
 ScoreFunction = Literal["default", "softmax", "sigmoid", "none"]
 
@@ -57,6 +62,9 @@ class TextClassificationTask(BatchedTask[ClassifyItem, LabelScores]):
             raise InvalidArgument("top_k", "must be at least 1")
         items = [ClassifyItem(text, top_k, function) for text in inputs]
         return await self.batcher.submit(items, deadline=deadline)
+
+    def item_cost(self, item: ClassifyItem) -> int:
+        return estimated_tokens(len(item.text), self.max_length)
 
     def run_batch(self, items: list[ClassifyItem]) -> list[LabelScores]:
         # Inputs longer than the model's window are cut: a classifier can only read

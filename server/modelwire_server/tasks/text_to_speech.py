@@ -6,6 +6,11 @@ for all rows at once, making a request's audio depend on its neighbours, so each
 request runs alone in its forward pass, with torch's generator seeded from the
 request's seed inside ``fork_rng`` (nothing else sees the reseeding). The batcher still
 queues, bounds and expires the requests.
+
+Memory grows with the text (VITS's attention and its audio; SpeechT5's decoder steps),
+so text is tokenized before it is queued and refused past the model's token limit,
+and SpeechT5's output stops at its decoder's position table (``max_speech_positions``)
+rather than running past it.
 """
 
 from __future__ import annotations
@@ -28,18 +33,23 @@ from transformers import (
     SpeechT5HifiGan,
 )
 
+from modelwire_server.batcher import check_abandoned
 from modelwire_server.errors import InvalidArgument
 from modelwire_server.media import AudioFormat, encode_audio
-from modelwire_server.tasks.base import BatchedTask
+from modelwire_server.tasks.base import BatchedTask, input_token_limit
 
 # A voice given inline: this prefix, then a speaker embedding as base64 float32 LE.
 EMBEDDING_PREFIX = "embedding:"
 
 
+# Tokens of text for a model that names no limit (VITS): about 250 characters,
+# some 20 seconds of speech, a few hundred MB at inference.
+DEFAULT_MAX_INPUT_TOKENS = 512
+
+
 @dataclass(frozen=True)
 class SpeechItem:
-    text: str
-    voice: str | None
+    inputs: dict[str, Any]  # the synthesizer's prepared model inputs
     seed: int
 
 
@@ -55,7 +65,8 @@ class Synthesizer(Protocol):
     sample_rate: int
 
     def prepare(self, text: str, voice: str | None) -> dict[str, Any]:
-        """Model inputs for one request; InvalidArgument for text or voice it cannot take."""
+        """Model inputs for one request; InvalidArgument for text or voice it cannot take
+        (text over the model's token limit included)."""
         ...
 
     def run(self, inputs: dict[str, Any]) -> torch.Tensor:
@@ -79,7 +90,7 @@ class TextToSpeechTask(BatchedTask[SpeechItem, np.ndarray]):
         self.model = self.synth.model
 
     def warmup_item(self) -> SpeechItem:
-        return SpeechItem("hi", None, 0)
+        return SpeechItem(self.synth.prepare("hi", None), 0)
 
     async def synthesize(
         self,
@@ -97,7 +108,8 @@ class TextToSpeechTask(BatchedTask[SpeechItem, np.ndarray]):
                 "text", f"has {len(text)} characters; the limit is {self.config.max_input_chars}"
             )
         seed = secrets.randbits(63) if seed is None else seed
-        [samples] = await self.batcher.submit([SpeechItem(text, voice, seed)], deadline=deadline)
+        inputs = await asyncio.to_thread(self.synth.prepare, text, voice)
+        [samples] = await self.batcher.submit([SpeechItem(inputs, seed)], deadline=deadline)
         rate = self.synth.sample_rate
         audio = await asyncio.to_thread(encode_audio, samples, rate, fmt)
         return Speech(audio, rate, len(samples))
@@ -106,15 +118,12 @@ class TextToSpeechTask(BatchedTask[SpeechItem, np.ndarray]):
         return [self._one(item) for item in items]
 
     def _one(self, item: SpeechItem) -> np.ndarray | BaseException:
-        try:
-            inputs = self.synth.prepare(item.text, item.voice)
-        except InvalidArgument as exc:
-            return exc
+        check_abandoned()  # each request is a pass of its own
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
         try:
             with torch.random.fork_rng(devices=cuda), torch.inference_mode():
                 torch.manual_seed(item.seed)
-                wave = self.synth.run(inputs)
+                wave = self.synth.run(item.inputs)
         except Exception as exc:  # this request's failure only, not its batch's
             return exc
         return wave.float().cpu().numpy().reshape(-1)
@@ -129,12 +138,16 @@ class Vits:
         self.device = runner.device
         self.sample_rate = int(self.model.config.sampling_rate)
         self.speakers = int(getattr(self.model.config, "num_speakers", 1) or 1)
+        self.max_tokens = input_token_limit(
+            runner.config, self.tokenizer, self.model.config, DEFAULT_MAX_INPUT_TOKENS
+        )
 
     def prepare(self, text: str, voice: str | None) -> dict[str, Any]:
         encoded = dict(self.tokenizer(text, return_tensors="pt"))
         # The tokenizer drops characters outside its vocabulary; VITS fails on no input.
         if encoded["input_ids"].numel() == 0:
             raise InvalidArgument("text", "has no characters this model can speak")
+        check_text_tokens(encoded["input_ids"].shape[-1], self.max_tokens)
         if voice is not None:
             encoded["speaker_id"] = self._speaker(voice)
         return encoded
@@ -168,6 +181,9 @@ class SpeechT5:
         self.model = runner.place(SpeechT5ForTextToSpeech.from_pretrained(source, **kwargs))
         self.vocoder = runner.place(SpeechT5HifiGan.from_pretrained(root / "vocoder"))
         self.device, self.dtype = runner.device, runner.dtype
+        config = self.model.config
+        self.max_tokens = min(config.max_text_positions, runner.config.max_input_tokens or 1 << 62)
+        self.max_steps = int(config.max_speech_positions) - 1
         self.sample_rate = int(self.vocoder.config.sampling_rate)
         self.dim = int(self.model.config.speaker_embedding_dim)
         default = root / "speaker_embeddings.npy"
@@ -175,9 +191,7 @@ class SpeechT5:
 
     def prepare(self, text: str, voice: str | None) -> dict[str, Any]:
         ids = self.tokenizer(text, return_tensors="pt").input_ids
-        limit = self.model.config.max_text_positions
-        if ids.shape[-1] > limit:
-            raise InvalidArgument("text", f"is {ids.shape[-1]} tokens; this model reads {limit}")
+        check_text_tokens(ids.shape[-1], self.max_tokens)
         return {"input_ids": ids, "speaker": torch.from_numpy(self._voice(voice))}
 
     def _voice(self, voice: str | None) -> np.ndarray:
@@ -201,8 +215,21 @@ class SpeechT5:
         return embedding.copy()
 
     def run(self, inputs: dict[str, Any]) -> torch.Tensor:
+        # transformers stops after tokens x maxlenratio / reduction_factor decoder steps
+        # (maxlenratio 20 by default); a step past the position table would fail, so
+        # long text stops there, as its default would have for shorter text.
+        ids, ratio = inputs["input_ids"], 20.0
+        reduction = self.model.config.reduction_factor
+        if int(ids.shape[-1] * ratio / reduction) > self.max_steps:
+            ratio = self.max_steps * reduction / ids.shape[-1]
         return self.model.generate_speech(
-            inputs["input_ids"].to(self.device),
+            ids.to(self.device),
             inputs["speaker"].to(self.device, self.dtype),
             vocoder=self.vocoder,
+            maxlenratio=ratio,
         )
+
+
+def check_text_tokens(tokens: int, limit: int) -> None:
+    if tokens > limit:
+        raise InvalidArgument("text", f"is {tokens} tokens; this model reads {limit} at most")

@@ -18,7 +18,12 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from modelwire_server.config import ModelConfig
 from modelwire_server.errors import InvalidArgument
-from modelwire_server.tasks.base import BatchedTask, check_text_inputs, encoder_max_length
+from modelwire_server.tasks.base import (
+    BatchedTask,
+    check_text_inputs,
+    encoder_max_length,
+    estimated_tokens,
+)
 from modelwire_server.tasks.rows import Row, pad_id_of, reads_token_types, run_rows
 
 DEFAULT_TEMPLATE = "This example is {}."
@@ -64,10 +69,22 @@ class ZeroShotTask(BatchedTask[ZeroShotItem, LabelScores]):
     ) -> list[LabelScores]:
         check_text_inputs(inputs, self.config)
         check_labels(labels, self.config)
+        if len(inputs) * len(labels) > self.config.max_results:
+            raise InvalidArgument(
+                "candidate_labels",
+                f"{len(labels)} labels for {len(inputs)} inputs make "
+                f"{len(inputs) * len(labels)} scores to compute; the limit is "
+                f"{self.config.max_results} (max_results)",
+            )
         template = DEFAULT_TEMPLATE if template is None else template
         check_template(template, labels[0])
         items = [ZeroShotItem(text, tuple(labels), template, multi_label) for text in inputs]
         return await self.batcher.submit(items, deadline=deadline)
+
+    def item_cost(self, item: ZeroShotItem) -> int:
+        # One row per label: the premise and the longest hypothesis.
+        hypothesis = len(item.template) + max(len(label) for label in item.labels)
+        return len(item.labels) * estimated_tokens(len(item.text) + hypothesis, self.max_length)
 
     def run_batch(self, items: list[ZeroShotItem]) -> list[LabelScores | BaseException]:
         results: list[LabelScores | BaseException] = [[] for _ in items]
