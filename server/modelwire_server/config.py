@@ -90,7 +90,9 @@ class ModelConfig:
     max_audio_seconds: float = 600.0
     max_audio_samples: int | None = None
     max_input_bytes: int = 32 * 1024 * 1024
-    # Generation: the running set's token budget, waiting queue and output caps.
+    # Generation: the running set's token budget (rows counted padded, as the cache
+    # holds them: each row the widest prompt plus its max_new_tokens), waiting queue and
+    # output caps.
     max_batch_tokens: int = 16_384
     max_waiting: int = 256
     max_new_tokens: int = 4096

@@ -40,12 +40,9 @@ def configure(*, bar: bool) -> None:
 
     transformers_logging.disable_progress_bar()
     huggingface_hub.utils.disable_progress_bars()
-    noise = _DropNoise()
-    transformers_logging.get_logger().addFilter(noise)
-    for handler in transformers_logging.get_logger().handlers:
-        handler.addFilter(noise)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(noise)
+    for handler in [*transformers_logging.get_logger().handlers, *logging.getLogger().handlers]:
+        if not any(isinstance(f, _DropNoise) for f in handler.filters):
+            handler.addFilter(_DropNoise())
 
 
 class LoadProgress:
