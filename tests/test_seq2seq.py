@@ -292,3 +292,17 @@ async def test_input_past_the_tokenizer_limit_is_refused_before_it_costs_memory(
     assert runner.max_input_tokens == runner.tokenizer.model_max_length == 512
     [ok] = await client.summarize("still here", model="tiny-t5", max_new_tokens=2)
     assert ok.generated_tokens > 0
+
+
+async def test_a_generate_prompt_past_the_tokenizer_limit_is_refused_too(
+    s2s: RunningServer, client: AsyncClient
+) -> None:
+    """Generate on T5 reaches the same encoder as Summarize: the same limit holds."""
+    text = "the quick brown fox jumps over the lazy dog " * 290  # 12.8 KB, ~2,600 tokens
+    with peak_growth() as growth, pytest.raises(BadRequestError) as refused:
+        await client.generate(text, model="tiny-t5", max_new_tokens=4)
+    assert [v.field for v in refused.value.field_violations] == ["prompt"]
+    assert "the model's encoder takes 512" in str(refused.value)
+    assert growth.bytes < 500 * MB
+    result = await client.generate("still here", model="tiny-t5", max_new_tokens=2)
+    assert result.sequences[0].tokens

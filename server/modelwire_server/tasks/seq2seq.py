@@ -23,6 +23,7 @@ from typing import Any
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from modelwire_server import errors
+from modelwire_server.engine.engine import make_adapter
 from modelwire_server.engine.types import (
     GenerationRequest,
     SamplingParams,
@@ -82,7 +83,15 @@ class Seq2SeqTask(TextGenerationTask):
         source, kwargs = self.config.source, self.pretrained_kwargs()
         self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         self.model = self.place(AutoModelForSeq2SeqLM.from_pretrained(source, **kwargs))
-        engine = self.make_engine()
+        adapter = make_adapter(self.model, self.device)
+        # A model with relative positions (T5) sets no encoder limit of its own, and its
+        # attention memory grows with the square of the prompt: Generate prompts are held
+        # to the same limit as Summarize and Translate inputs.
+        limit = input_token_limit(
+            self.config, self.tokenizer, self.model.config, DEFAULT_MAX_INPUT_TOKENS
+        )
+        adapter.max_prompt = min(adapter.max_prompt or limit, limit)
+        engine = self.make_engine(adapter)
         driver = EngineDriver(engine, self.worker, self.config.name)
         return _Loaded(self.tokenizer, self.model, engine, driver)
 
