@@ -214,7 +214,7 @@ def test_serve_logs_json_lines(tmp_path: Path, preset_cache: Path) -> None:
         port = int(proc.stdout.readline().rsplit(":", 1)[1])
         logged = _json_lines_until(lines, lambda line: "loading done" in line.get("message", ""))
         assert any(line.get("level") == "ERROR" and "gone" in line["message"] for line in logged)
-        assert any("model sst ready" in line.get("message", "") for line in logged)
+        assert any("model sst: ready" in line.get("message", "") for line in logged)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = model_service_pb2_grpc.ModelServiceStub(channel)
             stub.ListModels(

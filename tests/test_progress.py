@@ -66,9 +66,9 @@ def test_a_bar_on_a_terminal_and_a_line_per_model_elsewhere(
     with caplog.at_level(logging.INFO, logger="modelwire_server.registry"):
         lines = progress.LoadProgress(2)
         lines.done("a", "ready on cpu in 0.1s")
-        lines.done("b", "FAILED: no such file")
+        lines.done("b", "FAILED: no such file", failed=True)
         lines.close()
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO] == [
-        "model a: ready on cpu in 0.1s",
-        "model b: FAILED: no such file",
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "model a: ready on cpu in 0.1s"),
+        ("ERROR", "model b: FAILED: no such file"),
     ]

@@ -210,7 +210,6 @@ async def test_summarize_and_translate_share_decode_steps(
     [
         ("tiny-m2m100", "en", "xx", "target_language"),
         ("tiny-m2m100", "zz", "fr", "source_language"),
-        ("tiny-m2m100", None, "fr", "source_language"),
         ("t5-translate", "en", "tlh", "target_language"),
         ("t5-translate", None, "fr", "source_language"),
     ],
@@ -221,6 +220,22 @@ async def test_language_pairs_the_model_cannot_do(
     with pytest.raises(BadRequestError) as info:
         await client.translate("Hello", source_language=source, target_language=target, model=model)
     assert [v.field for v in info.value.field_violations] == [field]
+
+
+async def test_a_model_s_source_language_is_the_default(
+    s2s: RunningServer, client: AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The preset's M2M100 serves with source_language: en, so a request may leave it
+    out; without that setting a language-token model needs one named."""
+    [implied] = await client.translate("Hello, world", target_language="fr", model="tiny-m2m100")
+    [named] = await client.translate(
+        "Hello, world", source_language="en", target_language="fr", model="tiny-m2m100"
+    )
+    assert implied == named
+    monkeypatch.setattr(s2s.runner("tiny-m2m100").config, "source_language", None)
+    with pytest.raises(BadRequestError) as info:
+        await client.translate("Hello", target_language="fr", model="tiny-m2m100")
+    assert [v.field for v in info.value.field_violations] == ["source_language"]
 
 
 async def test_refusals(s2s: RunningServer, client: AsyncClient) -> None:

@@ -60,9 +60,13 @@ class LoadProgress:
         if self._bar is not None:
             self._bar.set_postfix_str(name)
 
-    def done(self, name: str, outcome: str) -> None:
+    def done(self, name: str, outcome: str, *, failed: bool = False) -> None:
+        """A model's outcome; a failure is an ERROR line, bar or not."""
         if self._bar is not None:
             self._bar.update(1)
+        if failed:
+            log.error("model %s: %s", name, outcome)
+        elif self._bar is not None:
             log.debug("model %s: %s", name, outcome)
         else:
             log.info("model %s: %s", name, outcome)

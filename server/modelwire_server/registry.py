@@ -107,7 +107,8 @@ class Registry:
         for entry in list(self.entries.values()):
             progress.starting(entry.config.name)
             await self.load(entry)
-            progress.done(entry.config.name, _outcome(entry))
+            failed = entry.state is ModelState.FAILED
+            progress.done(entry.config.name, _outcome(entry), failed=failed)
         progress.close()
         ready = sum(e.state is ModelState.READY for e in self.entries.values())
         log.info("loading done: %d of %d models ready", ready, total)
@@ -146,7 +147,8 @@ class Registry:
 
     async def _load_logged(self, entry: ModelEntry) -> None:
         await self.load(entry)
-        log.info("model %s: %s", entry.config.name, _outcome(entry))
+        level = logging.ERROR if entry.state is ModelState.FAILED else logging.INFO
+        log.log(level, "model %s: %s", entry.config.name, _outcome(entry))
 
     async def close(self) -> None:
         for entry in self.entries.values():

@@ -258,8 +258,9 @@ class ModelwireServer:
         await self._set_inference_health(serving=self.registry.any_ready)
         if self.registry.any_ready:
             return
-        if self.config.serve_without_models:
-            log.error("no model could be loaded: health stays NOT_SERVING until LoadModel")
+        if self.config.serve_without_models or not self.registry.entries:
+            # Asked to, or nothing was configured to load: models come with LoadModel.
+            log.error("no model is loaded: health stays NOT_SERVING until LoadModel")
             return
         for entry in self.registry.entries.values():
             log.error("model %s: %s", entry.config.name, entry.failure or entry.state.value)
