@@ -4,10 +4,8 @@ context goes on, and a reader that goes away mid-answer cancels it quietly."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import logging
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,16 +16,13 @@ import pytest
 from aiohttp import ClientSession, web
 from yarl import URL
 
+from tests.helpers import load_example
+
 APP_PATH = Path(__file__).parent.parent / "examples" / "chat_frontend" / "app.py"
 
 
 def _load_app() -> Any:
-    spec = importlib.util.spec_from_file_location("chat_frontend_relay", APP_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_example(APP_PATH, "chat_frontend_relay")
 
 
 @dataclass

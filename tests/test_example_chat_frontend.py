@@ -7,10 +7,8 @@ and Debian's Chromium (``apt-get install -y chromium``); skipped, saying which, 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,6 +29,8 @@ if not shutil.which(CHROMIUM):
 
 from aiohttp.test_utils import TestServer  # noqa: E402
 from playwright.async_api import Page, async_playwright  # noqa: E402
+
+from tests.helpers import load_example  # noqa: E402
 
 APP_PATH = Path(__file__).parent.parent / "examples" / "chat_frontend" / "app.py"
 CHROMIUM_FLAGS = [
@@ -58,12 +58,7 @@ STOP_AT_FIRST_DELTA = """() => {
 
 
 def _load_app() -> Any:
-    spec = importlib.util.spec_from_file_location("chat_frontend_app", APP_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_example(APP_PATH, "chat_frontend_app")
 
 
 @pytest.fixture

@@ -5,9 +5,7 @@ Needs aiohttp (in the dev extra, and the ``examples`` extra for running the exam
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,18 +14,14 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from modelwire import AsyncClient, RateLimitError
+from tests.helpers import load_example
 from tests.tolerances import TINY_UNIT_ATOL
 
 APP_PATH = Path(__file__).parent.parent / "examples" / "service_to_service" / "app.py"
 
 
 def _load_app() -> Any:
-    spec = importlib.util.spec_from_file_location("service_to_service_app", APP_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while decorating
-    spec.loader.exec_module(module)
-    return module
+    return load_example(APP_PATH, "service_to_service_app")
 
 
 app_module = _load_app()
