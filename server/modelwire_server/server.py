@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 INFERENCE_SERVICE = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+# After the grace period: how long cut-off calls and busy device workers get to end.
+CUT_OFF_WAIT_S = 10.0
 PRESET_WARNING = (
     "serving the built-in offline 'tiny' preset: random-weight models whose outputs are "
     "MEANINGLESS; pass --config FILE to serve real models"
@@ -109,9 +111,9 @@ class ModelwireServer:
         observers: list[Observer] = [write_access_line]
         if self.metrics is not None:
             observers.append(self.metrics.observe)
-        requests = RequestInterceptor(observers, model_of=self.model_of)
-        auth = [AuthInterceptor(self.keys, requests.wrap)] if self.keys.enabled else []
-        return [*auth, *otel_interceptors(), requests]
+        self.requests = RequestInterceptor(observers, model_of=self.model_of)
+        auth = [AuthInterceptor(self.keys, self.requests.wrap)] if self.keys.enabled else []
+        return [*auth, *otel_interceptors(), self.requests]
 
     def model_of(self, rpc: str, requested: str) -> str:
         """The model a call is for: the one it names, else its RPC's default (if any)."""
@@ -175,25 +177,43 @@ class ModelwireServer:
         await self.registry.loading_done.wait()
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: NOT_SERVING at once, refuse new calls, let running ones finish."""
+        """Drain: NOT_SERVING at once, refuse new calls, let running ones finish within
+        the grace period, end the rest with UNAVAILABLE, then stop."""
         if self._stopped.is_set():
             return
         grace = self.config.grace_period_s if grace is None else grace
         await self._set_inference_health(serving=False)
         await self.health.enter_graceful_shutdown()
         # Drain first, while still answering: new calls get UNAVAILABLE, health checks
-        # NOT_SERVING; grpc's stop(grace) would cancel them instead. It then ends
-        # whatever is left of the grace period.
-        started = asyncio.get_running_loop().time()
+        # NOT_SERVING; grpc's stop(grace) would cancel them instead.
+        loop = asyncio.get_running_loop()
+        until = loop.time() + grace
         await self.registry.drain(grace)
-        await self.server.stop(max(0.0, grace - (asyncio.get_running_loop().time() - started)))
+        running = self.requests.running()  # ModelService calls too
+        if running and (left := until - loop.time()) > 0:
+            await asyncio.wait(running, timeout=left)
+        cut = self.requests.cut_off()
+        if cut:
+            log.warning("grace period over: ending %d running calls with UNAVAILABLE", len(cut))
+            await asyncio.wait(cut, timeout=CUT_OFF_WAIT_S)
+        await self.server.stop(0)
         if self._metrics_endpoint is not None:  # last, so a drain can still be watched
             await self._metrics_endpoint.close()
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
         await self.registry.close()
+        await self._workers_idle()
         self.workers.close()
         self._stopped.set()
+
+    async def _workers_idle(self) -> None:
+        """Wait for each device worker to finish the job it is running (an engine's burst
+        of steps outlives the task that awaited it): a thread still inside torch when
+        the interpreter exits aborts the process."""
+        workers = {e.runner.worker for e in self.registry.entries.values() if e.runner}
+        idle = [asyncio.ensure_future(w.run(lambda: None)) for w in workers]
+        if idle:
+            await asyncio.wait(idle, timeout=CUT_OFF_WAIT_S)
 
     async def wait(self) -> None:
         await self._stopped.wait()
