@@ -36,6 +36,13 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 PRESETS = ("tiny",)
 LOG_FORMATS = ("text", "json")
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+# Model names travel in requests, logs, metric labels and URLs: a plain word.
+MAX_MODEL_NAME_CHARS = 128
+_MODEL_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_MODEL_NAME_CHARS - 1}}}")
+MODEL_NAME_RULE = (
+    "letters, digits, '.', '_', '-' and ':', starting with a letter or digit, "
+    f"at most {MAX_MODEL_NAME_CHARS} characters"
+)
 
 
 class ConfigError(ValueError):
@@ -169,6 +176,8 @@ def validate_model(model: ModelConfig, where: str) -> None:
         raise ConfigError(f"{where}.task {model.task!r} is not one of: {', '.join(TASKS)}")
     if not model.name.strip():
         raise ConfigError(f"{where}.name must not be empty")
+    if not _MODEL_NAME.fullmatch(model.name):
+        raise ConfigError(f"{where}.name {model.name[:140]!r} must be {MODEL_NAME_RULE}")
     if not model.source.strip():
         raise ConfigError(f"{where}.source must not be empty")
     if not _DEVICE.match(model.device):

@@ -94,6 +94,7 @@ class ModelwireServer:
             self.registry,
             load_allow_list=config.load_allow_list,
             unload_grace_s=config.grace_period_s,
+            auth=self.keys.enabled,
         )
         model_grpc.add_ModelServiceServicer_to_server(self.models_servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
