@@ -20,6 +20,7 @@ from modelwire_server.access_log import write_access_line
 from modelwire_server.auth import AuthInterceptor, Keys
 from modelwire_server.config import ModelConfig, ServerConfig
 from modelwire_server.interceptors import Observer, RequestInterceptor
+from modelwire_server.memory import Trimmer, limit_arenas
 from modelwire_server.metrics import Metrics, MetricsEndpoint
 from modelwire_server.registry import Registry
 from modelwire_server.servicers.inference import InferenceServicer
@@ -79,6 +80,7 @@ class ModelwireServer:
         self._metrics_endpoint = MetricsEndpoint(self.metrics) if self.metrics else None
         self.metrics_port: int | None = None
         limit = config.max_message_bytes
+        limit_arenas()  # before grpc's threads start allocating
         self.server = grpc.aio.server(
             interceptors=self._interceptors(),
             options=[
@@ -112,7 +114,8 @@ class ModelwireServer:
         observers: list[Observer] = [write_access_line]
         if self.metrics is not None:
             observers.append(self.metrics.observe)
-        self.requests = RequestInterceptor(observers, model_of=self.model_of)
+        self.trimmer = Trimmer()
+        self.requests = RequestInterceptor(observers, model_of=self.model_of, trimmer=self.trimmer)
         auth = [AuthInterceptor(self.keys, self.requests.wrap)] if self.keys.enabled else []
         return [*auth, *otel_interceptors(), self.requests]
 
@@ -205,6 +208,7 @@ class ModelwireServer:
         await self.registry.close()
         await self._workers_idle()
         self.workers.close()
+        self.trimmer.close()
         self._stopped.set()
 
     async def _workers_idle(self) -> None:
