@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from modelwire.v1 import inference_service_pb2 as pb
+from modelwire.v1 import inference_service_pb2_grpc as pb_grpc
 from tests.processes import kill_if_running, read_port, spawn_server, wait_serving
 
 MB = 1024 * 1024
@@ -128,3 +129,41 @@ def test_refused_callers_requests_are_not_read(server: tuple[int, str]) -> None:
         peak = sampler.stop()
     assert set(codes) == {grpc.StatusCode.UNAUTHENTICATED}, codes
     assert peak - before < 2 * SIZE, f"peak +{(peak - before) / MB:.0f} MB"
+
+
+def test_calls_past_max_concurrent_rpcs_are_refused_unread(preset_cache: Path) -> None:
+    """``max_concurrent_rpcs``: what requests in memory can add up to is bounded."""
+    from modelwire_server.config import ServerConfig
+    from modelwire_server.server import preset_configs
+    from tests.conftest import start_server
+
+    models = [m for m in preset_configs("tiny") if m.name == "tiny-sentiment"]
+    running = start_server(ServerConfig(port=0, models=models, max_concurrent_rpcs=2))
+    registry, tracked = running.server.registry, threading.Semaphore(0)
+    original = registry._track
+
+    def track(entry: object) -> None:
+        original(entry)
+        tracked.release()
+
+    registry._track = track  # type: ignore[method-assign]
+    gate = threading.Event()  # the device worker waits on it: calls stay running
+    worker = running.server.workers.get("cpu")
+    held = asyncio.run_coroutine_threadsafe(worker.run(gate.wait), running.loop)
+    request = pb.ClassifyTextRequest(model="tiny-sentiment", inputs=["fine"])
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            stub = pb_grpc.InferenceServiceStub(channel)
+            first = [stub.ClassifyText.future(request, timeout=60) for _ in range(2)]
+            for _ in first:
+                assert tracked.acquire(timeout=30)  # both are running
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.ClassifyText(request, timeout=60)
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            gate.set()
+            assert all(len(f.result().results) == 1 for f in first)
+            assert len(stub.ClassifyText(request, timeout=60).results) == 1
+    finally:
+        gate.set()
+        held.result(30)
+        running.stop()

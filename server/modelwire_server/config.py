@@ -101,6 +101,9 @@ class ServerConfig:
     models: list[ModelConfig] = field(default_factory=list)
     preset: str | None = None
     max_message_bytes: int = 64 * 1024 * 1024
+    # Calls at once (streams included); past it grpc answers RESOURCE_EXHAUSTED before
+    # reading the request, so received requests hold at most this x max_message_bytes.
+    max_concurrent_rpcs: int | None = None
     grace_period_s: float = 30.0
     log_level: str = "INFO"
     log_format: str = "text"  # "json": one JSON object per log line
@@ -231,6 +234,10 @@ def parse_config(raw: Any, origin: str = "config") -> ServerConfig:
     for key in ("port", "max_message_bytes"):
         if key in raw:
             setattr(config, key, _check_type(key, raw[key], int))
+    if raw.get("max_concurrent_rpcs") is not None:  # null: no limit
+        config.max_concurrent_rpcs = _check_type(
+            "max_concurrent_rpcs", raw["max_concurrent_rpcs"], int
+        )
     if "grace_period_s" in raw:
         config.grace_period_s = _check_type("grace_period_s", raw["grace_period_s"], float)
     if raw.get("load_allow_list") is not None:
@@ -252,6 +259,8 @@ def _string_list(where: str, value: Any) -> list[str]:
 def validate_server(config: ServerConfig) -> None:
     if not 0 <= config.port <= 65535:
         raise ConfigError(f"port {config.port} must be between 0 and 65535")
+    if config.max_concurrent_rpcs is not None and config.max_concurrent_rpcs < 1:
+        raise ConfigError(f"max_concurrent_rpcs {config.max_concurrent_rpcs} must be at least 1")
     if config.preset is not None and config.preset not in PRESETS:
         raise ConfigError(f"preset {config.preset!r} is not one of: {', '.join(PRESETS)}")
     names = [m.name for m in config.models]

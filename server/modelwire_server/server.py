@@ -88,6 +88,7 @@ class ModelwireServer:
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
             ],
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
         inference_grpc.add_InferenceServiceServicer_to_server(
             InferenceServicer(self.registry), self.server
