@@ -33,8 +33,11 @@ log = logging.getLogger(__name__)
 
 INFERENCE_SERVICE = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
-# After the grace period: how long cut-off calls and busy device workers get to end.
-CUT_OFF_WAIT_S = 10.0
+# After the grace period: how long cut-off calls get to send their status (a stream
+# whose client reads nothing never does: grpc's stop then resets it), and how long a
+# device worker gets to finish its running job (a forward pass, a burst of steps).
+CUT_OFF_WAIT_S = 3.0
+WORKER_WAIT_S = 60.0
 PRESET_WARNING = (
     "serving the built-in offline 'tiny' preset: random-weight models whose outputs are "
     "MEANINGLESS; pass --config FILE to serve real models"
@@ -219,7 +222,7 @@ class ModelwireServer:
         workers = {e.runner.worker for e in self.registry.entries.values() if e.runner}
         idle = [asyncio.ensure_future(w.run(lambda: None)) for w in workers]
         if idle:
-            await asyncio.wait(idle, timeout=CUT_OFF_WAIT_S)
+            await asyncio.wait(idle, timeout=WORKER_WAIT_S)
 
     async def wait(self) -> None:
         await self._stopped.wait()
