@@ -254,6 +254,7 @@ async def soak(target: str, requests: int, concurrency: int, pid: int | None, se
     shapes = templates()
     codes: Counter[str] = Counter()
     by_rpc: Counter[str] = Counter()
+    samples: dict[str, str] = {}  # one status message per RPC and code
     bad: list[str] = []
     options = [("grpc.max_send_message_length", 256 * 1024 * 1024)]
     rss: Callable[[], float] = (lambda: rss_mb(pid)) if pid else (lambda: math.nan)
@@ -265,6 +266,7 @@ async def soak(target: str, requests: int, concurrency: int, pid: int | None, se
                 code, details = await send(channel, probe)
                 codes[code] += 1
                 by_rpc[f"{probe[0]}:{code}"] += 1
+                samples.setdefault(f"{probe[0]}:{code}", details[:120])
                 if code in BAD:
                     bad.append(f"{probe[0]} {code}: {details[:200]} <- {probe[2][:300]}")
 
@@ -290,7 +292,7 @@ async def soak(target: str, requests: int, concurrency: int, pid: int | None, se
         print(f"  {code:<20} {count:>7}  {100 * count / total:5.1f}%")
     print("by RPC and code:")
     for key, count in sorted(by_rpc.items()):
-        print(f"  {key:<40} {count:>6}")
+        print(f"  {key:<40} {count:>6}  {samples[key]!r}")
     print(f"UNKNOWN / INTERNAL / DEADLINE_EXCEEDED / UNIMPLEMENTED: {len(bad)}")
     for line in bad[:30]:
         print("  " + line)
