@@ -167,3 +167,28 @@ def test_calls_past_max_concurrent_rpcs_are_refused_unread(preset_cache: Path) -
         gate.set()
         held.result(30)
         running.stop()
+
+
+async def test_trimmer_trims_after_a_bursts_last_large_call_and_when_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from modelwire_server import memory
+
+    loop = asyncio.get_running_loop()
+    trims: asyncio.Queue[int] = asyncio.Queue()
+    monkeypatch.setattr(memory, "trim", lambda: loop.call_soon_threadsafe(trims.put_nowait, 1))
+    burst = memory.Trimmer(large_bytes=1000, idle_s=3600)
+    if not burst.enabled:
+        pytest.skip("not glibc: there is no malloc_trim to call")
+    assert burst.started(5000) and burst.started(5000) and not burst.started(10)
+    burst.ended(large=False)
+    burst.ended(large=True)
+    assert burst._trimming is None  # one large call still runs: its memory is in use
+    burst.ended(large=True)
+    assert await asyncio.wait_for(trims.get(), 30) == 1
+    burst.close()
+    idle = memory.Trimmer(large_bytes=1000, idle_s=0.01)
+    assert not idle.started(10)
+    idle.ended(large=False)
+    assert await asyncio.wait_for(trims.get(), 30) == 1  # after the quiet spell
+    idle.close()
