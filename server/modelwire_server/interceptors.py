@@ -7,7 +7,8 @@ any other bad request (grpc would answer UNKNOWN with a Python class name). Doma
 errors become their status code with ``google.rpc`` rich details; anything else becomes
 INTERNAL with the request id and no traceback (the traceback goes to the log). Each
 call's ``CallRecord`` (rpc, model, status, timings, trace) goes to the observers when
-it ends: the access log and the metrics.
+it ends: the access log and the metrics. The interceptor knows the running calls: once
+a drain's grace period is over, ``cut_off`` ends them with UNAVAILABLE.
 """
 
 from __future__ import annotations
