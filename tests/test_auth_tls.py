@@ -340,3 +340,43 @@ def test_bearer_token_parsing() -> None:
     assert bearer_token([("authorization", "Basic abc")]) is None
     assert bearer_token([("authorization", "Bearer ")]) is None
     assert bearer_token([]) is None
+
+
+# --- what ModelService shows of sources -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def auth_models_server(preset_cache: Path) -> Iterator[RunningServer]:
+    from modelwire_server.config import ModelConfig
+    from modelwire_server.server import preset_configs
+
+    models = [m for m in preset_configs("tiny") if m.name == "tiny-sentiment"]
+    broken = ModelConfig(name="broken", task="ner", source="/srv/secret-models/ner-v2")
+    config = ServerConfig(port=0, models=[*models, broken], api_keys=[API_KEY], admin_key=ADMIN_KEY)
+    running = start_server(config)
+    yield running
+    running.stop()
+
+
+async def test_only_admin_keys_see_the_servers_paths(auth_models_server: RunningServer) -> None:
+    path = auth_models_server.runner("tiny-sentiment").config.source
+    assert path.startswith("/") and path.endswith("/tiny-sentiment")  # the preset's cache
+    seen = {}
+    for key in (API_KEY, ADMIN_KEY):
+        async with AsyncClient(auth_models_server.target, api_key=key, timeout=30) as client:
+            listed = {m.name: m for m in await client.list_models()}
+            got = {n: await client.get_model(n) for n in ("tiny-sentiment", "broken")}
+            for name, info in got.items():
+                assert (info.source, info.failure_message) == (
+                    listed[name].source,
+                    listed[name].failure_message,
+                )
+            seen[key] = got
+    user, admin = seen[API_KEY], seen[ADMIN_KEY]
+    assert admin["tiny-sentiment"].source == path
+    assert admin["broken"].source == "/srv/secret-models/ner-v2"
+    assert "/srv/secret-models/ner-v2" in admin["broken"].failure_message
+    assert user["tiny-sentiment"].source == "tiny-sentiment"  # its last directory name
+    assert user["broken"].source == "ner-v2"
+    assert user["broken"].state == "failed" and "ner-v2" in user["broken"].failure_message
+    assert "/srv" not in user["broken"].failure_message

@@ -8,9 +8,11 @@ process exits 0.
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -98,3 +100,79 @@ async def _drain(client: AsyncClient, proc: subprocess.Popen[str], log: list[str
         assert [c.finish_reason for c in finals] == [FinishReason.LENGTH] * SEQUENCES
         assert all(c.usage is not None and c.usage.generated_tokens == TOKENS for c in finals)
     assert time.monotonic() - signalled < GRACE_S
+
+
+SHORT_GRACE_S = 2.0
+QUEUED = 24  # streams of TOKENS tokens that the engine runs one at a time
+
+
+@pytest.fixture
+def short_grace_config(preset_cache: Path, tmp_path: Path) -> Path:
+    from modelwire_server import preset
+
+    source = str(preset.ensure_model("tiny-gpt2"))
+    # A token budget of one sequence at a time: QUEUED streams are thousands of decode
+    # steps in a row, far more than any machine makes in the grace period.
+    model = {"name": "gpt", "task": "text-generation", "source": source, "device": "cpu"}
+    model["max_batch_tokens"] = 256
+    config = {"grace_period_s": SHORT_GRACE_S, "metrics_port": 0, "models": [model]}
+    path = tmp_path / "short.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _waiting_sequences(metrics_url: str) -> float:
+    with urllib.request.urlopen(metrics_url, timeout=10) as reply:
+        text = reply.read().decode()
+    found = re.search(r'^modelwire_waiting_sequences\{model="gpt"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+async def _read_to_the_end(client: AsyncClient, prompt: str) -> str:
+    """How a stream ended: OK, or its error's code and message."""
+    try:
+        async with client.generate_stream(
+            prompt, model="gpt", max_new_tokens=TOKENS, ignore_eos=True
+        ) as stream:
+            async for _ in stream:  # read on: the server must not stall on us
+                pass
+    except UnavailableError as exc:
+        assert exc.request_id, exc
+        return f"UNAVAILABLE {exc}"
+    return "OK"
+
+
+async def test_sigterm_past_the_grace_period_ends_streams_unavailable_and_exits_0(
+    short_grace_config: Path, preset_cache: Path
+) -> None:
+    """Streams still running when the grace period is over end UNAVAILABLE with a
+    message and their request id, and the process exits 0 (it used to abort: a device
+    thread was still inside torch when the interpreter exited)."""
+    proc = spawn_server("--config", str(short_grace_config), cache=preset_cache)
+    log: list[str] = []
+    try:
+        target = f"127.0.0.1:{read_port(proc, log)}"
+        metrics = re.search(r"metrics on (http://\S+)", "".join(log))
+        assert metrics, log
+        await asyncio.to_thread(wait_serving, target, proc, log)
+        async with AsyncClient(target, timeout=120, max_retries=0) as client:
+            streams = [
+                asyncio.create_task(_read_to_the_end(client, f"stream {i}")) for i in range(QUEUED)
+            ]
+            # Polling an external process's metrics: there is no event to wait on.
+            while await asyncio.to_thread(_waiting_sequences, metrics.group(1)) < QUEUED - 4:
+                assert not any(s.done() for s in streams), [s.result() for s in streams if s.done()]
+                await asyncio.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            endings = await asyncio.gather(*streams)
+        assert await asyncio.to_thread(proc.wait, 60) == 0, "".join(log)
+    finally:
+        kill_if_running(proc)
+    # Streams that were not in the server at SIGTERM are refused, those that finished
+    # in time are OK; the rest, most of them, are cut off.
+    assert all(e == "OK" or e.startswith("UNAVAILABLE") for e in endings), endings
+    cut_off = [e for e in endings if "grace period is over" in e]
+    assert len(cut_off) >= QUEUED // 2, endings
+    lines = [line for line in log if "rpc=Generate" in line]
+    assert sum("code=UNAVAILABLE" in line for line in lines) >= len(cut_off), lines
+    assert "terminate called" not in "".join(log)

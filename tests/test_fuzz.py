@@ -3,16 +3,18 @@
 Each request starts from a small valid one for its RPC and gets zero to three
 mutations drawn from the request's own descriptor: any field, nested ones included,
 set to an edge value of its type (empty and giant strings, NaN and infinities, huge
-and negative numbers, unknown enum values, random bytes as media), or the model swapped
-for an unknown, empty or wrong-task name. Raw gRPC stubs send them, so nothing is
-checked client-side first.
+and negative numbers, unknown enum values, random bytes as media, repeated fields with
+a hundred thousand items), or the model swapped for an unknown, empty or wrong-task
+name. Raw gRPC stubs send them, so nothing is checked client-side first. Beside the
+random ones: every float field of every template at once set to NaN, the infinities
+and the float32 extremes, and bytes that are no message at all sent to every method.
 
 Every call must end within its deadline with a deliberate status: never UNKNOWN or
 INTERNAL (a handler that crashed), never DEADLINE_EXCEEDED (a hang), never UNIMPLEMENTED
 (every RPC and every preset model's task is served). Afterwards the server must still
-be healthy. Some RPCs have a second template on another kind of model (image chat on
-LLaVA, captions on a vision-encoder-decoder, Whisper transcription), so every engine
-path gets fuzzed.
+be healthy, and its memory must not have grown past a bound. Some RPCs have a second
+template on another kind of model (image chat on LLaVA, captions on a
+vision-encoder-decoder, Whisper transcription), so every engine path gets fuzzed.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ from tests.conftest import RunningServer, start_server
 
 BATCHES = 100
 BATCH = 21  # requests per hypothesis example, sent concurrently
+WARMUP_CALLS = 10 * BATCH
+MAX_GROWTH = 300 * 2**20  # bytes of RSS the process may gain after the warm-up
 DEADLINE_S = 30.0
 FORBIDDEN = {
     grpc.StatusCode.UNKNOWN,
@@ -137,16 +141,20 @@ GIANT = "ä" * 200_000
 STRINGS = st.one_of(
     st.sampled_from(["", " ", "x", "[MASK]", "<mask>", "\x00", "\ud7ff🙂\u202e", GIANT[:5000]]),
     st.just(GIANT),
+    st.just("long text " * 200_000),  # 2 MB
     st.text(max_size=12),
 )
 INT32 = st.one_of(st.sampled_from([0, 1, -1, 2**31 - 1, -(2**31)]), st.integers(-3, 600))
 INT64 = st.one_of(INT32, st.sampled_from([2**63 - 1, -(2**63)]))
 UINT32 = st.one_of(st.sampled_from([0, 1, 2**32 - 1]), st.integers(0, 600))
 UINT64 = st.one_of(UINT32, st.just(2**64 - 1))
+F32_MAX = 3.4028234663852886e38
+EXTREME_FLOATS = [math.nan, math.inf, -math.inf, -F32_MAX, F32_MAX, -1e308]
 FLOATS = st.one_of(
-    st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -0.0, 1e308, -1.0, 1e-45]),
+    st.sampled_from([*EXTREME_FLOATS, 0.0, -0.0, 1e308, -1.0, 1e-45]),
     st.floats(-10, 10),
 )
+HUGE_COUNT = 100_000  # items in a repeated field
 BYTES = st.one_of(
     st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"RIFF\x00\x00\x00\x00WAVE", b"\xff" * 4]),
     st.binary(max_size=256),
@@ -183,6 +191,9 @@ def _mutate(draw: Callable[[st.SearchStrategy[Any]], Any], msg: Message, depth: 
     elif field.message_type is not None and field.is_repeated:
         if draw(st.booleans()):
             del target[:]
+        if draw(st.integers(0, 19)) == 0:  # ten thousand empty items
+            for _ in range(HUGE_COUNT // 10):
+                target.add()
         for _ in range(draw(st.integers(0, 3))):
             item = target.add()
             if depth < 3:
@@ -194,7 +205,11 @@ def _mutate(draw: Callable[[st.SearchStrategy[Any]], Any], msg: Message, depth: 
             target.SetInParent()
     elif field.is_repeated:
         del target[:]
-        target.extend(draw(st.lists(SCALARS[field.type], max_size=4)))
+        if draw(st.integers(0, 9)) == 0:  # a short value a hundred thousand times
+            short = {_T.TYPE_STRING: "ab", _T.TYPE_BYTES: b"\x00"}.get(field.type)
+            target.extend([short if short is not None else draw(SCALARS[field.type])] * HUGE_COUNT)
+        else:
+            target.extend(draw(st.lists(SCALARS[field.type], max_size=4)))
     else:
         setattr(msg, field.name, draw(SCALARS[field.type]))
 
@@ -280,6 +295,7 @@ def fuzz_server(preset_cache: Path) -> Iterator[RunningServer]:
 
 def test_random_requests_all_end_with_a_deliberate_status(fuzz_server: RunningServer) -> None:
     sender = Sender(fuzz_server.target)
+    rss: dict[str, int] = {}
     listing = sender.models.ListModels(mpb.ListModelsRequest(), timeout=30)
     assert not [(m.name, m.failure_message) for m in listing.models if m.failure_message]
     assert MODELS <= {m.name for m in listing.models}
@@ -295,6 +311,8 @@ def test_random_requests_all_end_with_a_deliberate_status(fuzz_server: RunningSe
     )
     @given(st.lists(probes(), min_size=BATCH, max_size=BATCH))
     def batch(batch_probes: list[Probe]) -> None:
+        if codes.total() >= WARMUP_CALLS and not rss:  # each path's one-time allocations
+            rss["before"] = rss_bytes()
         for probe, outcome in zip(batch_probes, pool.map(sender.send, batch_probes), strict=True):
             codes[outcome.code.name] += 1
             samples.setdefault(outcome.code.name, f"{probe.rpc}: {outcome.details[:150]}")
@@ -312,6 +330,13 @@ def test_random_requests_all_end_with_a_deliberate_status(fuzz_server: RunningSe
     assert total >= 2000, codes
     assert codes["OK"] >= 0.3 * total, codes
     _still_healthy(sender)
+    # The server (in this process) keeps no garbage from thousands of bad calls: once
+    # idle it trims its heaps. Polling: the trim runs on the server's own schedule.
+    deadline = time.monotonic() + 30
+    while (grown := rss_bytes() - rss["before"]) > MAX_GROWTH and time.monotonic() < deadline:
+        time.sleep(0.5)
+    print(f"fuzz memory growth: {grown / 2**20:.0f} MB")
+    assert grown <= MAX_GROWTH, f"RSS grew {grown / 2**20:.0f} MB over {total} calls"
 
 
 def _still_healthy(sender: Sender) -> None:
@@ -322,3 +347,92 @@ def _still_healthy(sender: Sender) -> None:
         ipb.ClassifyTextRequest(model="tiny-sentiment", inputs=["fine"]), timeout=30
     )
     assert len(reply.results) == 1
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (the server runs in it), from /proc."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def _float_fields(msg: Message, value: float, depth: int = 0) -> int:
+    """Set every float field reachable from ``msg`` to ``value``; how many were set."""
+    count = 0
+    for field in msg.DESCRIPTOR.fields:
+        target = getattr(msg, field.name)
+        if field.type in (_T.TYPE_FLOAT, _T.TYPE_DOUBLE):
+            if field.is_repeated:
+                del target[:]
+                target.extend([value] * 3)
+            else:
+                setattr(msg, field.name, value)
+            count += 1
+        elif field.message_type is not None and field.message_type.GetOptions().map_entry:
+            if field.message_type.fields_by_name["value"].type in (_T.TYPE_FLOAT, _T.TYPE_DOUBLE):
+                target[0] = value
+                count += 1
+        elif field.message_type is not None and depth < 4:
+            containing = field.containing_oneof
+            if containing is not None and msg.WhichOneof(containing.name) not in (None, field.name):
+                continue  # keep the template's choice of a oneof
+            items = list(target) if field.is_repeated else [target]
+            for item in items:
+                count += _float_fields(item, value, depth + 1)
+    return count
+
+
+def test_extreme_floats_in_every_float_field(fuzz_server: RunningServer) -> None:
+    sender = Sender(fuzz_server.target)
+    probes, fields = [], 0
+    for key, (model, values) in sorted(TEMPLATES.items()):
+        rpc = key.split(":")[0]
+        for value in EXTREME_FLOATS:
+            request = json_format.ParseDict(values, _request_type(rpc)())
+            if "model" in request.DESCRIPTOR.fields_by_name:
+                request.model = model
+            # Generation options live in messages the templates leave unset: fill them.
+            for name in ("sampling", "stopping", "options"):
+                if name in request.DESCRIPTOR.fields_by_name:
+                    getattr(request, name).SetInParent()
+            fields += _float_fields(request, value)
+            probes.append(Probe(rpc, request, rpc == "Generate"))
+    assert fields >= 20 * len(EXTREME_FLOATS), fields  # sampling, thresholds, audio, ...
+    with ThreadPoolExecutor(8) as pool:
+        for probe, outcome in zip(probes, pool.map(sender.send, probes), strict=True):
+            assert outcome.code not in FORBIDDEN, (probe, outcome)
+    _still_healthy(sender)
+
+
+GARBAGE = st.one_of(
+    st.binary(min_size=1, max_size=64),
+    st.sampled_from(
+        [b"\x0a\x02\xff\xfe", b"\x0f", b"\x0a\xff\xff\xff\xff\x0f", b"\x08" + b"\xff" * 11]
+    ),
+)
+
+
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(GARBAGE, min_size=len(TEMPLATES), max_size=len(TEMPLATES)))
+def test_garbage_bytes_at_every_method(fuzz_server: RunningServer, bodies: list[bytes]) -> None:
+    """Bytes that may or may not parse, at every method: a parse failure is
+    INVALID_ARGUMENT, and whatever parses gets a deliberate status like any request."""
+    methods = [
+        (service.full_name, method)
+        for module, name in ((ipb, "InferenceService"), (mpb, "ModelService"))
+        for service in [module.DESCRIPTOR.services_by_name[name]]
+        for method in service.methods
+        if method.name != "UnloadModel"  # garbage might name a model the fuzz needs
+    ]
+    with grpc.insecure_channel(fuzz_server.target) as channel:
+        for (service, method), body in zip(methods * 2, bodies, strict=False):
+            path = f"/{service}/{method.name}"
+            send = channel.unary_stream if method.server_streaming else channel.unary_unary
+            try:
+                reply = send(path)(body, timeout=DEADLINE_S)
+                if method.server_streaming:
+                    list(reply)
+            except grpc.RpcError as error:
+                assert error.code() not in FORBIDDEN, (path, body, error)
+                assert dict(error.trailing_metadata() or ())["x-request-id"], (path, body)

@@ -125,6 +125,16 @@ async def test_sources_outside_the_allow_list_are_refused(admin: AsyncClient, so
         ({"dtype": "int3"}, "dtype"),
         ({"name": " "}, "model"),
         ({"name": "n" * 129}, "model"),
+        ({"name": "\x00"}, "model"),
+        ({"name": "a/b"}, "model"),
+        ({"name": "../x"}, "model"),
+        ({"name": "x y"}, "model"),
+        ({"source": "/models/a\x00b"}, "source"),
+        ({"source": "preset:tiny-sentiment\x00"}, "source"),
+        ({"source": "/m" * 3000}, "source"),
+        ({"task": "ner\x00"}, "task"),
+        ({"revision": "main\x00"}, "revision"),
+        ({"device": "cpu\n"}, "device"),
     ],
 )
 async def test_bad_entries_are_invalid_arguments(
@@ -243,3 +253,23 @@ def test_load_allow_list_in_the_config_file() -> None:
     for bad in ("/srv/models", [""], [3]):
         with pytest.raises(ConfigError, match="load_allow_list"):
             parse_config({"load_allow_list": bad})
+
+
+def test_model_names_are_plain_words_in_the_config_file_too() -> None:
+    from modelwire_server.config import ConfigError, parse_config
+
+    for name in ("tiny-gpt2", "sst2", "llama3:8b", "bert_base.v2"):
+        model = {"name": name, "task": "ner", "source": "x"}
+        assert parse_config({"models": [model]}).models[0].name == name
+    for name in ("a/b", "\x00", "-x", "x y", "é", "n" * 129):
+        with pytest.raises(ConfigError, match=r"models\[0\]\.name .* must be letters, digits"):
+            parse_config({"models": [{"name": name, "task": "ner", "source": "x"}]})
+
+
+async def test_without_auth_sources_are_shown_whole(
+    admin: AsyncClient, admin_server: RunningServer
+) -> None:
+    path = admin_server.runner("tiny-sentiment").config.source
+    assert path.startswith("/")
+    assert (await admin.get_model("tiny-sentiment")).source == path
+    assert {m.name: m.source for m in await admin.list_models()}["tiny-sentiment"] == path

@@ -12,16 +12,20 @@ import fnmatch
 from pathlib import Path
 
 
-def _looks_like_path(source: str) -> bool:
+def looks_like_path(source: str) -> bool:
+    """Whether ``source`` names a file system path rather than a hub id."""
     return source.startswith(("/", ".", "~")) or "\\" in source or ".." in source
 
 
 def allowed(source: str, allow_list: list[str]) -> bool:
     """True if ``allow_list`` lets LoadModel load ``source``."""
-    if _looks_like_path(source):
+    if looks_like_path(source):
         if not source.startswith("/"):
             return False  # relative paths depend on the server's cwd: never allowed
-        target = Path(source).resolve()
+        try:
+            target = Path(source).resolve()
+        except (OSError, ValueError):  # NUL bytes, names too long: no directory of ours
+            return False
         dirs = (Path(p).resolve() for p in allow_list if p.startswith("/"))
         return any(target.is_relative_to(d) for d in dirs)
     patterns = (p for p in allow_list if not p.startswith("/"))

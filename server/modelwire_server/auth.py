@@ -12,6 +12,7 @@ key, or how much of one, matched.
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import hashlib
 import hmac
@@ -38,6 +39,13 @@ Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandl
 class Role(enum.Enum):
     USER = "user"
     ADMIN = "admin"
+
+
+# The role of the current call's key (None: auth is off, or the method needs no key).
+# Set by the interceptor in the call's own task, so its handler sees it.
+caller_role: contextvars.ContextVar[Role | None] = contextvars.ContextVar(
+    "caller_role", default=None
+)
 
 
 @dataclass(frozen=True)
@@ -113,25 +121,26 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
-        refusal = self.verdict(handler_call_details)
+        role, refusal = self.check(handler_call_details)
+        caller_role.set(role)
         handler = await continuation(handler_call_details)
         if refusal is None or handler is None:
             return handler
         return self.refuse(handler, handler_call_details, refusal)
 
-    def verdict(self, details: grpc.HandlerCallDetails) -> ModelwireError | None:
-        """None when the call may go on, else why not."""
+    def check(self, details: grpc.HandlerCallDetails) -> tuple[Role | None, ModelwireError | None]:
+        """The caller's role (None for open methods), and why the call may not go on."""
         if details.method.startswith(OPEN_PREFIXES):
-            return None
+            return None, None
         token = bearer_token(details.invocation_metadata)
         if token is None:
-            return Unauthenticated(
+            return None, Unauthenticated(
                 "this server needs an API key: send 'authorization: Bearer <key>'"
             )
         role = self.keys.role_of(token)
         if role is None:
-            return Unauthenticated("the API key is not valid")
+            return None, Unauthenticated("the API key is not valid")
         if details.method in ADMIN_METHODS and role is not Role.ADMIN:
             rpc = details.method.rsplit("/", 1)[-1]
-            return PermissionDenied(f"{rpc} needs the admin key")
-        return None
+            return role, PermissionDenied(f"{rpc} needs the admin key")
+        return role, None

@@ -40,6 +40,14 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 _MAP_DEVICE = re.compile(r"^(cpu|cuda:\d+|disk)$")
 
+# Model names travel in requests, logs, metric labels and URLs: a plain word.
+MAX_MODEL_NAME_CHARS = 128
+_MODEL_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_MODEL_NAME_CHARS - 1}}}")
+MODEL_NAME_RULE = (
+    "letters, digits, '.', '_', '-' and ':', starting with a letter or digit, "
+    f"at most {MAX_MODEL_NAME_CHARS} characters"
+)
+
 
 class ConfigError(ValueError):
     """A configuration problem, worded for the operator."""
@@ -115,6 +123,9 @@ class ServerConfig:
     models: list[ModelConfig] = field(default_factory=list)
     preset: str | None = None
     max_message_bytes: int = 64 * 1024 * 1024
+    # Calls at once (streams included); past it grpc answers RESOURCE_EXHAUSTED before
+    # reading the request, so received requests hold at most this x max_message_bytes.
+    max_concurrent_rpcs: int | None = None
     grace_period_s: float = 30.0
     log_level: str = "INFO"
     log_format: str = "text"  # "json": one JSON object per log line
@@ -208,6 +219,8 @@ def validate_model(model: ModelConfig, where: str) -> None:
         raise ConfigError(f"{where}.task {model.task!r} is not one of: {', '.join(TASKS)}")
     if not model.name.strip():
         raise ConfigError(f"{where}.name must not be empty")
+    if not _MODEL_NAME.fullmatch(model.name):
+        raise ConfigError(f"{where}.name {model.name[:140]!r} must be {MODEL_NAME_RULE}")
     if not model.source.strip():
         raise ConfigError(f"{where}.source must not be empty")
     if not _DEVICE.match(model.device):
@@ -296,6 +309,10 @@ def parse_config(raw: Any, origin: str = "config") -> ServerConfig:
     for key in ("port", "max_message_bytes"):
         if key in raw:
             setattr(config, key, _check_type(key, raw[key], int))
+    if raw.get("max_concurrent_rpcs") is not None:  # null: no limit
+        config.max_concurrent_rpcs = _check_type(
+            "max_concurrent_rpcs", raw["max_concurrent_rpcs"], int
+        )
     if "grace_period_s" in raw:
         config.grace_period_s = _check_type("grace_period_s", raw["grace_period_s"], float)
     if "serve_without_models" in raw:
@@ -321,6 +338,8 @@ def _string_list(where: str, value: Any) -> list[str]:
 def validate_server(config: ServerConfig) -> None:
     if not 0 <= config.port <= 65535:
         raise ConfigError(f"port {config.port} must be between 0 and 65535")
+    if config.max_concurrent_rpcs is not None and config.max_concurrent_rpcs < 1:
+        raise ConfigError(f"max_concurrent_rpcs {config.max_concurrent_rpcs} must be at least 1")
     if config.preset is not None and config.preset not in PRESETS:
         raise ConfigError(f"preset {config.preset!r} is not one of: {', '.join(PRESETS)}")
     names = [m.name for m in config.models]

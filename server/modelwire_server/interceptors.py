@@ -1,11 +1,14 @@
 """The interceptor chain: request ids, domain errors → gRPC statuses, and call records.
 
 Every call gets an ``x-request-id`` (the client's, or a new one) in its initial
-metadata when it answers, and in its trailing metadata always. Domain errors become
-their status code with ``google.rpc`` rich details; anything else becomes INTERNAL with
-the request id and no traceback (the traceback goes to the log). Each call's
-``CallRecord`` (rpc, model, status, timings, trace) goes to the observers when it ends:
-the access log and the metrics.
+metadata when it answers, and in its trailing metadata always. Requests are decoded
+here, inside the call, so bytes that are no valid message answer INVALID_ARGUMENT like
+any other bad request (grpc would answer UNKNOWN with a Python class name). Domain
+errors become their status code with ``google.rpc`` rich details; anything else becomes
+INTERNAL with the request id and no traceback (the traceback goes to the log). Each
+call's ``CallRecord`` (rpc, model, status, timings, trace) goes to the observers when
+it ends: the access log and the metrics. The interceptor knows the running calls: once
+a drain's grace period is over, ``cut_off`` ends them with UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from modelwire_server import errors
 from modelwire_server.calls import CallRecord, current_call
+from modelwire_server.memory import Trimmer
 from modelwire_server.tracing import trace_of
 
 log = logging.getLogger(__name__)
@@ -92,6 +97,8 @@ Observer = Callable[[CallRecord], None]
 # The model a call is for, from the rpc and the request's `model` (empty: the default).
 ModelOf = Callable[[str, str], str]
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+Deserializer = Callable[[bytes], Any]
+CUT_OFF_MESSAGE = "the server is shutting down and its grace period is over; retry elsewhere"
 
 
 class RequestInterceptor(grpc.aio.ServerInterceptor):
@@ -106,10 +113,19 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         *,
         model_of: ModelOf | None = None,
         prefixes: tuple[str, ...] = ("/modelwire.",),
+        trimmer: Trimmer | None = None,
     ) -> None:
         self.observers = list(observers)
         self.model_of = model_of
         self.prefixes = prefixes
+        self.trimmer = trimmer  # told of each call's request size and end
+        self._large: set[int] = set()  # ids of the calls the trimmer counts as large
+        # The running calls' tasks by id(record); the ids of those cut off, and of the
+        # streams whose last response grpc is writing (cancelling the task there would
+        # leave no way to send a status).
+        self._running: dict[int, asyncio.Task[Any]] = {}
+        self._cut_off: set[int] = set()
+        self._writing: set[int] = set()
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -128,41 +144,57 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         """``handler`` with ids, statuses and records; with a ``refusal`` (an interceptor's
         earlier verdict, e.g. auth) the call ends with its status and the handler never runs.
         """
-        codecs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
+        if refusal is not None:
+            return self._refusing(handler, details, refusal)
+        # grpc gets the raw bytes; the wrapper decodes them, inside the call.
+        decode = handler.request_deserializer or (lambda raw: raw)
+        codecs = {"response_serializer": handler.response_serializer}
         if handler.unary_unary is not None:
-            unary = self._unary(handler.unary_unary, details, refusal)
+            unary = self._unary(handler.unary_unary, details, decode)
             return grpc.unary_unary_rpc_method_handler(unary, **codecs)
         if handler.unary_stream is not None:
-            stream = self._stream(handler.unary_stream, details, refusal)
+            stream = self._stream(handler.unary_stream, details, decode)
             return grpc.unary_stream_rpc_method_handler(stream, **codecs)
-        if refusal is not None:  # fail closed: a refused call must never reach its handler
-            raise TypeError(f"{details.method}: cannot refuse a client-streaming call")
         return handler
 
+    def _refusing(
+        self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails, refusal: Exception
+    ) -> grpc.RpcMethodHandler:
+        """A handler that answers ``refusal`` without reading the request: as a
+        client-streaming handler, grpc hands it the call before any message is read, so a
+        refused caller's megabytes are never buffered or decoded."""
+
+        async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> None:
+            call = self._open(details, context)
+            await self._fail(call, context, refusal)
+
+        serializer = handler.response_serializer
+        if handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(refuse, response_serializer=serializer)
+        return grpc.stream_unary_rpc_method_handler(refuse, response_serializer=serializer)
+
     def _unary(
-        self,
-        behavior: Callable[..., Any],
-        details: grpc.HandlerCallDetails,
-        refusal: Exception | None,
+        self, behavior: Callable[..., Any], details: grpc.HandlerCallDetails, decode: Deserializer
     ) -> Callable[..., Any]:
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = self._open(details, request, context)
+        async def wrapper(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            call = self._open(details, context)
+            request = None
             try:
-                if refusal is not None:
-                    raise refusal
+                request = self._decode(call, decode, raw)
                 response = await behavior(request, context)
             except asyncio.CancelledError:
-                self._close(call, _ended_early(context))
-                raise
+                if not self._was_cut_off(call):
+                    self._close(call, _ended_early(context))
+                    raise
+                await self._fail(call, context, errors.Unavailable(CUT_OFF_MESSAGE))
             except grpc.aio.AbortError:
                 self._close(call, _code_name(context.code()))
                 raise
             except Exception as exc:
                 await self._fail(call, context, exc)
                 raise  # unreachable: _fail aborts
+            finally:
+                del raw, request  # see _fail
             await context.send_initial_metadata(((REQUEST_ID, call.request_id),))
             self._close(call, "OK")
             return response
@@ -170,17 +202,13 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         return wrapper
 
     def _stream(
-        self,
-        behavior: Callable[..., Any],
-        details: grpc.HandlerCallDetails,
-        refusal: Exception | None,
+        self, behavior: Callable[..., Any], details: grpc.HandlerCallDetails, decode: Deserializer
     ) -> Callable[..., Any]:
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            call = self._open(details, request, context)
-            sent_headers = False
+        async def wrapper(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            call = self._open(details, context)
+            sent_headers, request = False, None
             try:
-                if refusal is not None:
-                    raise refusal
+                request = self._decode(call, decode, raw)
                 # aclosing: a client that goes away closes our generator, and that must
                 # reach the servicer's generator at once so its `finally` frees the work.
                 async with contextlib.aclosing(behavior(request, context)) as stream:
@@ -188,57 +216,120 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                         if not sent_headers:
                             await context.send_initial_metadata(((REQUEST_ID, call.request_id),))
                             sent_headers = True
-                        yield response
-            except (asyncio.CancelledError, GeneratorExit):
-                self._close(call, _ended_early(context))
+                        self._writing.add(id(call))
+                        try:
+                            yield response
+                        finally:
+                            self._writing.discard(id(call))
+                        if self._was_cut_off(call):
+                            raise errors.Unavailable(CUT_OFF_MESSAGE)
+            except GeneratorExit:
+                # Closed while grpc was sending: no status can go out from here any more.
+                cut_off = self._was_cut_off(call)
+                self._close(call, "UNAVAILABLE" if cut_off else _ended_early(context))
                 raise
+            except asyncio.CancelledError:
+                if not self._was_cut_off(call):
+                    self._close(call, _ended_early(context))
+                    raise
+                await self._fail(call, context, errors.Unavailable(CUT_OFF_MESSAGE))
             except grpc.aio.AbortError:
                 self._close(call, _code_name(context.code()))
                 raise
             except Exception as exc:
                 await self._fail(call, context, exc)
+            finally:
+                del raw, request  # see _fail
             self._close(call, "OK")
 
         return wrapper
 
     def _open(
-        self, details: grpc.HandlerCallDetails, request: Any, context: grpc.aio.ServicerContext
+        self, details: grpc.HandlerCallDetails, context: grpc.aio.ServicerContext
     ) -> CallRecord:
         """Start a call's record and make it (and its request id) current."""
         rid = _request_id(details)
         rpc = details.method.rsplit("/", 1)[-1]
-        requested = getattr(request, "model", "")
-        requested = requested[:128] if isinstance(requested, str) else ""
         trace_id, span_id = trace_of(details.invocation_metadata)
-        call = CallRecord(
-            rid,
-            rpc,
-            model=self.model_of(rpc, requested) if self.model_of else requested,
-            peer=context.peer() or "",
-            trace_id=trace_id,
-            span_id=span_id,
-        )
+        call = CallRecord(rid, rpc, peer=context.peer() or "", trace_id=trace_id, span_id=span_id)
         current_call.set(call)
         current_request_id.set(rid)
         context.set_trailing_metadata(((REQUEST_ID, rid),))
+        task = asyncio.current_task()
+        if task is not None:
+            self._running[id(call)] = task
         return call
+
+    def _decode(self, call: CallRecord, decode: Deserializer, raw: bytes) -> Any:
+        """The request message, and the model it names on the call's record."""
+        if self.trimmer is not None and self.trimmer.started(len(raw)):
+            self._large.add(id(call))
+        try:
+            request = decode(raw)
+        except DecodeError as exc:
+            raise errors.InvalidArgument(
+                "", f"the request body is not a valid {call.rpc} request message: {exc}"
+            ) from None
+        requested = getattr(request, "model", "")
+        requested = requested[:128] if isinstance(requested, str) else ""
+        call.model = self.model_of(call.rpc, requested) if self.model_of else requested
+        return request
+
+    def running(self) -> set[asyncio.Task[Any]]:
+        """The tasks of the calls now running."""
+        return set(self._running.values())
+
+    def cut_off(self) -> set[asyncio.Task[Any]]:
+        """End every running call with UNAVAILABLE (a drain whose grace period is over);
+        returns their tasks, to wait for."""
+        for key, task in self._running.items():
+            self._cut_off.add(key)
+            if key not in self._writing:  # else the stream ends after that write
+                task.cancel()
+        return self.running()
+
+    def _was_cut_off(self, call: CallRecord) -> bool:
+        return id(call) in self._cut_off
 
     async def _fail(
         self, call: CallRecord, context: grpc.aio.ServicerContext, exc: Exception
     ) -> None:
         code, message, _ = status_of(exc, call.request_id)
-        self._close(call, code.name, message, exc)
+        self._close(call, code.name, message, exc)  # the log shows the traceback
+        # The abort's traceback holds the handlers' frames, and through them the request,
+        # in a cycle with the call's context that only the garbage collector's rare full
+        # passes free: after a burst of large bad requests, gigabytes. Frames go now
+        # (the wrappers drop their own locals as they exit).
+        call.error = None
+        _forget_tracebacks(exc)
         await abort(context, exc, call.request_id)
 
     def _close(
         self, call: CallRecord, code: str, message: str = "", error: Exception | None = None
     ) -> None:
+        self._running.pop(id(call), None)
+        self._cut_off.discard(id(call))
+        if self.trimmer is not None:
+            self.trimmer.ended(large=id(call) in self._large)
+            self._large.discard(id(call))
         call.finish(code, message, error)
         for observe in self.observers:
             try:
                 observe(call)
             except Exception:  # a broken observer must not fail the call it observes
                 log.exception("call observer %r failed", observe)
+
+
+def _forget_tracebacks(exc: BaseException) -> None:
+    """Drop the tracebacks of ``exc`` and of every exception it chains."""
+    pending, seen = [exc], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.__traceback__ = None
+        pending += [e for e in (current.__cause__, current.__context__) if e is not None]
 
 
 def _ended_early(context: grpc.aio.ServicerContext) -> str:

@@ -23,6 +23,7 @@ from modelwire_server.access_log import write_access_line
 from modelwire_server.auth import AuthInterceptor, Keys
 from modelwire_server.config import ModelConfig, ServerConfig
 from modelwire_server.interceptors import Observer, RequestInterceptor
+from modelwire_server.memory import Trimmer, limit_arenas
 from modelwire_server.metrics import Metrics, MetricsEndpoint
 from modelwire_server.registry import Registry
 from modelwire_server.servicers.inference import InferenceServicer
@@ -35,6 +36,11 @@ log = logging.getLogger(__name__)
 
 INFERENCE_SERVICE = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+# After the grace period: how long cut-off calls get to send their status (a stream
+# whose client reads nothing never does: grpc's stop then resets it), and how long a
+# device worker gets to finish its running job (a forward pass, a burst of steps).
+CUT_OFF_WAIT_S = 3.0
+WORKER_WAIT_S = 60.0
 PRESET_WARNING = (
     "serving the built-in offline 'tiny' preset: random-weight models whose outputs are "
     "MEANINGLESS; pass --config FILE to serve real models"
@@ -121,6 +127,7 @@ class ModelwireServer:
         self._metrics_endpoint = MetricsEndpoint(self.metrics) if self.metrics else None
         self.metrics_port: int | None = None
         limit = config.max_message_bytes
+        limit_arenas()  # before grpc's threads start allocating
         self.server = grpc.aio.server(
             interceptors=self._interceptors(),
             options=[
@@ -128,6 +135,7 @@ class ModelwireServer:
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
             ],
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
         inference_grpc.add_InferenceServiceServicer_to_server(
             InferenceServicer(self.registry), self.server
@@ -136,6 +144,7 @@ class ModelwireServer:
             self.registry,
             load_allow_list=config.load_allow_list,
             unload_grace_s=config.grace_period_s,
+            auth=self.keys.enabled,
         )
         model_grpc.add_ModelServiceServicer_to_server(self.models_servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -155,9 +164,10 @@ class ModelwireServer:
         observers: list[Observer] = [write_access_line]
         if self.metrics is not None:
             observers.append(self.metrics.observe)
-        requests = RequestInterceptor(observers, model_of=self.model_of)
-        auth = [AuthInterceptor(self.keys, requests.wrap)] if self.keys.enabled else []
-        return [*auth, *otel_interceptors(), requests]
+        self.trimmer = Trimmer()
+        self.requests = RequestInterceptor(observers, model_of=self.model_of, trimmer=self.trimmer)
+        auth = [AuthInterceptor(self.keys, self.requests.wrap)] if self.keys.enabled else []
+        return [*auth, *otel_interceptors(), self.requests]
 
     def _http_front(self) -> Any:
         """The OpenAI-compatible HTTP API over the same registry, keys and observers."""
@@ -284,28 +294,46 @@ class ModelwireServer:
         await self.registry.loading_done.wait()
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: NOT_SERVING at once, refuse new calls, let running ones finish."""
+        """Drain: NOT_SERVING at once, refuse new calls, let running ones finish within
+        the grace period, end the rest with UNAVAILABLE, then stop."""
         if self._stopped.is_set():
             return
         grace = self.config.grace_period_s if grace is None else grace
         await self._set_inference_health(serving=False)
         await self.health.enter_graceful_shutdown()
         # Drain first, while still answering: new calls get UNAVAILABLE, health checks
-        # NOT_SERVING; grpc's stop(grace) would cancel them instead. It then ends
-        # whatever is left of the grace period.
-        started = asyncio.get_running_loop().time()
+        # NOT_SERVING; grpc's stop(grace) would cancel them instead.
+        loop = asyncio.get_running_loop()
+        until = loop.time() + grace
         await self.registry.drain(grace)
-        left = max(0.0, grace - (asyncio.get_running_loop().time() - started))
-        if self.http is not None:
-            await self.http.stop(left)
-        await self.server.stop(max(0.0, grace - (asyncio.get_running_loop().time() - started)))
+        if self.http is not None:  # the HTTP door drains within the same grace period
+            await self.http.stop(max(0.0, until - loop.time()))
+        running = self.requests.running()  # ModelService calls too
+        if running and (left := until - loop.time()) > 0:
+            await asyncio.wait(running, timeout=left)
+        cut = self.requests.cut_off()
+        if cut:
+            log.warning("grace period over: ending %d running calls with UNAVAILABLE", len(cut))
+            await asyncio.wait(cut, timeout=CUT_OFF_WAIT_S)
+        await self.server.stop(0)
         if self._metrics_endpoint is not None:  # last, so a drain can still be watched
             await self._metrics_endpoint.close()
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
         await self.registry.close()
+        await self._workers_idle()
         self.workers.close()
+        self.trimmer.close()
         self._stopped.set()
+
+    async def _workers_idle(self) -> None:
+        """Wait for each device worker to finish the job it is running (an engine's burst
+        of steps outlives the task that awaited it): a thread still inside torch when
+        the interpreter exits aborts the process."""
+        workers = {e.runner.worker for e in self.registry.entries.values() if e.runner}
+        idle = [asyncio.ensure_future(w.run(lambda: None)) for w in workers]
+        if idle:
+            await asyncio.wait(idle, timeout=WORKER_WAIT_S)
 
     async def wait(self) -> None:
         await self._stopped.wait()

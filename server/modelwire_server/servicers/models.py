@@ -1,5 +1,11 @@
 """ModelService: what is loaded, and loading/unloading at run time (the admin key guards
-those when auth is on; the config's ``load_allow_list`` limits what may be loaded)."""
+those when auth is on; the config's ``load_allow_list`` limits what may be loaded).
+
+A model's ``source`` can be a path on the server's file system. With auth on, only
+admin keys see it whole; other keys see a local path as its last directory name (hub
+ids as they are), in the failure message too. With auth off there are no keys to tell
+callers apart, and every caller can load models anyway: sources are shown whole.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +15,17 @@ import grpc
 
 from modelwire.v1 import model_service_pb2 as pb
 from modelwire.v1 import model_service_pb2_grpc as pb_grpc
-from modelwire_server.allow_list import allowed
+from modelwire_server.allow_list import allowed, looks_like_path
+from modelwire_server.auth import Role, caller_role
 from modelwire_server.config import ConfigError, ModelConfig, validate_model
 from modelwire_server.errors import InvalidArgument, PermissionDenied
 from modelwire_server.registry import ModelEntry, ModelState, Registry
 
-MAX_NAME_CHARS = 128
+# Longer than any path a file system takes (PATH_MAX) or any hub id.
+MAX_SOURCE_CHARS = 4096
 # validate_model's messages name "request.<key>": the request field behind each key.
 _FIELDS = {"name": "model", "default": "default_for_task"}
+_TEXT_FIELDS = ("model", "task", "source", "revision", "device", "dtype")
 
 _STATES = {
     ModelState.LOADING: pb.MODEL_STATE_LOADING,
@@ -26,18 +35,30 @@ _STATES = {
 }
 
 
-def model_info(entry: ModelEntry, registry: Registry) -> pb.ModelInfo:
+def shown_source(source: str) -> str:
+    """A source as callers who may not see the server's paths see it: a local path as
+    its last directory name, anything else (a hub id) as it is."""
+    if not looks_like_path(source):
+        return source
+    return source.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or "(a local directory)"
+
+
+def model_info(entry: ModelEntry, registry: Registry, *, paths: bool = True) -> pb.ModelInfo:
+    """``paths``: show a local source whole (else as ``shown_source`` does)."""
     config, runner = entry.config, entry.runner
     default = registry.default_for(config.task)
+    source, failure = config.source, entry.failure
+    if not paths and (shown := shown_source(source)) != source:
+        source, failure = shown, failure.replace(config.source, shown)
     info = pb.ModelInfo(
         name=config.name,
         task=config.task,
         architecture=runner.architecture if runner else "",
-        source=config.source,
+        source=source,
         device=entry.device,
         dtype=entry.dtype,
         state=_STATES[entry.state],
-        failure_message=entry.failure,
+        failure_message=failure,
         default_for_task=default is entry,
         rpcs=entry.rpcs,
         preset=config.preset,
@@ -53,8 +74,11 @@ def requested_config(request: pb.LoadModelRequest) -> ModelConfig:
     trust_remote_code stays off: code from a hub repository must never run because of
     a request; an operator who wants it puts the model in the config file.
     """
-    if len(request.model) > MAX_NAME_CHARS:
-        raise InvalidArgument("model", f"must be at most {MAX_NAME_CHARS} characters")
+    for name in _TEXT_FIELDS:
+        if not getattr(request, name).isprintable():
+            raise InvalidArgument(name, "must not contain control characters (NUL, newlines...)")
+    if len(request.source) > MAX_SOURCE_CHARS:
+        raise InvalidArgument("source", f"must be at most {MAX_SOURCE_CHARS} characters")
     config = ModelConfig(
         name=request.model,
         task=request.task,
@@ -81,10 +105,15 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
         *,
         load_allow_list: list[str] | None = None,
         unload_grace_s: float = 30.0,
+        auth: bool = False,
     ) -> None:
         self.registry = registry
         self.load_allow_list = list(load_allow_list or [])
         self.unload_grace_s = unload_grace_s
+        self.auth = auth
+
+    def _caller_sees_paths(self) -> bool:
+        return not self.auth or caller_role.get() is Role.ADMIN
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -94,8 +123,9 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
             for e in self.registry.entries.values()
             if not request.task or e.config.task == request.task
         ]
+        paths = self._caller_sees_paths()
         return pb.ListModelsResponse(
-            models=[model_info(e, self.registry) for e in entries],
+            models=[model_info(e, self.registry, paths=paths) for e in entries],
             preset=self.registry.preset or "",
         )
 
@@ -104,7 +134,10 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
     ) -> pb.GetModelResponse:
         if not request.model:
             raise InvalidArgument("model", "must name a model")
-        return pb.GetModelResponse(info=model_info(self.registry.get(request.model), self.registry))
+        entry = self.registry.get(request.model)
+        return pb.GetModelResponse(
+            info=model_info(entry, self.registry, paths=self._caller_sees_paths())
+        )
 
     async def LoadModel(
         self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext
