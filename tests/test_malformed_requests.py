@@ -84,3 +84,32 @@ def test_every_method_answers_garbage_with_invalid_argument(
     with grpc.insecure_channel(bare_server.target) as channel:
         reply = channel.unary_unary("/modelwire.v1.ModelService/ListModels")(b"", timeout=30)
     assert reply == b""  # no models: an empty ListModelsResponse
+
+
+LIBRARY_METHODS = [
+    ("/grpc.health.v1.Health/Check", "unary"),
+    ("/grpc.health.v1.Health/Watch", "stream"),
+    ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", "bidi"),
+    ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", "bidi"),
+]
+
+
+@pytest.mark.parametrize(("path", "kind"), LIBRARY_METHODS)
+def test_health_and_reflection_answer_garbage_with_invalid_argument(
+    bare_server: RunningServer, path: str, kind: str
+) -> None:
+    with grpc.insecure_channel(bare_server.target) as channel:
+        for body in ANY_TYPE:
+            with pytest.raises(grpc.RpcError) as caught:
+                if kind == "unary":
+                    channel.unary_unary(path)(body, timeout=30)
+                elif kind == "stream":
+                    list(channel.unary_stream(path)(body, timeout=30))
+                else:
+                    list(channel.stream_stream(path)(iter([body]), timeout=30))
+            error = caught.value
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (path, body, error)
+            assert "not a valid" in error.details() and "class" not in error.details()
+        # and they still serve well-formed requests
+        if kind == "unary":
+            assert channel.unary_unary(path)(b"", timeout=30) is not None

@@ -101,6 +101,60 @@ Deserializer = Callable[[bytes], Any]
 CUT_OFF_MESSAGE = "the server is shutting down and its grace period is over; retry elsewhere"
 
 
+def decoded_inside(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A library's handler (health, reflection) whose requests are decoded inside the
+    call: garbage answers INVALID_ARGUMENT, not grpc's UNKNOWN with a class name."""
+    decode = handler.request_deserializer
+    if decode is None:
+        return handler
+    codecs = {"response_serializer": handler.response_serializer}
+
+    async def message(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return decode(raw)
+        except DecodeError as exc:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request body is not a valid request message: {exc}",
+            )
+
+    async def responses(result: Any) -> AsyncIterator[Any]:
+        if hasattr(result, "__aiter__"):
+            async for response in result:
+                yield response
+        else:  # a handler that writes with context.write and returns
+            await result
+
+    if handler.unary_unary is not None:
+        behavior = handler.unary_unary
+
+        async def unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            return await behavior(await message(raw, context), context)
+
+        return grpc.unary_unary_rpc_method_handler(unary, **codecs)
+    if handler.unary_stream is not None:
+        one_to_many = handler.unary_stream
+
+        async def unary_stream(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async for response in responses(one_to_many(await message(raw, context), context)):
+                yield response
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, **codecs)
+    if handler.stream_stream is not None:
+        many_to_many = handler.stream_stream
+
+        async def stream(raws: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def requests() -> AsyncIterator[Any]:
+                async for raw in raws:
+                    yield await message(raw, context)
+
+            async for response in responses(many_to_many(requests(), context)):
+                yield response
+
+        return grpc.stream_stream_rpc_method_handler(stream, **codecs)
+    return handler
+
+
 class RequestInterceptor(grpc.aio.ServerInterceptor):
     """Request ids, error statuses and a call record for every RPC of our own services.
 
@@ -131,8 +185,10 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or not handler_call_details.method.startswith(self.prefixes):
+        if handler is None:
             return handler
+        if not handler_call_details.method.startswith(self.prefixes):
+            return decoded_inside(handler)  # health, reflection: no record, as before
         return self.wrap(handler, handler_call_details)
 
     def wrap(
