@@ -263,3 +263,18 @@ async def test_truncate_prompt_tokens_keeps_the_tail(client: AsyncClient) -> Non
         long_prompt, model="tiny-gpt2", max_new_tokens=2, truncate_prompt_tokens=16
     )
     assert result.prompt_token_count == 16
+
+
+async def test_chat_text_counts_against_the_character_limit(server, client: AsyncClient) -> None:
+    """A chat's text is held to max_input_chars like a raw prompt, for Generate and
+    Tokenize alike, before the template renders or the tokenizer runs."""
+    limit = server.runner("tiny-llama").config.max_input_chars
+    half = "x" * (limit // 2 + 1)
+    turns = [{"role": "user", "content": half}, {"role": "assistant", "content": half}]
+    with pytest.raises(BadRequestError) as generating:
+        await client.generate(messages=turns, model="tiny-llama", max_new_tokens=1)
+    assert [v.field for v in generating.value.field_violations] == ["messages"]
+    with pytest.raises(BadRequestError) as tokenizing:
+        await client.tokenize(messages=turns, model="tiny-llama")
+    assert [v.field for v in tokenizing.value.field_violations] == ["messages"]
+    assert await client.tokenize(messages=turns[:1], model="tiny-llama")

@@ -83,6 +83,15 @@ def chat_turns(messages: common_pb2.ChatMessages) -> list[ChatTurn]:
     ]
 
 
+def check_chat_chars(messages: common_pb2.ChatMessages, limit: int) -> None:
+    """A chat's text counts against the same character limit as a raw prompt."""
+    chars = sum(len(p.text) for m in messages.messages for p in m.content)
+    if chars > limit:
+        raise errors.InvalidArgument(
+            "messages", f"have {chars} characters of text; the limit is {limit}"
+        )
+
+
 def token_pb(token: et.TokenInfo) -> generate_pb2.Token:
     message = generate_pb2.Token(id=token.id, text=token.text, special=token.special)
     if token.logprob is not None:
@@ -175,6 +184,7 @@ async def prompt_ids(
             )
         ids = await asyncio.to_thread(runner.encode_prompt, request.prompt)
     elif which == "messages":
+        check_chat_chars(request.messages, runner.config.max_input_chars)
         ids, extras = await asyncio.to_thread(runner.prompt_inputs, chat_turns(request.messages))
     else:
         raise errors.InvalidArgument("prompt", "set either prompt or messages")
@@ -307,6 +317,8 @@ def tokenize_pb(
             "text",
             f"has {len(request.text)} characters; the limit is {runner.config.max_input_chars}",
         )
+    if which == "messages":
+        check_chat_chars(request.messages, runner.config.max_input_chars)
     add_special = optional(request, "add_special_tokens")
     add_prompt = optional(request, "add_generation_prompt")
     result = runner.tokenize(
