@@ -9,12 +9,16 @@ tasks ``asyncio.gather`` starts). Code deeper down adds what only it knows throu
 from __future__ import annotations
 
 import contextvars
+import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from modelwire_server.engine.types import Usage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,6 +46,15 @@ class CallRecord:
     def finish(self, code: str, message: str = "", error: BaseException | None = None) -> None:
         self.code, self.message, self.error = code, message, error
         self.duration_s = time.monotonic() - self.started
+
+    def report(self, observers: Iterable[Callable[[CallRecord], None]]) -> None:
+        """Hand the ended call to each observer (the access log, metrics); a broken
+        observer must not fail the call it observes."""
+        for observe in observers:
+            try:
+                observe(self)
+            except Exception:
+                log.exception("call observer %r failed", observe)
 
     def add_queue_time(self, seconds: float) -> None:
         self.queue_s = seconds if self.queue_s is None else max(self.queue_s, seconds)

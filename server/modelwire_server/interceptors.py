@@ -369,11 +369,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             self.trimmer.ended(large=id(call) in self._large)
             self._large.discard(id(call))
         call.finish(code, message, error)
-        for observe in self.observers:
-            try:
-                observe(call)
-            except Exception:  # a broken observer must not fail the call it observes
-                log.exception("call observer %r failed", observe)
+        call.report(self.observers)
 
 
 def _forget_tracebacks(exc: BaseException) -> None:

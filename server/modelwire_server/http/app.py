@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -35,7 +34,6 @@ from modelwire_server.interceptors import REQUEST_ID, current_request_id
 from modelwire_server.registry import ModelState, Registry
 from modelwire_server.tracing import trace_of
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 Observer = Callable[[CallRecord], None]
@@ -160,11 +158,7 @@ class OpenAIApp:
         self, call: CallRecord, code: str, message: str = "", error: BaseException | None = None
     ) -> None:
         call.finish(code, message, error)
-        for observe in self.observers:
-            try:
-                observe(call)
-            except Exception:  # a broken observer must not fail the call it observes
-                log.exception("call observer %r failed", observe)
+        call.report(self.observers)
 
     def _authorize(self, request: Request) -> None:
         if not self.keys.enabled:
