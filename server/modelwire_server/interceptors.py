@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
@@ -31,8 +30,6 @@ from modelwire_server import errors
 from modelwire_server.calls import CallRecord, current_call
 from modelwire_server.memory import Trimmer
 from modelwire_server.tracing import trace_of
-
-log = logging.getLogger(__name__)
 
 REQUEST_ID = "x-request-id"
 # The current call's request id, for handlers that pass it on (e.g. to the engine's logs).
