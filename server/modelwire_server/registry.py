@@ -257,8 +257,8 @@ class Registry:
             if entry.config.task not in serving:
                 raise InvalidArgument(
                     "model",
-                    f"model {model!r} is a {entry.config.task} model; {rpc} needs a "
-                    f"{' or '.join(serving)} model",
+                    f"model {model!r} serves {entry.config.task}; {rpc} needs a model of "
+                    f"task {' or '.join(serving)}",
                 )
         else:
             found = next((e for t in serving if (e := self.default_for(t)) is not None), None)
