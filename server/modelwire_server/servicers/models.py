@@ -36,6 +36,7 @@ def model_info(entry: ModelEntry, registry: Registry) -> pb.ModelInfo:
         source=config.source,
         device=entry.device,
         dtype=entry.dtype,
+        quantization=entry.quantization,
         state=_STATES[entry.state],
         failure_message=entry.failure,
         default_for_task=default is entry,
