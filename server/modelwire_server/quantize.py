@@ -108,11 +108,20 @@ class Int4Linear(torch.nn.Module):
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int8 codes [out, in], float32 scale per output row) of a weight [out, in]."""
+    """(int8 codes [out, in], scale per output row) of a weight [out, in]. The scales
+    are rounded (up) to bfloat16, the kernel's format, before the codes are chosen, so
+    the served weight is within half a step of the original."""
     w = weight.detach().float()
-    scales = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
+    scales = _bfloat16_at_least(w.abs().amax(dim=1) / 127)
     codes = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
     return codes.contiguous(), scales
+
+
+def _bfloat16_at_least(values: torch.Tensor) -> torch.Tensor:
+    """``values`` rounded to bfloat16 no lower than they were (nearest of a value 2^-8
+    higher), as float32; zeros become the smallest normal, a valid divisor."""
+    tiny = torch.finfo(torch.bfloat16).tiny
+    return (values * (1 + 2**-8)).clamp(min=tiny).to(torch.bfloat16).float()
 
 
 def int4_group(out_features: int, in_features: int) -> int | None:
@@ -129,9 +138,10 @@ def quantize_int4(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch
     out_features, in_features = weight.shape
     w = weight.detach().float().reshape(out_features, in_features // group, group)
     low, high = w.amin(dim=-1, keepdim=True), w.amax(dim=-1, keepdim=True)
-    scales = ((high - low) / 15).clamp(min=torch.finfo(torch.float32).tiny)
-    codes = torch.round((w - low) / scales).clamp(0, 15).to(torch.int32)
-    zeros = low + 8 * scales
+    # In bfloat16, the kernel's format, before the codes are chosen (see quantize_int8).
+    scales = _bfloat16_at_least((high - low) / 15)
+    zeros = (low + 8 * scales).to(torch.bfloat16).float()
+    codes = torch.round((w - zeros) / scales + 8).clamp(0, 15).to(torch.int32)
     pairs = torch.cat([scales, zeros], dim=-1).transpose(0, 1).contiguous()
     return codes.reshape(out_features, in_features), pairs
 
