@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import base_parser, medians, model_entry, serve, set_threads
+from _common import base_parser, medians, model_entry, peak_rss_mib, serve, set_threads
 
 PROMPT_TOKENS = 32
 NEW_TOKENS = 128
@@ -235,16 +235,6 @@ async def main() -> None:
             args.server_rss = peak_rss_mib(server.proc.pid)
     args.own_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report(results, args)
-
-
-def peak_rss_mib(pid: int) -> float:
-    """A live process's peak resident set (VmHWM), in MiB; 0 where /proc has none."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    found = next((line for line in status.splitlines() if line.startswith("VmHWM:")), "")
-    return int(found.split()[1]) / 1024 if found else 0.0
 
 
 def report(results: dict[str, list[float]], args: argparse.Namespace) -> None:
