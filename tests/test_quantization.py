@@ -194,6 +194,17 @@ def test_dtype_auto_on_the_cpu(monkeypatch: pytest.MonkeyPatch, fast: bool) -> N
     assert resolve_dtype("bfloat16", CPU, None) == torch.bfloat16
 
 
+def test_the_stored_dtype_is_read_from_the_model_config(tmp_path) -> None:
+    from modelwire_server.registry import stored_dtype
+
+    (tmp_path / "config.json").write_text('{"torch_dtype": "bfloat16"}')
+    assert stored_dtype(str(tmp_path)) == "bfloat16"
+    (tmp_path / "config.json").write_text('{"dtype": "float16", "torch_dtype": "float32"}')
+    assert stored_dtype(str(tmp_path)) == "float16"  # transformers 5 writes "dtype"
+    (tmp_path / "config.json").write_text("{}")
+    assert stored_dtype(str(tmp_path)) is None
+
+
 # ------------------------------------------------------------------ through the server
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from huggingface_hub import try_to_load_from_cache
+from huggingface_hub import hf_hub_download
 
 from modelwire_server import tasks
 from modelwire_server.config import ModelConfig
@@ -96,16 +96,14 @@ def cpu_has_fast_bfloat16() -> bool:
 
 def stored_dtype(source: str, revision: str | None = None) -> str | None:
     """The dtype a model's config says its weights were saved in, if it says: read from
-    a local directory, or from the hub cache (None where the config is not there yet)."""
-    path: Path | str | None = Path(source).expanduser() / "config.json"
+    a local directory, or a hub model's config.json (fetched now if not cached, as the
+    load would, so that the answer does not depend on what the cache holds)."""
+    path: Path | str = Path(source).expanduser() / "config.json"
     if not Path(source).expanduser().is_dir():
         try:
-            found = try_to_load_from_cache(source, "config.json", revision=revision)
-        except ValueError:  # not a valid hub id either
-            found = None
-        path = found if isinstance(found, str) else None
-    if path is None:
-        return None
+            path = hf_hub_download(source, "config.json", revision=revision)
+        except Exception:  # unreachable, or not a hub id: the load itself will say
+            return None
     try:
         raw = json.loads(Path(path).read_text())
     except (OSError, ValueError):
@@ -163,9 +161,10 @@ class Registry:
             _check_local_source(config.source)
             if self._prepare_source is not None:
                 await asyncio.to_thread(_locked(lambda: self._prepare_source(config)))
-            dtype = resolve_dtype(
-                config.dtype, device, stored_dtype(config.source, config.revision)
-            )
+            stored = None
+            if config.dtype == "auto" and device.type == "cpu":
+                stored = await asyncio.to_thread(stored_dtype, config.source, config.revision)
+            dtype = resolve_dtype(config.dtype, device, stored)
             entry.dtype = str(dtype).removeprefix("torch.")
             if config.dtype == "auto":
                 log.info("model %s: dtype auto is %s on %s", config.name, entry.dtype, device)
