@@ -115,7 +115,7 @@ def report(times: dict[str, list[float]], n: int, threads: int, prepack: bool) -
     )
     print(f"{'contender':<28}{'seconds (runs)':<34}{'inputs/s':>10}")
     rows = (
-        ("server", "modelwire (256 concurrent)"),
+        ("server", f"modelwire ({n} concurrent)"),
         ("pipeline_b32", "pipeline batch_size=32"),
         ("pipeline_b1", "pipeline one at a time"),
     )
