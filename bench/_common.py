@@ -116,6 +116,16 @@ async def wait_ready(target: str, within_s: float = 300) -> None:
         await client.wait_until_ready(timeout=within_s)
 
 
+def peak_rss_mib(pid: int) -> float:
+    """A live process's peak resident set (VmHWM), in MiB; 0 where /proc has none."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    found = next((line for line in status.splitlines() if line.startswith("VmHWM:")), "")
+    return int(found.split()[1]) / 1024 if found else 0.0
+
+
 def set_threads(threads: int) -> None:
     """This process's torch thread count, the same as the server subprocess is given."""
     import torch

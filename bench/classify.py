@@ -7,14 +7,17 @@ BERT-base-shaped random model built like the preset), same torch thread count, a
 warmed up, runs interleaved, median of 3. Prints raw numbers and ratios.
 
     python bench/classify.py [--requests 256] [--threads 2] [--rounds 3] [--cpu-prepack]
+        [--dtype float32|bfloat16|float16] [--quantization none|int8|int4]
 
-``--cpu-prepack`` serves the model with that option (oneDNN-packed linear layers); the
-pipeline stays as transformers makes it.
+``--cpu-prepack``, ``--dtype`` and ``--quantization`` set the served model's options;
+the pipeline stays as transformers makes it, in float32. Peak RSS is printed for the
+server process and for this one (which holds the pipeline).
 """
 
 from __future__ import annotations
 
 import asyncio
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -60,6 +63,8 @@ def run_pipeline(classifier: object, inputs: list[str], batch_size: int) -> floa
 async def main() -> None:
     parser = common.base_parser(__doc__, 256)
     parser.add_argument("--cpu-prepack", action="store_true")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--quantization", default="none", choices=["none", "int8", "int4"])
     args = parser.parse_args()
 
     import transformers
@@ -76,6 +81,8 @@ async def main() -> None:
             max_batch_size=32,
             max_wait_ms=5,
             cpu_prepack=args.cpu_prepack,
+            dtype=args.dtype,
+            quantization=args.quantization,
         )
         with common.serve(Path(tmp) / "bench.yaml", [entry], args.threads) as server:
             await common.wait_ready(server.target)
@@ -91,7 +98,13 @@ async def main() -> None:
                     "pipeline_b1": lambda: run_pipeline(classifier, inputs, 1),
                 },
             )
+            server_rss = common.peak_rss_mib(server.proc.pid)
     report(times, args.requests, args.threads, args.cpu_prepack)
+    own_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"server in {args.dtype}, quantization {args.quantization}; peak RSS: server "
+        f"process {server_rss:.0f} MiB, this process (pipeline and client) {own_rss:.0f} MiB"
+    )
 
 
 def report(times: dict[str, list[float]], n: int, threads: int, prepack: bool) -> None:
@@ -102,7 +115,7 @@ def report(times: dict[str, list[float]], n: int, threads: int, prepack: bool) -
     )
     print(f"{'contender':<28}{'seconds (runs)':<34}{'inputs/s':>10}")
     rows = (
-        ("server", "modelwire (256 concurrent)"),
+        ("server", f"modelwire ({n} concurrent)"),
         ("pipeline_b32", "pipeline batch_size=32"),
         ("pipeline_b1", "pipeline one at a time"),
     )

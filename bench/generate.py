@@ -1,7 +1,9 @@
 """Generation throughput and latency: the server's engine vs model.generate().
 
 A GPT-2-small-shaped random model (12 layers, 768 wide, vocab 50257, ~124M parameters),
-32-token prompts, 128 new tokens with EOS ignored. Baseline: ``model.generate``
+or with ``--model llama`` a Llama-shaped one (12 layers, 768 wide, MLP 2048, 12 heads
+sharing 4 KV heads, vocab 32000, untied head, ~124M parameters), 32-token prompts,
+128 new tokens with EOS ignored. Baseline: ``model.generate``
 (use_cache=True, greedy) in this process on the same model, prompts and thread count,
 warmed up. Contenders run interleaved, median of ``--rounds``; raw numbers are printed
 beside the ratios:
@@ -17,8 +19,13 @@ Ratios are printed twice: of the medians (the target's definition), and as the m
 of each round's own ratio, which a box whose speed drifts between rounds moves less.
 
     python bench/generate.py [--threads 2] [--rounds 3] [--device cpu|cuda] [--cpu-prepack]
+        [--model gpt2|llama] [--dtype float32|bfloat16|float16] [--quantization none|int8|int4]
+        [--streams 1,8,16] [--throughput-only]
 
-On CUDA the model runs in bfloat16 on both sides.
+``--dtype`` and ``--quantization`` set the served model's; the baseline stays
+``generate()`` in float32 on the CPU (bfloat16 on CUDA), the issue's reference point.
+``--throughput-only`` leaves out the spread arrivals and the TTFT probe (shorter runs).
+Peak RSS is printed for the server process and for this one (which holds the baseline).
 """
 
 from __future__ import annotations
@@ -26,25 +33,40 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import resource
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import base_parser, medians, model_entry, serve, set_threads
+from _common import base_parser, medians, model_entry, peak_rss_mib, serve, set_threads
 
 PROMPT_TOKENS = 32
 NEW_TOKENS = 128
 VOCAB = 50257
 
 
-def build_model(root: Path) -> Path:
-    """GPT-2 small's shape; the tokenizer is padded to its vocabulary so every id decodes."""
+def build_model(root: Path, shape: str = "gpt2") -> Path:
+    """GPT-2 small's shape, or a Llama of the same size; the tokenizer is padded to the
+    vocabulary so every id decodes."""
     from transformers import AutoTokenizer
 
-    from modelwire_server.preset.text import build_gpt2
+    from modelwire_server.preset.text import build_gpt2, build_llama
 
+    if shape == "llama":
+        path = root / "llama-124m-random"
+        build_llama(
+            path,
+            vocab_size=32000,
+            hidden_size=768,
+            intermediate_size=2048,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            num_key_value_heads=4,
+            max_position_embeddings=1024,
+        )
+        return path
     path = root / "gpt2-small-random"
     build_gpt2(path, n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=VOCAB)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -54,15 +76,17 @@ def build_model(root: Path) -> Path:
 
 
 def make_prompts(path: Path, count: int, seed: int = 0) -> list[str]:
-    """Texts that tokenize to exactly PROMPT_TOKENS tokens (single-token words)."""
+    """Texts that tokenize to exactly PROMPT_TOKENS tokens (special tokens included)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     words = [w for w in "the a of and to in is was it that for on with as by at".split()]
     rng = random.Random(seed)
-    prompts = []
+    prompts: list[str] = []
     while len(prompts) < count:
-        text = "The" + "".join(" " + rng.choice(words) for _ in range(PROMPT_TOKENS - 1))
+        text = "The"
+        while len(tokenizer(text)["input_ids"]) < PROMPT_TOKENS:
+            text += " " + rng.choice(words)
         if len(tokenizer(text)["input_ids"]) == PROMPT_TOKENS:
             prompts.append(text)
     return prompts
@@ -162,7 +186,13 @@ async def main() -> None:
         action="store_true",
         help="serve with cpu_prepack (oneDNN-packed linear layers; generate() stays as is)",
     )
+    parser.add_argument("--model", default="gpt2", choices=["gpt2", "llama"])
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--quantization", default="none", choices=["none", "int8", "int4"])
+    parser.add_argument("--streams", default="1,8,16", help="stream counts, comma-separated")
+    parser.add_argument("--throughput-only", action="store_true")
     args = parser.parse_args()
+    args.streams = [int(n) for n in args.streams.split(",")]
 
     from modelwire import AsyncClient
 
@@ -173,52 +203,74 @@ async def main() -> None:
         results.setdefault(name, []).append(value)
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = build_model(Path(tmp))
-        prompts = make_prompts(path, 16)
+        path = build_model(Path(tmp), args.model)
+        prompts = make_prompts(path, max(16, *args.streams))
         baseline = Baseline(path, args.device)
-        dtype = "bfloat16" if args.device == "cuda" else "float32"
+        dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
         entry = model_entry("bench", "text-generation", path, device=args.device, dtype=dtype,
-                            max_batch_tokens=16384, cpu_prepack=args.cpu_prepack)  # fmt: skip
+                            max_batch_tokens=16384, cpu_prepack=args.cpu_prepack,
+                            quantization=args.quantization)  # fmt: skip
         with serve(Path(tmp) / "bench.yaml", [entry], args.threads) as server:
             async with AsyncClient(server.target, timeout=600) as client:
                 await client.wait_until_ready(timeout=300)
+                info = await client.get_model("bench")
+                args.served = f"{info.dtype}, quantization {info.quantization}"
                 baseline.run(prompts[:2])  # warm-up, both sides
                 await server_throughput(client, prompts[:2])
                 for _ in range(args.rounds):
-                    record("generate 1", baseline.run(prompts[:1]))
-                    record("server 1", await server_throughput(client, prompts[:1]))
-                    for n in (8, 16):
-                        record(f"generate batch {n}", baseline.run(prompts[:n]))
-                        record(f"server {n} at once", await server_throughput(client, prompts[:n]))
-                        record(
-                            f"server {n} over 1s",
-                            await server_throughput(client, prompts[:n], spread_s=1.0),
-                        )
-                    alone, loaded = await ttft_under_load(client, prompts)
-                    record("ttft alone", alone)
-                    record("ttft under 15 streams", loaded)
+                    for n in args.streams:
+                        label = "1" if n == 1 else f"batch {n}"
+                        record(f"generate {label}", baseline.run(prompts[:n]))
+                        label = "1" if n == 1 else f"{n} at once"
+                        record(f"server {label}", await server_throughput(client, prompts[:n]))
+                        if n > 1 and not args.throughput_only:
+                            record(
+                                f"server {n} over 1s",
+                                await server_throughput(client, prompts[:n], spread_s=1.0),
+                            )
+                    if not args.throughput_only:
+                        alone, loaded = await ttft_under_load(client, prompts)
+                        record("ttft alone", alone)
+                        record("ttft under 15 streams", loaded)
+            args.server_rss = peak_rss_mib(server.proc.pid)
+    args.own_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report(results, args)
 
 
 def report(results: dict[str, list[float]], args: argparse.Namespace) -> None:
     med = medians(results)
+    shape = "Llama-shaped 124M" if args.model == "llama" else "GPT-2-small-shaped"
     print(
-        f"Generate, GPT-2-small-shaped random model, {args.device}, {args.threads} threads, "
-        f"{PROMPT_TOKENS}-token prompts, {NEW_TOKENS} new tokens, median of {args.rounds}"
-        + (", server with cpu_prepack" if args.cpu_prepack else "")
+        f"Generate, {shape} random model, {args.device}, {args.threads} threads, "
+        f"{PROMPT_TOKENS}-token prompts, {NEW_TOKENS} new tokens, median of {args.rounds}; "
+        f"server in {args.served}" + (", cpu_prepack" if args.cpu_prepack else "")
+    )
+    print(
+        f"  peak RSS: server process {args.server_rss:.0f} MiB; this process (generate() "
+        f"baseline and client) {args.own_rss:.0f} MiB"
     )
     for name, values in results.items():
         unit = "s" if name.startswith("ttft") else "tok/s"
         runs = ", ".join(f"{v:.3f}" if unit == "s" else f"{v:.1f}" for v in values)
         print(f"  {name:<24} {med[name]:>9.3f} {unit:<6} ({runs})")
     print("ratios (target): of the medians; then the median of each round's own ratio")
-    rows = [("1 stream vs generate", "server 1", "generate 1", ">= 0.95")]
-    for n in (8, 16):
+    # The targets: float32 as served before; issue 17's for bfloat16 and quantized models.
+    one, many = {"int8": (">= 3.0", ">= 1.0"), "int4": (">= 4.0", ">= 1.0")}.get(
+        args.quantization,
+        (">= 2.0", ">= 4.0") if args.dtype == "bfloat16" else (">= 0.95", ">= 1.0"),
+    )
+    rows = []
+    for n in args.streams:
+        if n == 1:
+            rows.append(("1 stream vs generate", "server 1", "generate 1", one))
+            continue
         base = f"generate batch {n}"
-        rows.append((f"{n} at once vs static batch", f"server {n} at once", base, ">= 1.0"))
+        rows.append((f"{n} at once vs static batch", f"server {n} at once", base, many))
         rows.append((f"{n} over 1 s vs static batch", f"server {n} over 1s", base, ">= 0.9"))
     rows.append(("TTFT under 15 streams vs alone", "ttft under 15 streams", "ttft alone", "<= 3"))
     for label, top, bottom, target in rows:
+        if top not in results:
+            continue
         paired = [a / b for a, b in zip(results[top], results[bottom], strict=True)]
         print(
             f"  {label:<31} {med[top] / med[bottom]:.2f}x ({target}); "

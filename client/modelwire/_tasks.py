@@ -174,5 +174,6 @@ def model_info(info: model_service_pb2.ModelInfo, request_id: str | None) -> Mod
         default_for_task=info.default_for_task,
         rpcs=list(info.rpcs),
         preset=info.preset,
+        quantization=info.quantization,
         request_id=request_id,
     )

@@ -219,4 +219,7 @@ class ModelInfo:
     rpcs: list[str]
     preset: bool
     """Whether it is a random-weight model of the built-in preset (meaningless outputs)."""
+    quantization: str = ""
+    """Weight-only quantization of its linear layers: "none", "int8", "int4" or "fp8"
+    (empty from a server that does not say); everything else runs in ``dtype``."""
     request_id: str | None = field(default=None, compare=False)

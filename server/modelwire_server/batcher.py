@@ -7,17 +7,22 @@ and an idle server adds at most ``max_wait_ms`` of latency.
 
 A batch's cost is bounded (``max_batch_cost`` in the units of ``cost``, e.g. tokens),
 so that one model's batch holds the shared device worker for about one forward pass
-and the batches of other models interleave with its. Work nobody waits for is not
-done: inputs whose caller has gone (cancelled, or past its deadline) are dropped when
-the worker reaches their batch, and a batch function that runs several forward passes
-calls ``check_abandoned()`` between them, which stops the batch once all of its
-callers have gone.
+and the batches of other models interleave with its. The cost counted is the padded
+one, the batch's size times its costliest item, and a batch gathers queued items of
+similar cost around the oldest one (text-embeddings-inference's ``max_batch_tokens``
+does the same with lengths), so short inputs stop paying for a long one's padding.
+
+Work nobody waits for is not done: inputs whose caller has gone (cancelled, or past
+its deadline) are dropped when the worker reaches their batch, and a batch function
+that runs several forward passes calls ``check_abandoned()`` between them, which stops
+the batch once all of its callers have gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 import time
 from collections import Counter, deque
@@ -200,19 +205,34 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
 
     def _take_batch(self) -> list[_Pending[ItemT, ResultT]]:
-        batch: list[_Pending[ItemT, ResultT]] = []
-        now, cost = time.monotonic(), 0
-        while self._queue and len(batch) < self.max_batch_size:
-            p = self._queue[0]
-            if p.wanted(now) and batch and self.max_batch_cost is not None:
-                if cost + p.cost > self.max_batch_cost:
-                    break  # the next batch's; a single item over the budget runs alone
+        """The oldest wanted item, and with it the queued items closest to it in cost
+        (similar lengths pad least) while the batch's padded cost, its size times its
+        costliest item, stays within ``max_batch_cost``. An item over the budget runs
+        alone; the oldest item is always in the batch, so nothing waits for ever."""
+        now = time.monotonic()
+        while self._queue and not self._still_wanted(self._queue[0], now):
             self._queue.popleft()
-            if not self._still_wanted(p, now):
-                continue
+        if not self._queue:
+            return []
+        anchor = self._queue[0]
+        if self.max_batch_cost is None:
+            chosen = list(itertools.islice(self._queue, self.max_batch_size))
+        else:
+            chosen, widest = [anchor], anchor.cost
+            nearest = sorted(
+                itertools.islice(self._queue, 1, None), key=lambda p: abs(p.cost - anchor.cost)
+            )
+            for p in nearest:
+                if len(chosen) == self.max_batch_size:
+                    break
+                if (len(chosen) + 1) * max(widest, p.cost) <= self.max_batch_cost:
+                    chosen.append(p)
+                    widest = max(widest, p.cost)
+        taken = {id(p) for p in chosen}
+        self._queue = deque(p for p in self._queue if id(p) not in taken)
+        batch = [p for p in chosen if self._still_wanted(p, now)]
+        for p in batch:
             p.taken = now
-            cost += p.cost
-            batch.append(p)
         return batch
 
     @staticmethod

@@ -33,6 +33,8 @@ TASKS = (
 )
 TASK_ALIASES = {"text-classification": "sentiment-analysis", "token-classification": "ner"}
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+# Weight-only quantization of linear layers (modelwire_server.quantize).
+QUANTIZATIONS = ("none", "int8", "int4", "fp8")
 PRESETS = ("tiny",)
 LOG_FORMATS = ("text", "json")
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
@@ -68,6 +70,9 @@ class ModelConfig:
     default: bool = False
     device: str = "auto"
     dtype: str = "auto"
+    # Weight-only quantization of every linear layer: int8 (per output channel) or int4
+    # (grouped), on the CPU; a model that cannot be quantized so fails to load, saying why.
+    quantization: str = "none"
     # A model bigger than its GPU, spread by accelerate at load (text-generation): a
     # strategy ("auto": the GPU, then CPU memory, then disk) or a mapping of module
     # names to "cpu", "cuda:N" or "disk"; one GPU at most for now (the engine keeps a
@@ -227,8 +232,16 @@ def validate_model(model: ModelConfig, where: str) -> None:
         raise ConfigError(f"{where}.device {model.device!r} must be auto, cpu, cuda or cuda:N")
     if model.dtype not in DTYPES:
         raise ConfigError(f"{where}.dtype {model.dtype!r} must be one of {', '.join(DTYPES)}")
+    if model.quantization not in QUANTIZATIONS:
+        raise ConfigError(
+            f"{where}.quantization {model.quantization!r} must be one of {', '.join(QUANTIZATIONS)}"
+        )
     if model.device_map is not None:
         _check_device_map(model, where)
+        if model.quantization != "none":
+            raise ConfigError(
+                f"{where}.quantization applies to models on one device, not with device_map"
+            )
     for key in (
         "max_batch_size",
         "max_queue",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
 import threading
 import time
@@ -13,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from huggingface_hub import hf_hub_download
 
 from modelwire_server import tasks
 from modelwire_server.config import ModelConfig
 from modelwire_server.errors import InvalidArgument, NotFound, Unavailable, Unimplemented
 from modelwire_server.progress import LoadProgress
+from modelwire_server.quantize import QuantizationError, check_supported
 from modelwire_server.tasks.base import TaskRunner, spread_over
 from modelwire_server.worker import WorkerPool
 
@@ -59,6 +62,7 @@ class ModelEntry:
     runner: TaskRunner | None = None
     device: str = ""
     dtype: str = ""
+    quantization: str = ""
     load_seconds: float = 0.0
     rpcs: list[str] = field(default_factory=list)
     # The asyncio tasks (one per RPC) using the runner now: UnloadModel waits for them.
@@ -71,10 +75,41 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
-    if requested == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return DTYPES[requested]
+def resolve_dtype(requested: str, device: torch.device, stored: str | None = None) -> torch.dtype:
+    """The dtype a model runs in. ``auto``: bfloat16 on a GPU; on the CPU, bfloat16 where
+    the CPU multiplies it natively (AMX or avx512_bf16) and the model was stored in 16
+    bits (``stored``, its config's dtype, is bfloat16 or float16), else float32, so
+    that a float32 checkpoint keeps its exact results unless bfloat16 is asked for."""
+    if requested != "auto":
+        return DTYPES[requested]
+    if device.type == "cuda":
+        return torch.bfloat16
+    if device.type == "cpu" and stored in ("bfloat16", "float16") and cpu_has_fast_bfloat16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def cpu_has_fast_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX tiles or avx512_bf16)."""
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
+def stored_dtype(source: str, revision: str | None = None) -> str | None:
+    """The dtype a model's config says its weights were saved in, if it says: read from
+    a local directory, or a hub model's config.json (fetched now if not cached, as the
+    load would, so that the answer does not depend on what the cache holds)."""
+    path: Path | str = Path(source).expanduser() / "config.json"
+    if not Path(source).expanduser().is_dir():
+        try:
+            path = hf_hub_download(source, "config.json", revision=revision)
+        except Exception:  # unreachable, or not a hub id: the load itself will say
+            return None
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    found = raw.get("dtype") or raw.get("torch_dtype") if isinstance(raw, dict) else None
+    return found if isinstance(found, str) else None
 
 
 class Registry:
@@ -122,13 +157,26 @@ class Registry:
             if cls is None:
                 raise Unimplemented(f"the {config.task} task is not implemented by this server yet")
             device = resolve_device(config.device)
-            dtype = resolve_dtype(config.dtype, device)
-            entry.device, entry.dtype = str(device), str(dtype).removeprefix("torch.")
+            entry.device, entry.quantization = str(device), config.quantization
+            check_supported(config.quantization, device)
             _check_local_source(config.source)
             if self._prepare_source is not None:
                 await asyncio.to_thread(_locked(lambda: self._prepare_source(config)))
+            stored = None
+            if config.dtype == "auto" and device.type == "cpu":
+                stored = await asyncio.to_thread(stored_dtype, config.source, config.revision)
+            dtype = resolve_dtype(config.dtype, device, stored)
+            entry.dtype = str(dtype).removeprefix("torch.")
+            if config.dtype == "auto":
+                log.info("model %s: dtype auto is %s on %s", config.name, entry.dtype, device)
             runner = cls(config, device, dtype, self.workers.get(str(device)))
             await asyncio.to_thread(_locked(runner.load))
+            if config.quantization != "none" and runner.quantized_layers == 0:
+                raise QuantizationError(
+                    f"quantization {config.quantization} found no linear layer of a shape "
+                    f"it takes in this {runner.architecture}, so the model cannot be "
+                    "quantized that way; serve it with quantization none"
+                )
             await runner.start()
             try:
                 await runner.worker.run(runner.warmup)

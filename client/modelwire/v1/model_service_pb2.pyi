@@ -21,7 +21,7 @@ MODEL_STATE_FAILED: ModelState
 MODEL_STATE_UNLOADING: ModelState
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "task", "architecture", "source", "device", "dtype", "state", "failure_message", "context_length", "default_for_task", "rpcs", "preset")
+    __slots__ = ("name", "task", "architecture", "source", "device", "dtype", "state", "failure_message", "context_length", "default_for_task", "rpcs", "preset", "quantization")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class ModelInfo(_message.Message):
     DEFAULT_FOR_TASK_FIELD_NUMBER: _ClassVar[int]
     RPCS_FIELD_NUMBER: _ClassVar[int]
     PRESET_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     architecture: str
@@ -46,7 +47,8 @@ class ModelInfo(_message.Message):
     default_for_task: bool
     rpcs: _containers.RepeatedScalarFieldContainer[str]
     preset: bool
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., architecture: _Optional[str] = ..., source: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., failure_message: _Optional[str] = ..., context_length: _Optional[int] = ..., default_for_task: _Optional[bool] = ..., rpcs: _Optional[_Iterable[str]] = ..., preset: _Optional[bool] = ...) -> None: ...
+    quantization: str
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., architecture: _Optional[str] = ..., source: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., failure_message: _Optional[str] = ..., context_length: _Optional[int] = ..., default_for_task: _Optional[bool] = ..., rpcs: _Optional[_Iterable[str]] = ..., preset: _Optional[bool] = ..., quantization: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ("task",)

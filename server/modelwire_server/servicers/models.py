@@ -57,6 +57,7 @@ def model_info(entry: ModelEntry, registry: Registry, *, paths: bool = True) -> 
         source=source,
         device=entry.device,
         dtype=entry.dtype,
+        quantization=entry.quantization,
         state=_STATES[entry.state],
         failure_message=failure,
         default_for_task=default is entry,

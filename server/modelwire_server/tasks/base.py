@@ -22,7 +22,8 @@ import torch
 from modelwire_server.batcher import DynamicBatcher
 from modelwire_server.config import ModelConfig
 from modelwire_server.errors import InvalidArgument
-from modelwire_server.prepack import prepack_linears
+from modelwire_server.prepack import packable, prepack_linears
+from modelwire_server.quantize import quantize_linears
 from modelwire_server.worker import DeviceWorker
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ class TaskRunner(ABC):
         self.dtype = dtype
         self.worker = worker
         self.model: Any = None
+        # Linear layers that ``place`` quantized (the registry refuses a model asked to
+        # be quantized that has none).
+        self.quantized_layers = 0
 
     @abstractmethod
     def load(self) -> None:
@@ -89,8 +93,9 @@ class TaskRunner(ABC):
         return kwargs
 
     def place(self, model: Any) -> Any:
-        """Move a loaded model to its device and dtype, in inference mode (with
-        ``cpu_prepack``, a float32 CPU model's linear layers packed for oneDNN). A
+        """Move a loaded model to its device and dtype, in inference mode, then make its
+        linear layers fast on the CPU: quantized with ``quantization``; else packed for
+        oneDNN in bfloat16 or float16 always, and in float32 with ``cpu_prepack``. A
         model spread by ``device_map`` stays where accelerate put it."""
         if self.config.device_map is not None:
             gpus = [d for d in spread_over(model) if d.startswith("cuda")]
@@ -102,7 +107,24 @@ class TaskRunner(ABC):
                 )
             return model.eval()
         model = model.to(device=self.device, dtype=self.dtype).eval()
-        if self.config.cpu_prepack:
+        name = self.config.name
+        if self.config.quantization != "none":
+            replaced, left = quantize_linears(model, self.config.quantization)
+            self.quantized_layers += replaced
+            log.info(
+                "%s: %d linear layers quantized to %s, %d left in %s (a shape the kernel "
+                "does not take)",
+                name,
+                replaced,
+                self.config.quantization,
+                left,
+                self.dtype,
+            )
+        elif self.device.type == "cpu" and self.dtype != torch.float32:
+            if packable(self.dtype):
+                packed = prepack_linears(model)
+                log.info("%s: %d %s linear layers packed for oneDNN", name, packed, self.dtype)
+        elif self.config.cpu_prepack:
             if self.device.type == "cpu" and self.dtype == torch.float32:
                 packed = prepack_linears(model)
                 log.info("%s: %d linear layers packed for oneDNN", self.config.name, packed)
