@@ -43,6 +43,7 @@ from modelwire._media_types import (
 )
 from modelwire._seq2seq_tasks import GeneratedText, TextGenerationParams
 from modelwire._streaming import GenerateStream
+from modelwire._structured import Choice, Grammar, JsonObject, JsonSchema, Regex, ResponseFormat
 from modelwire._text_types import (
     AggregationStrategyName,
     Answer,
@@ -89,6 +90,7 @@ __all__ = [
     "ChatFit",
     "ChatMessage",
     "ChatMessageLike",
+    "Choice",
     "Classification",
     "DetectedObject",
     "Detections",
@@ -102,9 +104,12 @@ __all__ = [
     "GeneratedText",
     "GenerationChunk",
     "GenerationResult",
+    "Grammar",
     "HealthStatus",
     "ImagePart",
     "InternalServerError",
+    "JsonObject",
+    "JsonSchema",
     "LabelScore",
     "MaskCandidate",
     "MaskFill",
@@ -116,7 +121,9 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "RawAudio",
+    "Regex",
     "RequestCancelledError",
+    "ResponseFormat",
     "ResultList",
     "SequenceResult",
     "Speech",

@@ -9,6 +9,7 @@ from typing import Any, TypedDict
 
 from modelwire import _validation as check
 from modelwire._chat import ChatMessageLike, chat_messages
+from modelwire._structured import Parser, ResponseFormat, response_format_pb
 from modelwire._types import (
     FinishReason,
     GenerationChunk,
@@ -80,6 +81,11 @@ class GenerateParams(TypedDict, total=False):
     skip_special_tokens: bool | None
     #: Keep only the last N prompt tokens instead of refusing an over-long prompt.
     truncate_prompt_tokens: int | None
+    # -- structured output --
+    #: The format the output must have: a JSON-schema dict, a pydantic model class, or
+    #: JsonObject(), JsonSchema(...), Regex(...), Choice(...), Grammar(...). The result's
+    #: ``parsed`` holds the decoded value.
+    response_format: ResponseFormat | None
 
 
 _Check = Callable[[str, Any], None]
@@ -112,6 +118,7 @@ _OPTIONS: dict[str, _Check] = {
     "truncate_prompt_tokens": partial(check.integer, minimum=1),
 }
 _LISTS = ("logit_bias", "stop", "stop_token_ids")
+_STRUCTURED = ("response_format",)
 
 
 def generate_request(
@@ -121,7 +128,7 @@ def generate_request(
     params: GenerateParams,
 ) -> generate_pb2.GenerateRequest:
     """Check every argument and build the request; unset options stay unset on the wire."""
-    unknown = params.keys() - {*_SAMPLING, *_STOPPING, *_OPTIONS, *_LISTS}
+    unknown = params.keys() - {*_SAMPLING, *_STOPPING, *_OPTIONS, *_LISTS, *_STRUCTURED}
     if unknown:
         raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
     if (prompt is None) == (messages is None):
@@ -145,6 +152,9 @@ def generate_request(
     request.sampling.logit_bias.update(_logit_bias(params.get("logit_bias")))
     request.stopping.stop.extend(_stop(params.get("stop")))
     request.stopping.stop_token_ids.extend(_token_ids(params.get("stop_token_ids")))
+    fmt = params.get("response_format")
+    if fmt is not None:
+        request.response_format.CopyFrom(response_format_pb(fmt))
     return request
 
 
@@ -198,6 +208,7 @@ _FINISH_REASONS = {
     common_pb2.FINISH_REASON_STOP_SEQUENCE: FinishReason.STOP_SEQUENCE,
     common_pb2.FINISH_REASON_TIME_LIMIT: FinishReason.TIME_LIMIT,
     common_pb2.FINISH_REASON_CANCELLED: FinishReason.CANCELLED,
+    common_pb2.FINISH_REASON_TOOL_CALLS: FinishReason.TOOL_CALLS,
 }
 
 
@@ -250,7 +261,8 @@ class _Sequence:
 class GenerationAccumulator:
     """Folds chunks into per-sequence results, so a stream read in part can still be finished."""
 
-    def __init__(self) -> None:
+    def __init__(self, parse: Parser | None = None) -> None:
+        self._parse = parse
         self._sequences: dict[int, _Sequence] = {}
         self._prompt_token_count: int | None = None
         self._prompt_tokens: list[Token] = []
@@ -283,6 +295,7 @@ class GenerationAccumulator:
                     finish_reason=s.finish_reason,
                     usage=s.usage,
                     seed=s.seed,
+                    parsed=self._parsed(s),
                 )
                 for i, s in sorted(self._sequences.items())
             ],
@@ -290,3 +303,10 @@ class GenerationAccumulator:
             prompt_tokens=list(self._prompt_tokens),
             request_id=request_id,
         )
+
+    def _parsed(self, sequence: _Sequence) -> Any:
+        """The value of a sequence that its format closed (it ended with EOS); None for
+        free text and for a sequence cut short (length, stop string, time limit)."""
+        if self._parse is None or sequence.finish_reason is not FinishReason.EOS:
+            return None
+        return self._parse("".join(sequence.parts))

@@ -109,6 +109,8 @@ class FinishReason(enum.StrEnum):
     """``time_limit_ms`` ran out."""
     CANCELLED = "cancelled"
     """The call was cancelled or its deadline passed."""
+    TOOL_CALLS = "tool_calls"
+    """The model called tools (the result's ``tool_calls``)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,10 @@ class SequenceResult:
     finish_reason: FinishReason | None
     usage: Usage | None
     seed: int | None
+    parsed: Any = None
+    """With ``response_format``: the decoded value (the JSON value, or an instance of the
+    pydantic model given; the text for regex, choice and grammar formats) once the
+    format closed the sequence (finish reason EOS); else None."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,11 @@ class GenerationResult:
     def text(self) -> str:
         """The text of sequence 0 (the only one unless ``n > 1``)."""
         return self.sequences[0].text if self.sequences else ""
+
+    @property
+    def parsed(self) -> Any:
+        """The ``parsed`` value of sequence 0 (see ``SequenceResult.parsed``)."""
+        return self.sequences[0].parsed if self.sequences else None
 
 
 @dataclass(frozen=True, init=False)

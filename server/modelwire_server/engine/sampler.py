@@ -2,7 +2,8 @@
 
 Order, as in the spec: logit bias → repetition penalty → presence/frequency penalties
 → (banned ids and n-gram repeats, EOS below min_new_tokens, forced BOS/EOS) → the
-request's own logits hook (where generate puts a caller's processors) → temperature →
+request's own logits hook (where generate puts a caller's processors) → the response
+format's mask (constrained rows only, one packed bitmask for all) → temperature →
 top-k → top-p → min-p → typical-p → sample or argmax. Beam rows stop after the
 penalties and the hook: their scores are log-probabilities (transformers runs its
 processors on log_softmax for beams) and the beam group picks the continuations.
@@ -20,6 +21,7 @@ from typing import Protocol
 
 import torch
 
+from modelwire_server.engine import constraints
 from modelwire_server.engine import logits as lp
 from modelwire_server.engine.types import LogitsHook, ResolvedSampling
 
@@ -38,6 +40,7 @@ class SamplingRow(Protocol):
     top_logprobs: int
     wants_logprobs: bool
     logits_hook: LogitsHook | None  # the request's own processor (Whisper timestamps)
+    constraint: constraints.RowConstraint | None  # the response format's matcher
 
     def history(self) -> list[int]:
         """The row's tokens so far, as the logits hook sees them."""
@@ -92,6 +95,20 @@ def apply_penalties(scores: torch.Tensor, rows: list[SamplingRow]) -> torch.Tens
     return scores
 
 
+def apply_constraints(scores: torch.Tensor, rows: list[SamplingRow]) -> None:
+    """Mask each constrained row to the tokens its format allows next (in place)."""
+    constrained = [i for i, r in enumerate(rows) if r.constraint is not None]
+    if not constrained:
+        return
+    items = [(i, rows[i].constraint, rows[i].history()) for i in constrained]
+    constraints.mask_rows(scores, items)  # type: ignore[arg-type]
+    if torch.isneginf(scores[constrained]).all(dim=-1).any():
+        raise constraints.ConstraintViolation(
+            "the response format allows no token the other settings leave (logit_bias, "
+            "banned or forced tokens)"
+        )
+
+
 def warp(scores: torch.Tensor, params: list[ResolvedSampling]) -> torch.Tensor:
     """Temperature, then the truncation warpers that any of these rows uses."""
     scores = lp.temperature(scores, _column([p.temperature for p in params], scores))
@@ -125,6 +142,7 @@ def select(logits: torch.Tensor, rows: list[SamplingRow]) -> Selection:
     if beams and raw is not None:
         scores[beams] = raw[beams]
     scores = apply_penalties(scores, rows)
+    apply_constraints(scores, rows)
 
     tokens = torch.full((len(rows),), -1, dtype=torch.long, device=logits.device)
     greedy = [i for i, r in enumerate(rows) if not r.is_beam and r.sampling.greedy]

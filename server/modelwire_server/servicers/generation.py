@@ -74,6 +74,39 @@ def output_options(msg: generate_pb2.GenerateOptions) -> et.OutputOptions:
     )
 
 
+def response_format(request: generate_pb2.GenerateRequest, limit: int) -> et.ResponseFormat | None:
+    """The request's response format as the engine's type, checked for shape (the
+    compiler checks the rest); None when there is none."""
+    if not request.HasField("response_format"):
+        return None
+    msg = request.response_format
+    kind = msg.WhichOneof("format")
+    if kind is None:
+        raise errors.InvalidArgument(
+            "response_format", "set one of json_object, json_schema, regex, choice, grammar"
+        )
+    field = f"response_format.{kind}"
+    if kind == "json_object":
+        return et.ResponseFormat("json_object")
+    if kind == "choice":
+        choices = tuple(msg.choice.choices)
+        if not choices or not all(choices):
+            raise errors.InvalidArgument(field, "needs at least one choice, none of them empty")
+        if sum(map(len, choices)) > limit:
+            raise errors.InvalidArgument(field, f"has over {limit} characters")
+        return et.ResponseFormat("choice", choices=choices)
+    if kind == "json_schema":
+        spec = msg.json_schema.schema
+        strict = msg.json_schema.strict if msg.json_schema.HasField("strict") else True
+    else:
+        spec, strict = getattr(msg, kind), True
+    if not spec:
+        raise errors.InvalidArgument(field, "must not be empty")
+    if len(spec) > limit:
+        raise errors.InvalidArgument(field, f"has {len(spec)} characters; the limit is {limit}")
+    return et.ResponseFormat(kind, spec=spec, strict=strict)  # type: ignore[arg-type]
+
+
 def chat_turns(messages: common_pb2.ChatMessages) -> list[ChatTurn]:
     if not messages.messages:
         raise errors.InvalidArgument("messages", "must hold at least one message")
@@ -204,6 +237,8 @@ async def generate(
     request_id: str,
 ) -> AsyncIterator[generate_pb2.GenerateResponse]:
     ids, extras = await prompt_ids(runner, request)
+    fmt = response_format(request, runner.config.max_input_chars)
+    constraint = await runner.compile_format(fmt) if fmt is not None else None
     gen_request = et.GenerationRequest(
         prompt_ids=ids,
         extras=extras,
@@ -212,6 +247,7 @@ async def generate(
         options=output_options(request.options),
         request_id=request_id,
         deadline=deadline_of(context),
+        constraint=constraint,
     )
     buffer = runner.driver.buffer()
     handle = runner.submit(gen_request, buffer)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -22,12 +23,14 @@ from modelwire_server import errors
 from modelwire_server.calls import note_usage
 from modelwire_server.engine import errors as engine_errors
 from modelwire_server.engine.adapter import ModelAdapter
+from modelwire_server.engine.constraints import Compiled, ConstraintCompiler
 from modelwire_server.engine.engine import GenerationEngine, Handle
 from modelwire_server.engine.types import (
     Failed,
     Finished,
     FinishReason,
     GenerationRequest,
+    ResponseFormat,
     Sink,
 )
 from modelwire_server.streams import EventBuffer, WakeBatcher
@@ -231,6 +234,20 @@ class TextGenerationTask(TaskRunner):
             adapter=adapter,
         )
 
+    @functools.cached_property
+    def constraints(self) -> ConstraintCompiler:
+        """Compiles (and caches) this model's response formats."""
+        limits = self.engine.limits
+        return ConstraintCompiler(self.tokenizer, limits.vocab_size, limits.eos_ids)
+
+    async def compile_format(self, fmt: ResponseFormat) -> Compiled:
+        """``fmt`` compiled on a thread of its own: neither the event loop nor the device
+        worker (whose decode steps other requests wait for) ever runs the compiler."""
+        try:
+            return await asyncio.to_thread(self.constraints.compile, fmt)
+        except engine_errors.EngineError as exc:
+            raise domain_error(exc) from None
+
     @property
     def context_length(self) -> int | None:
         return self.engine.limits.max_context
@@ -273,6 +290,13 @@ class TextGenerationTask(TaskRunner):
             [GenerationRequest(prompt_ids=short), GenerationRequest(prompt_ids=longer)],
             max_new_tokens=2,
         )
+        # The tokenizer's byte table for response formats: built at load, not by the
+        # first constrained request (a tenth of a second for a 50k vocabulary). A
+        # tokenizer it cannot read fails constrained requests only, not the model.
+        try:
+            self.constraints.warm()
+        except Exception:
+            log.warning("model %s: response formats unavailable", self.config.name, exc_info=True)
 
     def run_inline(
         self, request: GenerationRequest | Sequence[GenerationRequest], *, max_new_tokens: int
