@@ -49,6 +49,22 @@ def _compiler_message(error: Exception) -> str:
     return message[:MAX_MESSAGE]
 
 
+# The characters of a JSON string as xgrammar writes them: a length-bounded string's
+# class lets raw control characters (a tab) in, invalid JSON; and both let UTF-8-encoded
+# surrogates (ED A0..BF xx) in, which are not UTF-8 and decode to U+FFFD. Both classes
+# are replaced by JSON's own: any character but controls, '"', '\\' and surrogates.
+_XGRAMMAR_STRING_CHARS = (r'[^\"\\\r\n]', r'[^\0-\x1f\"\\\r\n]')
+_JSON_STRING_CHARS = r'[^\0-\x1f\"\\\uD800-\uDFFF]'
+
+
+def json_grammar(schema: str, *, strict: bool) -> str:
+    """The EBNF grammar of compact JSON valid under ``schema`` (``{}``: any JSON)."""
+    grammar = str(xgr.Grammar.from_json_schema(schema, any_whitespace=False, strict_mode=strict))
+    for chars in _XGRAMMAR_STRING_CHARS:
+        grammar = grammar.replace(chars, _JSON_STRING_CHARS)
+    return grammar
+
+
 def choice_grammar(choices: Sequence[str]) -> str:
     """An EBNF grammar whose language is exactly ``choices`` (JSON string escapes, which
     xgrammar's EBNF literals share)."""
@@ -149,12 +165,10 @@ class ConstraintCompiler:
         compiler = self._grammar_compiler()
         try:
             if fmt.kind == "json_object":
-                return compiler.compile_json_schema("{}", any_whitespace=False)
+                return compiler.compile_grammar(json_grammar("{}", strict=True))
             if fmt.kind == "json_schema":
                 _check_json(fmt.spec, field)
-                return compiler.compile_json_schema(
-                    fmt.spec, any_whitespace=False, strict_mode=fmt.strict
-                )
+                return compiler.compile_grammar(json_grammar(fmt.spec, strict=fmt.strict))
             if fmt.kind == "regex":
                 return compiler.compile_regex(fmt.spec)
             if fmt.kind == "choice":
