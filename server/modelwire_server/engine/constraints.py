@@ -53,8 +53,8 @@ def _compiler_message(error: Exception) -> str:
 # class lets raw control characters (a tab) in, invalid JSON; and both let UTF-8-encoded
 # surrogates (ED A0..BF xx) in, which are not UTF-8 and decode to U+FFFD. Both classes
 # are replaced by JSON's own: any character but controls, '"', '\\' and surrogates.
-_XGRAMMAR_STRING_CHARS = (r'[^\"\\\r\n]', r'[^\0-\x1f\"\\\r\n]')
-_JSON_STRING_CHARS = r'[^\0-\x1f\"\\\uD800-\uDFFF]'
+_XGRAMMAR_STRING_CHARS = (r"[^\"\\\r\n]", r"[^\0-\x1f\"\\\r\n]")
+_JSON_STRING_CHARS = r"[^\0-\x1f\"\\\uD800-\uDFFF]"
 
 
 def json_grammar(schema: str, *, strict: bool) -> str:
