@@ -108,19 +108,20 @@ class RowConstraint:
 
 def mask_rows(scores: torch.Tensor, rows: Iterable[tuple[int, RowConstraint, list[int]]]) -> None:
     """Set to -inf, in place, every token that ``scores[i]``'s format does not allow next,
-    for each ``(i, constraint, history)``; one packed bitmask for all of them."""
+    for each ``(i, constraint, history)``: one packed bitmask for the batch, applied by
+    xgrammar's kernel to those rows only (the others are not read or copied)."""
     items = list(rows)
     if not items:
         return
-    vocab = scores.shape[-1]
-    bitmask = xgr.allocate_token_bitmask(len(items), vocab)
-    for j, (_, constraint, history) in enumerate(items):
+    batch, vocab = scores.shape
+    bitmask = xgr.allocate_token_bitmask(batch, vocab)
+    for i, constraint, history in items:
         constraint.follow(history)
-        constraint.fill(bitmask, j)
+        constraint.fill(bitmask, i)
     index = [i for i, _, _ in items]
-    chosen = scores[index]
-    xgr.apply_token_bitmask_inplace(chosen, bitmask.to(chosen.device), vocab_size=vocab)
-    scores[index] = chosen
+    xgr.apply_token_bitmask_inplace(
+        scores, bitmask.to(scores.device, non_blocking=True), vocab_size=vocab, indices=index
+    )
 
 
 class ConstraintCompiler:

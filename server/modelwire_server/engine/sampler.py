@@ -23,6 +23,7 @@ import torch
 
 from modelwire_server.engine import constraints
 from modelwire_server.engine import logits as lp
+from modelwire_server.engine.errors import InvalidRequest
 from modelwire_server.engine.types import LogitsHook, ResolvedSampling
 
 
@@ -102,10 +103,13 @@ def apply_constraints(scores: torch.Tensor, rows: list[SamplingRow]) -> None:
         return
     items = [(i, rows[i].constraint, rows[i].history()) for i in constrained]
     constraints.mask_rows(scores, items)  # type: ignore[arg-type]
-    if torch.isneginf(scores[constrained]).all(dim=-1).any():
-        raise constraints.ConstraintViolation(
-            "the response format allows no token the other settings leave (logit_bias, "
-            "banned or forced tokens)"
+    # A format whose next tokens are all banned or suppressed leaves nothing to choose:
+    # fail that request here, before any row draws its random number.
+    best = scores.amax(dim=-1) if len(constrained) == len(rows) else scores[constrained].amax(-1)
+    if torch.isneginf(best).any():
+        raise InvalidRequest(
+            "response_format",
+            "allows no token that the model's banned, suppressed or forced tokens leave",
         )
 
 
