@@ -308,3 +308,22 @@ def test_sdk_checks_formats_before_sending() -> None:
         response_format_pb(Choice())
     with pytest.raises(ValueError, match="response_format"):
         response_format_pb(42)  # type: ignore[arg-type]
+
+
+def test_cli_json_schema_and_regex(server, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from modelwire.cli import main
+
+    schema_file = tmp_path / "pet.json"
+    schema_file.write_text(json.dumps(NESTED_SCHEMA))
+    base = ["--target", server.target, "generate", "A pet:", "--model", "tiny-llama"]
+    base += ["--temperature", "1", "--seed", "5", "--max-new-tokens", str(MAX_NEW)]
+    assert main([*base, "--json-schema", str(schema_file), "--json"]) == 0
+    [result] = json.loads(capsys.readouterr().out)["results"]
+    jsonschema.validate(json.loads(result["text"]), NESTED_SCHEMA)
+    assert result["sequences"][0]["parsed"] == json.loads(result["text"])
+
+    assert main([*base, "--regex", REGEX]) == 0
+    assert re.fullmatch(REGEX, capsys.readouterr().out.removesuffix("\n"))
+
+    assert main([*base, "--json-schema", str(tmp_path / "missing.json")]) != 0
+    assert "no such file" in capsys.readouterr().err
