@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -93,6 +94,7 @@ async def main() -> None:
 
     def record(name: str, value: float) -> None:
         results.setdefault(name, []).append(value)
+        print(f"  ... {name}: {value:.3f}", file=sys.stderr, flush=True)
 
     from modelwire import AsyncClient
 

@@ -43,7 +43,17 @@ from modelwire._media_types import (
 )
 from modelwire._seq2seq_tasks import GeneratedText, TextGenerationParams
 from modelwire._streaming import GenerateStream
-from modelwire._structured import Choice, Grammar, JsonObject, JsonSchema, Regex, ResponseFormat
+from modelwire._structured import (
+    Choice,
+    Grammar,
+    JsonObject,
+    JsonSchema,
+    Regex,
+    ResponseFormat,
+    Tool,
+    ToolChoiceLike,
+    ToolLike,
+)
 from modelwire._text_types import (
     AggregationStrategyName,
     Answer,
@@ -68,6 +78,7 @@ from modelwire._types import (
     SequenceResult,
     Token,
     Tokenization,
+    ToolCall,
     TopLogprob,
     Usage,
 )
@@ -132,6 +143,10 @@ __all__ = [
     "TimestampGranularity",
     "Token",
     "Tokenization",
+    "Tool",
+    "ToolCall",
+    "ToolChoiceLike",
+    "ToolLike",
     "TopLogprob",
     "Transcription",
     "UnavailableError",

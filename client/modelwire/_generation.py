@@ -9,13 +9,22 @@ from typing import Any, TypedDict
 
 from modelwire import _validation as check
 from modelwire._chat import ChatMessageLike, chat_messages
-from modelwire._structured import Parser, ResponseFormat, response_format_pb
+from modelwire._structured import (
+    Parser,
+    ResponseFormat,
+    ToolChoiceLike,
+    ToolLike,
+    response_format_pb,
+    tool_choice_pb,
+    tools_pb,
+)
 from modelwire._types import (
     FinishReason,
     GenerationChunk,
     GenerationResult,
     SequenceResult,
     Token,
+    ToolCall,
     TopLogprob,
     Usage,
 )
@@ -86,6 +95,11 @@ class GenerateParams(TypedDict, total=False):
     #: JsonObject(), JsonSchema(...), Regex(...), Choice(...), Grammar(...). The result's
     #: ``parsed`` holds the decoded value.
     response_format: ResponseFormat | None
+    # -- tools (chat only) --
+    #: Tools the model may call: Tool objects or mappings (OpenAI's shape too).
+    tools: Sequence[ToolLike] | None
+    #: "auto" (default), "none", "required", or the name of the tool to call.
+    tool_choice: ToolChoiceLike | None
 
 
 _Check = Callable[[str, Any], None]
@@ -118,7 +132,7 @@ _OPTIONS: dict[str, _Check] = {
     "truncate_prompt_tokens": partial(check.integer, minimum=1),
 }
 _LISTS = ("logit_bias", "stop", "stop_token_ids")
-_STRUCTURED = ("response_format",)
+_STRUCTURED = ("response_format", "tools", "tool_choice")
 
 
 def generate_request(
@@ -155,6 +169,10 @@ def generate_request(
     fmt = params.get("response_format")
     if fmt is not None:
         request.response_format.CopyFrom(response_format_pb(fmt))
+    if params.get("tools") is not None:
+        request.tools.extend(tools_pb(params["tools"]))  # type: ignore[arg-type]
+    if params.get("tool_choice") is not None:
+        request.tool_choice.CopyFrom(tool_choice_pb(params["tool_choice"]))  # type: ignore[arg-type]
     return request
 
 
@@ -246,6 +264,7 @@ def generation_chunk(r: generate_pb2.GenerateResponse) -> GenerationChunk:
         seed=r.seed if r.HasField("seed") else None,
         prompt_token_count=r.prompt_token_count if r.HasField("prompt_token_count") else None,
         prompt_tokens=[_token(t) for t in r.prompt_tokens],
+        tool_calls=[ToolCall(c.id, c.name, c.arguments) for c in r.tool_calls],
     )
 
 
@@ -256,6 +275,7 @@ class _Sequence:
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     seed: int | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
 
 class GenerationAccumulator:
@@ -280,6 +300,7 @@ class GenerationAccumulator:
         sequence.finish_reason = chunk.finish_reason or sequence.finish_reason
         sequence.usage = chunk.usage or sequence.usage
         sequence.seed = chunk.seed if chunk.seed is not None else sequence.seed
+        sequence.tool_calls.extend(chunk.tool_calls)
 
     def text(self, index: int = 0) -> str:
         sequence = self._sequences.get(index)
@@ -296,6 +317,7 @@ class GenerationAccumulator:
                     usage=s.usage,
                     seed=s.seed,
                     parsed=self._parsed(s),
+                    tool_calls=list(s.tool_calls),
                 )
                 for i, s in sorted(self._sequences.items())
             ],

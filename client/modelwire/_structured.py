@@ -119,3 +119,65 @@ def response_parser(value: ResponseFormat | None) -> Parser | None:
     if isinstance(value, Mapping | JsonObject | JsonSchema):
         return json.loads
     return str
+
+
+# --- tools -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A tool the model may call in a chat: its ``name``, a ``description`` for the
+    model, and its arguments' JSON schema (a dict, or a pydantic model class)."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] | type | None = None
+
+
+ToolLike = Tool | Mapping[str, Any]
+"""A ``Tool``, or a mapping: ``{"name", "description", "parameters"}``, or OpenAI's
+``{"type": "function", "function": {...}}``."""
+ToolChoiceLike = str | Mapping[str, Any]
+"""``"auto"`` (the default), ``"none"``, ``"required"``, a tool's name, or OpenAI's
+``{"type": "function", "function": {"name": ...}}``."""
+_MODES = {
+    "auto": generate_pb2.TOOL_CHOICE_MODE_AUTO,
+    "none": generate_pb2.TOOL_CHOICE_MODE_NONE,
+    "required": generate_pb2.TOOL_CHOICE_MODE_REQUIRED,
+}
+
+
+def tools_pb(tools: Sequence[ToolLike]) -> list[generate_pb2.Tool]:
+    if isinstance(tools, str | bytes | Mapping) or not isinstance(tools, Sequence):
+        raise ValueError("`tools` must be a list of tools")
+    out = []
+    for i, tool in enumerate(tools):
+        if isinstance(tool, Mapping):
+            spec = tool.get("function", tool) if tool.get("type") == "function" else tool
+            tool = Tool(spec.get("name", ""), spec.get("description", ""), spec.get("parameters"))
+        if not isinstance(tool, Tool):
+            raise ValueError(f"`tools[{i}]` must be a Tool or a mapping")
+        _text(f"tools[{i}].name", tool.name)
+        parameters = tool.parameters
+        if _is_pydantic_model(parameters):
+            parameters = parameters.model_json_schema()  # type: ignore[union-attr]
+        if parameters is not None and not isinstance(parameters, Mapping):
+            raise ValueError(f"`tools[{i}].parameters` must be a JSON-schema dict")
+        out.append(
+            generate_pb2.Tool(
+                name=tool.name,
+                description=tool.description or "",
+                parameters=json.dumps(parameters) if parameters is not None else "",
+            )
+        )
+    return out
+
+
+def tool_choice_pb(choice: ToolChoiceLike) -> generate_pb2.ToolChoice:
+    if isinstance(choice, Mapping):
+        choice = (choice.get("function") or {}).get("name", "")
+    if not isinstance(choice, str) or not choice:
+        raise ValueError("`tool_choice` must be 'auto', 'none', 'required' or a tool's name")
+    if choice in _MODES:
+        return generate_pb2.ToolChoice(mode=_MODES[choice])
+    return generate_pb2.ToolChoice(name=choice)
