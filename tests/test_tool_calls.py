@@ -129,7 +129,7 @@ async def test_required_and_named_choice_force_a_valid_call(
         assert call.name in SCHEMAS if choice == "required" else call.name == choice
         jsonschema.validate(call.parsed_arguments(), SCHEMAS[call.name])
         assert sample.text.startswith("<tool_call>") and sample.text.endswith("</tool_call>")
-    assert len({s.sequences[0].text if False else s.text for s in result.sequences}) > 1
+    assert len({s.text for s in result.sequences}) > 1
 
 
 async def test_auto_parses_a_call_and_streams_it_at_the_end(client: AsyncClient) -> None:
