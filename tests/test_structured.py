@@ -327,3 +327,27 @@ def test_cli_json_schema_and_regex(server, tmp_path, capsys: pytest.CaptureFixtu
 
     assert main([*base, "--json-schema", str(tmp_path / "missing.json")]) != 0
     assert "no such file" in capsys.readouterr().err
+
+
+async def test_compiling_runs_off_the_event_loop_and_the_device_worker(
+    server, client: AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from modelwire_server.engine.constraints import ConstraintCompiler
+
+    threads: list[threading.Thread] = []
+    compile_format = ConstraintCompiler.compile
+
+    def recording(self: ConstraintCompiler, fmt: Any) -> Any:
+        threads.append(threading.current_thread())
+        return compile_format(self, fmt)
+
+    monkeypatch.setattr(ConstraintCompiler, "compile", recording)
+    result = await client.generate(
+        "x", model="tiny-gpt2", response_format=Regex("off-loop-[0-9]"), temperature=0
+    )
+    assert re.fullmatch("off-loop-[0-9]", result.text)
+    [thread] = threads
+    assert thread is not server.thread  # the server's event loop
+    assert not thread.name.startswith("modelwire-worker")  # the device worker
