@@ -13,8 +13,8 @@ Why xgrammar (0.2.9) over llguidance (1.9.1), measured on these machines: both c
 a 20-property schema in milliseconds and fill a row's mask in microseconds, but
 llguidance stopped with "ParserTooComplex" on the GPT-2-shaped tokenizer of the
 benchmark (50257 ids) and xgrammar did not; xgrammar also ships the CPU and CUDA kernels
-that apply a packed mask in place. outlines-core builds an index per regex ahead of time,
-which costs far more than this per new schema.
+that apply a packed mask in place. outlines-core was not measured: it builds a full
+index per regex ahead of time, which is known to cost far more per new schema.
 
 The matcher reads bytes: special tokens (BOS, padding, ``<unk>``...) are given empty
 strings, which xgrammar never allows, so no special token can appear inside the
