@@ -43,6 +43,17 @@ from modelwire._media_types import (
 )
 from modelwire._seq2seq_tasks import GeneratedText, TextGenerationParams
 from modelwire._streaming import GenerateStream
+from modelwire._structured import (
+    Choice,
+    Grammar,
+    JsonObject,
+    JsonSchema,
+    Regex,
+    ResponseFormat,
+    Tool,
+    ToolChoiceLike,
+    ToolLike,
+)
 from modelwire._text_types import (
     AggregationStrategyName,
     Answer,
@@ -67,6 +78,7 @@ from modelwire._types import (
     SequenceResult,
     Token,
     Tokenization,
+    ToolCall,
     TopLogprob,
     Usage,
 )
@@ -89,6 +101,7 @@ __all__ = [
     "ChatFit",
     "ChatMessage",
     "ChatMessageLike",
+    "Choice",
     "Classification",
     "DetectedObject",
     "Detections",
@@ -102,9 +115,12 @@ __all__ = [
     "GeneratedText",
     "GenerationChunk",
     "GenerationResult",
+    "Grammar",
     "HealthStatus",
     "ImagePart",
     "InternalServerError",
+    "JsonObject",
+    "JsonSchema",
     "LabelScore",
     "MaskCandidate",
     "MaskFill",
@@ -116,7 +132,9 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "RawAudio",
+    "Regex",
     "RequestCancelledError",
+    "ResponseFormat",
     "ResultList",
     "SequenceResult",
     "Speech",
@@ -125,6 +143,10 @@ __all__ = [
     "TimestampGranularity",
     "Token",
     "Tokenization",
+    "Tool",
+    "ToolCall",
+    "ToolChoiceLike",
+    "ToolLike",
     "TopLogprob",
     "Transcription",
     "UnavailableError",

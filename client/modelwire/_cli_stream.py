@@ -6,15 +6,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from modelwire._cli_output import Output, Report, error_line, generation_data
 from modelwire._cli_tasks import Subparsers, command
 from modelwire._client import AsyncClient
 from modelwire._errors import APIError
+from modelwire._structured import JsonSchema, Regex
 from modelwire._types import ChatMessage, GenerationResult
 
 STOPPED = "[stopped]"
@@ -75,8 +78,27 @@ async def _stream_answer(
         return await stream.final()
 
 
+def response_format(args: argparse.Namespace) -> JsonSchema | Regex | None:
+    """``--json-schema FILE`` (read here, so a bad file is named) or ``--regex``."""
+    if args.regex is not None:
+        return Regex(args.regex)
+    if args.json_schema is None:
+        return None
+    path = Path(args.json_schema)
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not a JSON schema: {error}") from None
+    return JsonSchema(schema, name=path.stem)
+
+
 async def generate(client: AsyncClient, args: argparse.Namespace, output: Output) -> Report:
     call = {"prompt": args.prompt, "model": args.model, **generation_params(args)}
+    fmt = response_format(args)
+    if fmt is not None:
+        call["response_format"] = fmt
     if output.as_json:  # scripts want one document, not a stream
         return Report(generation_data(await client.generate(**call)), [])
     parts: list[str] = []
@@ -164,6 +186,11 @@ def add_stream_commands(subparsers: Subparsers) -> None:
     p = command(subparsers, "generate", "generate text, streamed as it arrives", generate)
     p.add_argument("prompt")
     _generation_flags(p)
+    constrained = p.add_mutually_exclusive_group()
+    constrained.add_argument(
+        "--json-schema", metavar="FILE", help="answer with JSON valid under this schema file"
+    )
+    constrained.add_argument("--regex", help="answer with text this regex matches in full")
     p = command(subparsers, "chat", "chat with a model; Ctrl-C stops an answer", chat)
     p.add_argument("--system", help="a system message to start the conversation")
     _generation_flags(p)

@@ -27,6 +27,7 @@ from modelwire._generation import GenerateParams, generate_request
 from modelwire._media_tasks import MediaTaskMethods
 from modelwire._seq2seq_tasks import Seq2SeqTaskMethods
 from modelwire._streaming import GenerateStream
+from modelwire._structured import response_parser
 from modelwire._tasks import PoolingName, ScoreFunctionName
 from modelwire._text_tasks import TextTaskMethods
 from modelwire._transport import Stubs, Transport
@@ -253,7 +254,8 @@ class AsyncClient(TextTaskMethods, MediaTaskMethods, Seq2SeqTaskMethods):
         deadline = self._timeout(timeout)
         stubs = self._transport.stubs(self.max_retries)
         call = stubs.inference.Generate(request, timeout=deadline, metadata=metadata)
-        return GenerateStream(call, sent_request_id=sent_id)
+        parse = response_parser(params.get("response_format"))
+        return GenerateStream(call, sent_request_id=sent_id, parse=parse)
 
     async def fit_chat(
         self,

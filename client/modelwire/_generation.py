@@ -9,12 +9,22 @@ from typing import Any, TypedDict
 
 from modelwire import _validation as check
 from modelwire._chat import ChatMessageLike, chat_messages
+from modelwire._structured import (
+    Parser,
+    ResponseFormat,
+    ToolChoiceLike,
+    ToolLike,
+    response_format_pb,
+    tool_choice_pb,
+    tools_pb,
+)
 from modelwire._types import (
     FinishReason,
     GenerationChunk,
     GenerationResult,
     SequenceResult,
     Token,
+    ToolCall,
     TopLogprob,
     Usage,
 )
@@ -80,6 +90,16 @@ class GenerateParams(TypedDict, total=False):
     skip_special_tokens: bool | None
     #: Keep only the last N prompt tokens instead of refusing an over-long prompt.
     truncate_prompt_tokens: int | None
+    # -- structured output --
+    #: The format the output must have: a JSON-schema dict, a pydantic model class, or
+    #: JsonObject(), JsonSchema(...), Regex(...), Choice(...), Grammar(...). The result's
+    #: ``parsed`` holds the decoded value.
+    response_format: ResponseFormat | None
+    # -- tools (chat only) --
+    #: Tools the model may call: Tool objects or mappings (OpenAI's shape too).
+    tools: Sequence[ToolLike] | None
+    #: "auto" (default), "none", "required", or the name of the tool to call.
+    tool_choice: ToolChoiceLike | None
 
 
 _Check = Callable[[str, Any], None]
@@ -112,6 +132,7 @@ _OPTIONS: dict[str, _Check] = {
     "truncate_prompt_tokens": partial(check.integer, minimum=1),
 }
 _LISTS = ("logit_bias", "stop", "stop_token_ids")
+_STRUCTURED = ("response_format", "tools", "tool_choice")
 
 
 def generate_request(
@@ -121,7 +142,7 @@ def generate_request(
     params: GenerateParams,
 ) -> generate_pb2.GenerateRequest:
     """Check every argument and build the request; unset options stay unset on the wire."""
-    unknown = params.keys() - {*_SAMPLING, *_STOPPING, *_OPTIONS, *_LISTS}
+    unknown = params.keys() - {*_SAMPLING, *_STOPPING, *_OPTIONS, *_LISTS, *_STRUCTURED}
     if unknown:
         raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
     if (prompt is None) == (messages is None):
@@ -145,6 +166,13 @@ def generate_request(
     request.sampling.logit_bias.update(_logit_bias(params.get("logit_bias")))
     request.stopping.stop.extend(_stop(params.get("stop")))
     request.stopping.stop_token_ids.extend(_token_ids(params.get("stop_token_ids")))
+    fmt = params.get("response_format")
+    if fmt is not None:
+        request.response_format.CopyFrom(response_format_pb(fmt))
+    if params.get("tools") is not None:
+        request.tools.extend(tools_pb(params["tools"]))  # type: ignore[arg-type]
+    if params.get("tool_choice") is not None:
+        request.tool_choice.CopyFrom(tool_choice_pb(params["tool_choice"]))  # type: ignore[arg-type]
     return request
 
 
@@ -198,6 +226,7 @@ _FINISH_REASONS = {
     common_pb2.FINISH_REASON_STOP_SEQUENCE: FinishReason.STOP_SEQUENCE,
     common_pb2.FINISH_REASON_TIME_LIMIT: FinishReason.TIME_LIMIT,
     common_pb2.FINISH_REASON_CANCELLED: FinishReason.CANCELLED,
+    common_pb2.FINISH_REASON_TOOL_CALLS: FinishReason.TOOL_CALLS,
 }
 
 
@@ -235,6 +264,7 @@ def generation_chunk(r: generate_pb2.GenerateResponse) -> GenerationChunk:
         seed=r.seed if r.HasField("seed") else None,
         prompt_token_count=r.prompt_token_count if r.HasField("prompt_token_count") else None,
         prompt_tokens=[_token(t) for t in r.prompt_tokens],
+        tool_calls=[ToolCall(c.id, c.name, c.arguments) for c in r.tool_calls],
     )
 
 
@@ -245,12 +275,14 @@ class _Sequence:
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     seed: int | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
 
 class GenerationAccumulator:
     """Folds chunks into per-sequence results, so a stream read in part can still be finished."""
 
-    def __init__(self) -> None:
+    def __init__(self, parse: Parser | None = None) -> None:
+        self._parse = parse
         self._sequences: dict[int, _Sequence] = {}
         self._prompt_token_count: int | None = None
         self._prompt_tokens: list[Token] = []
@@ -268,6 +300,7 @@ class GenerationAccumulator:
         sequence.finish_reason = chunk.finish_reason or sequence.finish_reason
         sequence.usage = chunk.usage or sequence.usage
         sequence.seed = chunk.seed if chunk.seed is not None else sequence.seed
+        sequence.tool_calls.extend(chunk.tool_calls)
 
     def text(self, index: int = 0) -> str:
         sequence = self._sequences.get(index)
@@ -283,6 +316,8 @@ class GenerationAccumulator:
                     finish_reason=s.finish_reason,
                     usage=s.usage,
                     seed=s.seed,
+                    parsed=self._parsed(s),
+                    tool_calls=list(s.tool_calls),
                 )
                 for i, s in sorted(self._sequences.items())
             ],
@@ -290,3 +325,10 @@ class GenerationAccumulator:
             prompt_tokens=list(self._prompt_tokens),
             request_id=request_id,
         )
+
+    def _parsed(self, sequence: _Sequence) -> Any:
+        """The value of a sequence that its format closed (it ended with EOS); None for
+        free text and for a sequence cut short (length, stop string, time limit)."""
+        if self._parse is None or sequence.finish_reason is not FinishReason.EOS:
+            return None
+        return self._parse("".join(sequence.parts))

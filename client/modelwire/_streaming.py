@@ -10,6 +10,7 @@ import grpc
 
 from modelwire._errors import echoed_request_id, from_rpc_error
 from modelwire._generation import GenerationAccumulator, generation_chunk
+from modelwire._structured import Parser
 from modelwire._types import GenerationChunk, GenerationResult
 from modelwire.v1 import generate_pb2
 
@@ -31,11 +32,11 @@ class GenerateStream:
     ``text()`` and ``final()`` read whatever is left, so they can follow partial iteration.
     """
 
-    def __init__(self, call: _Call, *, sent_request_id: str) -> None:
+    def __init__(self, call: _Call, *, sent_request_id: str, parse: Parser | None = None) -> None:
         self._call = call
         self._sent_request_id = sent_request_id
         self._echoed_request_id: str | None = None
-        self._accumulator = GenerationAccumulator()
+        self._accumulator = GenerationAccumulator(parse)
         self._closed = False
 
     @property

@@ -109,6 +109,24 @@ class FinishReason(enum.StrEnum):
     """``time_limit_ms`` ran out."""
     CANCELLED = "cancelled"
     """The call was cancelled or its deadline passed."""
+    TOOL_CALLS = "tool_calls"
+    """The model called tools (the result's ``tool_calls``)."""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call of a tool by the model: its ``id`` (a ``role: "tool"`` turn answering it
+    names it as ``tool_call_id``), the tool's ``name`` and its ``arguments`` as JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def parsed_arguments(self) -> Any:
+        """``arguments`` decoded (``json.loads``)."""
+        import json
+
+        return json.loads(self.arguments)
 
 
 @dataclass(frozen=True)
@@ -129,6 +147,8 @@ class GenerationChunk:
     seed: int | None = None
     prompt_token_count: int | None = None
     prompt_tokens: list[Token] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    """On a sequence's last chunk when the model called tools (finish reason TOOL_CALLS)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +161,13 @@ class SequenceResult:
     finish_reason: FinishReason | None
     usage: Usage | None
     seed: int | None
+    parsed: Any = None
+    """With ``response_format``: the decoded value (the JSON value, or an instance of the
+    pydantic model given; the text for regex, choice and grammar formats) once the
+    format closed the sequence (finish reason EOS); else None."""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    """The tools the model called (finish reason TOOL_CALLS); the text holds the calls
+    as the model wrote them."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +183,16 @@ class GenerationResult:
     def text(self) -> str:
         """The text of sequence 0 (the only one unless ``n > 1``)."""
         return self.sequences[0].text if self.sequences else ""
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        """The ``tool_calls`` of sequence 0."""
+        return self.sequences[0].tool_calls if self.sequences else []
+
+    @property
+    def parsed(self) -> Any:
+        """The ``parsed`` value of sequence 0 (see ``SequenceResult.parsed``)."""
+        return self.sequences[0].parsed if self.sequences else None
 
 
 @dataclass(frozen=True, init=False)
@@ -179,13 +216,17 @@ class ImagePart:
 
 @dataclass(frozen=True)
 class ChatMessage:
-    """A chat turn: a role ("system", "user", "assistant", ...) and its content.
+    """A chat turn: a role ("system", "user", "assistant", "tool", ...) and its content.
 
-    ``content`` is a string, or a list of text and image parts in order.
+    ``content`` is a string, or a list of text and image parts in order. A ``"tool"``
+    turn carries a tool's result as its content and the ``tool_call_id`` it answers; an
+    assistant turn may carry the ``tool_calls`` it made.
     """
 
     role: str
     content: str | list[str | ImagePart]
+    tool_call_id: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ class FakeRow:
     top_logprobs: int = 0
     wants_logprobs: bool = False
     logits_hook: None = None
+    constraint: None = None
 
     def history(self) -> list[int]:
         return []

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19modelwire/v1/common.proto\x12\x0cmodelwire.v1\"\x15\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"T\n\x08PcmAudio\x12\x0f\n\x07samples\x18\x01 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x02 \x01(\x05\x12\x15\n\x08\x63hannels\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x0b\n\t_channels\"K\n\x05\x41udio\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12%\n\x03pcm\x18\x02 \x01(\x0b\x32\x16.modelwire.v1.PcmAudioH\x00\x42\x08\n\x06source\"*\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\":\n\x0e\x43lassification\x12(\n\x06labels\x18\x01 \x03(\x0b\x32\x18.modelwire.v1.LabelScore\"G\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12*\n\x07\x63ontent\x18\x02 \x03(\x0b\x32\x19.modelwire.v1.ContentPart\"K\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12$\n\x05image\x18\x02 \x01(\x0b\x32\x13.modelwire.v1.ImageH\x00\x42\x06\n\x04part\";\n\x0c\x43hatMessages\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.modelwire.v1.ChatMessage\"j\n\rGeneratedText\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.modelwire.v1.FinishReason\x12\x18\n\x10generated_tokens\x18\x03 \x01(\x05\"\xdf\x04\n\x12SamplingParameters\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x16\n\ttypical_p\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x08 \x01(\x02H\x07\x88\x01\x01\x12\x11\n\x04seed\x18\t \x01(\x04H\x08\x88\x01\x01\x12\x43\n\nlogit_bias\x18\n \x03(\x0b\x32/.modelwire.v1.SamplingParameters.LogitBiasEntry\x12\x16\n\tnum_beams\x18\x0b \x01(\x05H\t\x88\x01\x01\x12\x1b\n\x0elength_penalty\x18\x0c \x01(\x02H\n\x88\x01\x01\x12\x0e\n\x01n\x18\r \x01(\x05H\x0b\x88\x01\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x08\n\x06_min_pB\x0c\n\n_typical_pB\x15\n\x13_repetition_penaltyB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x07\n\x05_seedB\x0c\n\n_num_beamsB\x11\n\x0f_length_penaltyB\x04\n\x02_n\"\xfc\x01\n\x12StoppingParameters\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x1b\n\x0emin_new_tokens\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x03 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x04 \x03(\x05\x12\x12\n\nignore_eos\x18\x05 \x01(\x08\x12\x1e\n\x16include_stop_in_output\x18\x06 \x01(\x08\x12\x1a\n\rtime_limit_ms\x18\x07 \x01(\x05H\x02\x88\x01\x01\x42\x11\n\x0f_max_new_tokensB\x11\n\x0f_min_new_tokensB\x10\n\x0e_time_limit_ms*\xba\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x12\x1c\n\x18\x46INISH_REASON_TIME_LIMIT\x10\x04\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19modelwire/v1/common.proto\x12\x0cmodelwire.v1\"\x15\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"T\n\x08PcmAudio\x12\x0f\n\x07samples\x18\x01 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x02 \x01(\x05\x12\x15\n\x08\x63hannels\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x0b\n\t_channels\"K\n\x05\x41udio\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12%\n\x03pcm\x18\x02 \x01(\x0b\x32\x16.modelwire.v1.PcmAudioH\x00\x42\x08\n\x06source\"*\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\":\n\x0e\x43lassification\x12(\n\x06labels\x18\x01 \x03(\x0b\x32\x18.modelwire.v1.LabelScore\"\x89\x01\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12*\n\x07\x63ontent\x18\x02 \x03(\x0b\x32\x19.modelwire.v1.ContentPart\x12\x14\n\x0ctool_call_id\x18\x03 \x01(\t\x12*\n\ntool_calls\x18\x04 \x03(\x0b\x32\x16.modelwire.v1.ToolCall\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"K\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12$\n\x05image\x18\x02 \x01(\x0b\x32\x13.modelwire.v1.ImageH\x00\x42\x06\n\x04part\";\n\x0c\x43hatMessages\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.modelwire.v1.ChatMessage\"j\n\rGeneratedText\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.modelwire.v1.FinishReason\x12\x18\n\x10generated_tokens\x18\x03 \x01(\x05\"\xdf\x04\n\x12SamplingParameters\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x16\n\ttypical_p\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x08 \x01(\x02H\x07\x88\x01\x01\x12\x11\n\x04seed\x18\t \x01(\x04H\x08\x88\x01\x01\x12\x43\n\nlogit_bias\x18\n \x03(\x0b\x32/.modelwire.v1.SamplingParameters.LogitBiasEntry\x12\x16\n\tnum_beams\x18\x0b \x01(\x05H\t\x88\x01\x01\x12\x1b\n\x0elength_penalty\x18\x0c \x01(\x02H\n\x88\x01\x01\x12\x0e\n\x01n\x18\r \x01(\x05H\x0b\x88\x01\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x08\n\x06_min_pB\x0c\n\n_typical_pB\x15\n\x13_repetition_penaltyB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x07\n\x05_seedB\x0c\n\n_num_beamsB\x11\n\x0f_length_penaltyB\x04\n\x02_n\"\xfc\x01\n\x12StoppingParameters\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x1b\n\x0emin_new_tokens\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x03 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x04 \x03(\x05\x12\x12\n\nignore_eos\x18\x05 \x01(\x08\x12\x1e\n\x16include_stop_in_output\x18\x06 \x01(\x08\x12\x1a\n\rtime_limit_ms\x18\x07 \x01(\x05H\x02\x88\x01\x01\x42\x11\n\x0f_max_new_tokensB\x11\n\x0f_min_new_tokensB\x10\n\x0e_time_limit_ms*\xd8\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x12\x1c\n\x18\x46INISH_REASON_TIME_LIMIT\x10\x04\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x05\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAMPLINGPARAMETERS_LOGITBIASENTRY']._loaded_options = None
   _globals['_SAMPLINGPARAMETERS_LOGITBIASENTRY']._serialized_options = b'8\001'
-  _globals['_FINISHREASON']._serialized_start=1518
-  _globals['_FINISHREASON']._serialized_end=1704
+  _globals['_FINISHREASON']._serialized_start=1642
+  _globals['_FINISHREASON']._serialized_end=1858
   _globals['_IMAGE']._serialized_start=43
   _globals['_IMAGE']._serialized_end=64
   _globals['_PCMAUDIO']._serialized_start=66
@@ -45,18 +45,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LABELSCORE']._serialized_end=271
   _globals['_CLASSIFICATION']._serialized_start=273
   _globals['_CLASSIFICATION']._serialized_end=331
-  _globals['_CHATMESSAGE']._serialized_start=333
-  _globals['_CHATMESSAGE']._serialized_end=404
-  _globals['_CONTENTPART']._serialized_start=406
-  _globals['_CONTENTPART']._serialized_end=481
-  _globals['_CHATMESSAGES']._serialized_start=483
-  _globals['_CHATMESSAGES']._serialized_end=542
-  _globals['_GENERATEDTEXT']._serialized_start=544
-  _globals['_GENERATEDTEXT']._serialized_end=650
-  _globals['_SAMPLINGPARAMETERS']._serialized_start=653
-  _globals['_SAMPLINGPARAMETERS']._serialized_end=1260
-  _globals['_SAMPLINGPARAMETERS_LOGITBIASENTRY']._serialized_start=1038
-  _globals['_SAMPLINGPARAMETERS_LOGITBIASENTRY']._serialized_end=1086
-  _globals['_STOPPINGPARAMETERS']._serialized_start=1263
-  _globals['_STOPPINGPARAMETERS']._serialized_end=1515
+  _globals['_CHATMESSAGE']._serialized_start=334
+  _globals['_CHATMESSAGE']._serialized_end=471
+  _globals['_TOOLCALL']._serialized_start=473
+  _globals['_TOOLCALL']._serialized_end=528
+  _globals['_CONTENTPART']._serialized_start=530
+  _globals['_CONTENTPART']._serialized_end=605
+  _globals['_CHATMESSAGES']._serialized_start=607
+  _globals['_CHATMESSAGES']._serialized_end=666
+  _globals['_GENERATEDTEXT']._serialized_start=668
+  _globals['_GENERATEDTEXT']._serialized_end=774
+  _globals['_SAMPLINGPARAMETERS']._serialized_start=777
+  _globals['_SAMPLINGPARAMETERS']._serialized_end=1384
+  _globals['_SAMPLINGPARAMETERS_LOGITBIASENTRY']._serialized_start=1162
+  _globals['_SAMPLINGPARAMETERS_LOGITBIASENTRY']._serialized_end=1210
+  _globals['_STOPPINGPARAMETERS']._serialized_start=1387
+  _globals['_STOPPINGPARAMETERS']._serialized_end=1639
 # @@protoc_insertion_point(module_scope)

@@ -2,7 +2,8 @@
 
 Order, as in the spec: logit bias → repetition penalty → presence/frequency penalties
 → (banned ids and n-gram repeats, EOS below min_new_tokens, forced BOS/EOS) → the
-request's own logits hook (where generate puts a caller's processors) → temperature →
+request's own logits hook (where generate puts a caller's processors) → the response
+format's mask (constrained rows only, one packed bitmask for all) → temperature →
 top-k → top-p → min-p → typical-p → sample or argmax. Beam rows stop after the
 penalties and the hook: their scores are log-probabilities (transformers runs its
 processors on log_softmax for beams) and the beam group picks the continuations.
@@ -20,7 +21,9 @@ from typing import Protocol
 
 import torch
 
+from modelwire_server.engine import constraints
 from modelwire_server.engine import logits as lp
+from modelwire_server.engine.errors import InvalidRequest
 from modelwire_server.engine.types import LogitsHook, ResolvedSampling
 
 
@@ -38,6 +41,7 @@ class SamplingRow(Protocol):
     top_logprobs: int
     wants_logprobs: bool
     logits_hook: LogitsHook | None  # the request's own processor (Whisper timestamps)
+    constraint: constraints.RowConstraint | None  # the response format's matcher
 
     def history(self) -> list[int]:
         """The row's tokens so far, as the logits hook sees them."""
@@ -92,6 +96,23 @@ def apply_penalties(scores: torch.Tensor, rows: list[SamplingRow]) -> torch.Tens
     return scores
 
 
+def apply_constraints(scores: torch.Tensor, rows: list[SamplingRow]) -> None:
+    """Mask each constrained row to the tokens its format allows next (in place)."""
+    constrained = [i for i, r in enumerate(rows) if r.constraint is not None]
+    if not constrained:
+        return
+    items = [(i, rows[i].constraint, rows[i].history()) for i in constrained]
+    constraints.mask_rows(scores, items)  # type: ignore[arg-type]
+    # A format whose next tokens are all banned or suppressed leaves nothing to choose:
+    # fail that request here, before any row draws its random number.
+    best = scores.amax(dim=-1) if len(constrained) == len(rows) else scores[constrained].amax(-1)
+    if torch.isneginf(best).any():
+        raise InvalidRequest(
+            "response_format",
+            "allows no token that the model's banned, suppressed or forced tokens leave",
+        )
+
+
 def warp(scores: torch.Tensor, params: list[ResolvedSampling]) -> torch.Tensor:
     """Temperature, then the truncation warpers that any of these rows uses."""
     scores = lp.temperature(scores, _column([p.temperature for p in params], scores))
@@ -125,6 +146,7 @@ def select(logits: torch.Tensor, rows: list[SamplingRow]) -> Selection:
     if beams and raw is not None:
         scores[beams] = raw[beams]
     scores = apply_penalties(scores, rows)
+    apply_constraints(scores, rows)
 
     tokens = torch.full((len(rows),), -1, dtype=torch.long, device=logits.device)
     greedy = [i for i, r in enumerate(rows) if not r.is_beam and r.sampling.greedy]

@@ -128,6 +128,9 @@ class Row:
             self.counts = torch.zeros(group.vocab_size, dtype=torch.float32, device=device)
         self.pending = -1  # the last chosen token, not yet in the KV cache
         self.logits_hook = group.prepared.request.logits_hook
+        # The row's own matcher of the request's response format (constraints.py).
+        constraint = group.prepared.request.constraint
+        self.constraint = constraint.row(len(group.context_ids)) if constraint else None
 
     def generated(self) -> int:
         raise NotImplementedError

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 # transformers' own defaults for fields a model's generation_config leaves unset
 # (GenerationConfig._get_default_generation_params in transformers 5), so that an unset
@@ -138,6 +138,25 @@ class OutputOptions:
     skip_special_tokens: bool = True
 
 
+ResponseKind = Literal["json_object", "json_schema", "regex", "choice", "grammar"]
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    """The format a request's output must have; hashable, the compiled-format cache's key.
+
+    ``spec`` is the schema's JSON text, the regex or the grammar (empty for json_object and
+    choice); ``choices`` the strings of a choice. ``strict`` False lets a JSON schema's
+    objects hold properties it does not name (JSON Schema's default); True (the default,
+    as OpenAI's strict mode) allows only the named ones.
+    """
+
+    kind: ResponseKind
+    spec: str = ""
+    choices: tuple[str, ...] = ()
+    strict: bool = True
+
+
 # (row ids so far, row scores [V]) -> new scores; see GenerationRequest.logits_hook
 LogitsHook = Callable[[list[int], Any], Any]
 
@@ -175,6 +194,9 @@ class GenerationRequest:
     # pass log-probabilities. Whisper's timestamp rules and language detection use it. An
     # exception it raises fails this request alone (as any step failure a request causes).
     logits_hook: LogitsHook | None = None
+    # The compiled response format (``constraints.Compiled``), or None for free text:
+    # each row's tokens are masked to what the format allows next.
+    constraint: Any | None = None
 
 
 class FinishReason(enum.Enum):

@@ -241,6 +241,24 @@ def _begin_banned(
     return tuple(sorted(set(ids))), 1 if after_bos else 0
 
 
+def _check_constrained(request: GenerationRequest, beam: bool) -> None:
+    """What a response format cannot go with: beams (they would need a matcher per
+    hypothesis, forked at every step), and anything that keeps EOS from ending a
+    sequence that the format has closed (then only EOS is allowed)."""
+    _require(not beam, "response_format", "is not supported with beam search (num_beams > 1)")
+    stopping = request.stopping
+    _require(
+        not stopping.ignore_eos,
+        "stopping.ignore_eos",
+        "cannot be combined with response_format: a completed format allows only EOS",
+    )
+    _require(
+        stopping.min_new_tokens == 0,
+        "stopping.min_new_tokens",
+        "cannot be combined with response_format: a completed format allows only EOS",
+    )
+
+
 def prepare(request: GenerationRequest, limits: Limits, generation_config: Any) -> Prepared:
     """Validate ``request`` and resolve its parameters; raise ``InvalidRequest``."""
     prompt = len(request.prompt_ids)
@@ -280,6 +298,8 @@ def prepare(request: GenerationRequest, limits: Limits, generation_config: Any) 
     )
     beam = sampling.num_beams > 1
     _require(not (beam and stopping.stop), "stopping.stop", "not supported with beam search")
+    if request.constraint is not None:
+        _check_constrained(request, beam)
     rows = sampling.num_beams if beam else sampling.n
     prompt_cost = limits.encoder_cost(request)
     cost = rows * (prompt_cost + max_new)

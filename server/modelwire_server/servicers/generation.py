@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -26,11 +27,13 @@ from modelwire_server.engine.errors import EngineError
 from modelwire_server.interceptors import current_request_id
 from modelwire_server.servicers.common import RpcGroup, deadline_of, optional
 from modelwire_server.streams import merge_deltas
+from modelwire_server.tasks import tool_calls
 from modelwire_server.tasks.seq2seq import SummarizationTask, TranslationTask
 from modelwire_server.tasks.text_generation import (
     ChatTurn,
     TextGenerationTask,
     TextResult,
+    ToolCallTurn,
     domain_error,
 )
 
@@ -74,11 +77,49 @@ def output_options(msg: generate_pb2.GenerateOptions) -> et.OutputOptions:
     )
 
 
+def response_format(request: generate_pb2.GenerateRequest, limit: int) -> et.ResponseFormat | None:
+    """The request's response format as the engine's type, checked for shape (the
+    compiler checks the rest); None when there is none."""
+    if not request.HasField("response_format"):
+        return None
+    msg = request.response_format
+    kind = msg.WhichOneof("format")
+    if kind is None:
+        raise errors.InvalidArgument(
+            "response_format", "set one of json_object, json_schema, regex, choice, grammar"
+        )
+    field = f"response_format.{kind}"
+    if kind == "json_object":
+        return et.ResponseFormat("json_object")
+    if kind == "choice":
+        choices = tuple(msg.choice.choices)
+        if not choices or not all(choices):
+            raise errors.InvalidArgument(field, "needs at least one choice, none of them empty")
+        if sum(map(len, choices)) > limit:
+            raise errors.InvalidArgument(field, f"has over {limit} characters")
+        return et.ResponseFormat("choice", choices=choices)
+    if kind == "json_schema":
+        spec = msg.json_schema.schema
+        strict = msg.json_schema.strict if msg.json_schema.HasField("strict") else True
+    else:
+        spec, strict = getattr(msg, kind), True
+    if not spec:
+        raise errors.InvalidArgument(field, "must not be empty")
+    if len(spec) > limit:
+        raise errors.InvalidArgument(field, f"has {len(spec)} characters; the limit is {limit}")
+    return et.ResponseFormat(kind, spec=spec, strict=strict)  # type: ignore[arg-type]
+
+
 def chat_turns(messages: common_pb2.ChatMessages) -> list[ChatTurn]:
     if not messages.messages:
         raise errors.InvalidArgument("messages", "must hold at least one message")
     return [
-        ChatTurn(m.role, [p.image.data if p.HasField("image") else p.text for p in m.content])
+        ChatTurn(
+            m.role,
+            [p.image.data if p.HasField("image") else p.text for p in m.content],
+            tool_call_id=m.tool_call_id,
+            tool_calls=[ToolCallTurn(c.id, c.name, c.arguments) for c in m.tool_calls],
+        )
         for m in messages.messages
     ]
 
@@ -90,6 +131,67 @@ def check_chat_chars(messages: common_pb2.ChatMessages, limit: int) -> None:
         raise errors.InvalidArgument(
             "messages", f"have {chars} characters of text; the limit is {limit}"
         )
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    """A request's tools, and whether and which one the model must call."""
+
+    specs: list[tool_calls.ToolSpec]
+    mode: tool_calls.ToolMode
+    name: str | None  # the one tool tool_choice names
+
+    @property
+    def offered(self) -> bool:
+        return bool(self.specs) and self.mode != "none"
+
+    @property
+    def forced(self) -> bool:
+        return self.offered and (self.mode == "required" or self.name is not None)
+
+
+_TOOL_MODES: dict[int, tool_calls.ToolMode] = {
+    generate_pb2.TOOL_CHOICE_MODE_UNSPECIFIED: "auto",
+    generate_pb2.TOOL_CHOICE_MODE_AUTO: "auto",
+    generate_pb2.TOOL_CHOICE_MODE_NONE: "none",
+    generate_pb2.TOOL_CHOICE_MODE_REQUIRED: "required",
+}
+
+
+def tool_use(request: generate_pb2.GenerateRequest) -> ToolUse | None:
+    """The request's tools, checked; None when it has none."""
+    choice = request.tool_choice.WhichOneof("choice") if request.HasField("tool_choice") else None
+    if not request.tools:
+        if choice == "name" or request.tool_choice.mode == generate_pb2.TOOL_CHOICE_MODE_REQUIRED:
+            raise errors.InvalidArgument("tool_choice", "needs tools")
+        return None
+    if request.WhichOneof("input") != "messages":
+        raise errors.InvalidArgument("tools", "need a chat (messages), not a raw prompt")
+    specs = tool_calls.tool_specs([(t.name, t.description, t.parameters) for t in request.tools])
+    name = request.tool_choice.name if choice == "name" else None
+    mode = "required" if name else _TOOL_MODES.get(request.tool_choice.mode, "auto")
+    tools = ToolUse(specs, mode, name)
+    if tools.forced and request.HasField("response_format"):
+        raise errors.InvalidArgument(
+            "tool_choice", "a required tool call cannot be combined with response_format"
+        )
+    return tools
+
+
+async def constraint_of(
+    runner: TextGenerationTask, request: generate_pb2.GenerateRequest, tools: ToolUse | None
+) -> Any:
+    """The compiled format the output must have (the request's, or a forced tool call's)."""
+    fmt = response_format(request, runner.config.max_input_chars)
+    if fmt is not None:
+        return await runner.compile_format(fmt)
+    if tools is None or not tools.forced:
+        return None
+    forcing = tool_calls.forcing_format(tools.specs, tools.name)
+    try:
+        return await runner.compile_format(forcing)
+    except errors.InvalidArgument as exc:
+        raise errors.InvalidArgument("tools", f"cannot force a call: {exc}") from None
 
 
 def token_pb(token: et.TokenInfo) -> generate_pb2.Token:
@@ -159,6 +261,7 @@ def fold_finish(
         ):
             last.finish_reason = message.finish_reason
             last.usage.CopyFrom(message.usage)
+            last.tool_calls.extend(message.tool_calls)
             if message.HasField("seed"):
                 last.seed = message.seed
             continue
@@ -167,10 +270,12 @@ def fold_finish(
 
 
 async def prompt_ids(
-    runner: TextGenerationTask, request: generate_pb2.GenerateRequest
+    runner: TextGenerationTask,
+    request: generate_pb2.GenerateRequest,
+    tools: ToolUse | None = None,
 ) -> tuple[list[int], dict[str, Any] | None]:
     """The prompt's token ids, and the model inputs beside them (an image-text-to-text
-    chat's pixel values; None for text)."""
+    chat's pixel values; None for text). Offered tools go to the chat template."""
     extras: dict[str, Any] | None = None
     which = request.WhichOneof("input")
     if which == "prompt":
@@ -185,7 +290,12 @@ async def prompt_ids(
         ids = await asyncio.to_thread(runner.encode_prompt, request.prompt)
     elif which == "messages":
         check_chat_chars(request.messages, runner.config.max_input_chars)
-        ids, extras = await asyncio.to_thread(runner.prompt_inputs, chat_turns(request.messages))
+        turns = chat_turns(request.messages)
+        if tools is not None and tools.offered:
+            specs = tool_calls.template_tools(tools.specs)
+            ids = await asyncio.to_thread(runner.encode_chat, turns, specs)
+        else:
+            ids, extras = await asyncio.to_thread(runner.prompt_inputs, turns)
     else:
         raise errors.InvalidArgument("prompt", "set either prompt or messages")
     keep = optional(request.options, "truncate_prompt_tokens")
@@ -213,7 +323,9 @@ async def generate(
     context: grpc.aio.ServicerContext,
     request_id: str,
 ) -> AsyncIterator[generate_pb2.GenerateResponse]:
-    ids, extras = await prompt_ids(runner, request)
+    tools = tool_use(request)
+    ids, extras = await prompt_ids(runner, request, tools)
+    constraint = await constraint_of(runner, request, tools)
     gen_request = et.GenerationRequest(
         prompt_ids=ids,
         extras=extras,
@@ -222,6 +334,7 @@ async def generate(
         options=output_options(request.options),
         request_id=request_id,
         deadline=deadline_of(context),
+        constraint=constraint,
     )
     buffer = runner.driver.buffer()
     handle = runner.submit(gen_request, buffer)
@@ -243,12 +356,28 @@ async def generate(
                     finished.add(event.index)
                     # Every sequence of a request shares its prompt: count it once.
                     note_usage(event.usage, count_prompt=len(finished) == 1)
-            for message in fold_finish([event_pb(e, beam=beam) for e in events]):
+            messages = [event_pb(e, beam=beam) for e in events]
+            if tools is not None and tools.offered:
+                for event, message in zip(events, messages, strict=True):
+                    add_tool_calls(event, message, tools)
+            for message in fold_finish(messages):
                 yield message
     finally:
         if len(finished) < expected:
             # The client went away (or an error ended the call): stop computing for it.
             runner.cancel(handle)
+
+
+def add_tool_calls(event: et.Event, message: generate_pb2.GenerateResponse, tools: ToolUse) -> None:
+    """On a sequence's last message: the tools its text calls, if it ended by itself."""
+    if not isinstance(event, et.Finished) or event.reason is not et.FinishReason.EOS:
+        return
+    calls = tool_calls.parse_calls(event.text, tools.specs)
+    if calls:
+        message.tool_calls.extend(
+            common_pb2.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in calls
+        )
+        message.finish_reason = common_pb2.FINISH_REASON_TOOL_CALLS
 
 
 def _as_domain(error: Exception) -> Exception:

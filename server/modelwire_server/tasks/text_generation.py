@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -22,12 +24,14 @@ from modelwire_server import errors
 from modelwire_server.calls import note_usage
 from modelwire_server.engine import errors as engine_errors
 from modelwire_server.engine.adapter import ModelAdapter
+from modelwire_server.engine.constraints import Compiled, ConstraintCompiler
 from modelwire_server.engine.engine import GenerationEngine, Handle
 from modelwire_server.engine.types import (
     Failed,
     Finished,
     FinishReason,
     GenerationRequest,
+    ResponseFormat,
     Sink,
 )
 from modelwire_server.streams import EventBuffer, WakeBatcher
@@ -38,11 +42,23 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class ToolCallTurn:
+    """A tool call an assistant turn made: its id, the tool's name, arguments as JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class ChatTurn:
-    """A chat message as the servicer hands it over: role and ordered parts."""
+    """A chat message as the servicer hands it over: role and ordered parts; a "tool"
+    turn names the call it answers, an assistant turn may carry the calls it made."""
 
     role: str
     parts: Sequence[str | bytes]  # text, or encoded image bytes
+    tool_call_id: str = ""
+    tool_calls: Sequence[ToolCallTurn] = ()
 
 
 @dataclass(frozen=True)
@@ -114,6 +130,27 @@ async def _final_text(buffer: EventBuffer) -> TextResult:
             if isinstance(event, Finished):
                 note_usage(event.usage)
                 return TextResult(event.text, event.reason, event.usage.generated_tokens)
+
+
+def _template_message(i: int, turn: ChatTurn) -> dict[str, Any]:
+    """A turn as chat templates read it (transformers' convention: a call's arguments
+    as a mapping, a tool turn's ``tool_call_id``)."""
+    message: dict[str, Any] = {"role": turn.role, "content": "".join(map(str, turn.parts))}
+    if turn.tool_call_id:
+        message["tool_call_id"] = turn.tool_call_id
+    calls = []
+    for j, call in enumerate(turn.tool_calls):
+        try:
+            arguments = json.loads(call.arguments or "{}")
+        except ValueError as exc:
+            raise errors.InvalidArgument(
+                f"messages[{i}].tool_calls[{j}].arguments", f"is not JSON: {exc}"
+            ) from None
+        function = {"name": call.name, "arguments": arguments}
+        calls.append({"id": call.id, "type": "function", "function": function})
+    if calls:
+        message["tool_calls"] = calls
+    return message
 
 
 class EngineDriver:
@@ -231,6 +268,20 @@ class TextGenerationTask(TaskRunner):
             adapter=adapter,
         )
 
+    @functools.cached_property
+    def constraints(self) -> ConstraintCompiler:
+        """Compiles (and caches) this model's response formats."""
+        limits = self.engine.limits
+        return ConstraintCompiler(self.tokenizer, limits.vocab_size, limits.eos_ids)
+
+    async def compile_format(self, fmt: ResponseFormat) -> Compiled:
+        """``fmt`` compiled on a thread of its own: neither the event loop nor the device
+        worker (whose decode steps other requests wait for) ever runs the compiler."""
+        try:
+            return await asyncio.to_thread(self.constraints.compile, fmt)
+        except engine_errors.EngineError as exc:
+            raise domain_error(exc) from None
+
     @property
     def context_length(self) -> int | None:
         return self.engine.limits.max_context
@@ -273,6 +324,13 @@ class TextGenerationTask(TaskRunner):
             [GenerationRequest(prompt_ids=short), GenerationRequest(prompt_ids=longer)],
             max_new_tokens=2,
         )
+        # The tokenizer's byte table for response formats: built at load, not by the
+        # first constrained request (a tenth of a second for a 50k vocabulary). A
+        # tokenizer it cannot read fails constrained requests only, not the model.
+        try:
+            self.constraints.warm()
+        except Exception:
+            log.warning("model %s: response formats unavailable", self.config.name, exc_info=True)
 
     def run_inline(
         self, request: GenerationRequest | Sequence[GenerationRequest], *, max_new_tokens: int
@@ -319,7 +377,15 @@ class TextGenerationTask(TaskRunner):
     def encode_prompt(self, prompt: str) -> list[int]:
         return list(self.tokenizer(prompt)["input_ids"])
 
-    def render_chat(self, turns: Sequence[ChatTurn], *, add_generation_prompt: bool) -> str:
+    def render_chat(
+        self,
+        turns: Sequence[ChatTurn],
+        *,
+        add_generation_prompt: bool,
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> str:
+        """The chat rendered by the model's template; ``tools`` (OpenAI-style function
+        specs) go to the template, which says how the model is told about them."""
         if getattr(self.tokenizer, "chat_template", None) is None:
             raise errors.InvalidArgument(
                 "messages", f"model {self.config.name!r} has no chat template; send a prompt"
@@ -334,18 +400,21 @@ class TextGenerationTask(TaskRunner):
                         f"messages[{i}].content[{j}].image",
                         f"model {self.config.name!r} is not an image-text-to-text model",
                     )
-            messages.append({"role": turn.role, "content": "".join(map(str, turn.parts))})
+            messages.append(_template_message(i, turn))
+        extra = {"tools": list(tools)} if tools else {}
         try:
             return self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=add_generation_prompt, tokenize=False
+                messages, add_generation_prompt=add_generation_prompt, tokenize=False, **extra
             )
         except Exception as exc:  # a template may reject roles or orderings
             raise errors.InvalidArgument(
                 "messages", f"the chat template refused them: {exc}"
             ) from None
 
-    def encode_chat(self, turns: Sequence[ChatTurn]) -> list[int]:
-        text = self.render_chat(turns, add_generation_prompt=True)
+    def encode_chat(
+        self, turns: Sequence[ChatTurn], tools: Sequence[dict[str, Any]] | None = None
+    ) -> list[int]:
+        text = self.render_chat(turns, add_generation_prompt=True, tools=tools)
         # The template already holds BOS and the like.
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
