@@ -13,8 +13,7 @@ from modelwire_server.errors import InvalidArgument
 # OpenAI features this server does not have: a request using them is refused, naming
 # the field, rather than answered as if they had been honoured.
 REFUSED = {
-    "tools": "tools (function calling) are not supported by this server yet",
-    "functions": "functions (function calling) are not supported by this server",
+    "functions": "the deprecated functions are not supported: use tools",
     "audio": "audio output is not supported; use /v1/audio/speech",
     "prediction": "predicted outputs are not supported",
     "web_search_options": "web search is not supported",
@@ -41,16 +40,6 @@ def refuse_unsupported(body: dict[str, Any]) -> None:
     for key, why in REFUSED.items():
         if body.get(key) not in (None, [], {}):
             raise InvalidArgument(key, why)
-    response_format = body.get("response_format")
-    if response_format is not None:
-        kind = response_format.get("type") if isinstance(response_format, dict) else None
-        if kind != "text":
-            raise InvalidArgument(
-                "response_format",
-                "only {'type': 'text'} is supported: structured output is not available yet",
-            )
-    if body.get("tool_choice") not in (None, "none"):
-        raise InvalidArgument("tool_choice", "tools are not supported by this server yet")
 
 
 def string(body: dict[str, Any], key: str, *, required: bool = False) -> str | None:

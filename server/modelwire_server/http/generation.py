@@ -19,7 +19,7 @@ from typing import Any
 
 from modelwire.v1 import common_pb2, generate_pb2
 from modelwire_server.errors import InvalidArgument
-from modelwire_server.http import fields
+from modelwire_server.http import fields, structured
 from modelwire_server.servicers.generation import generate
 from modelwire_server.tasks.text_generation import TextGenerationTask
 
@@ -29,6 +29,7 @@ FINISH = {
     common_pb2.FINISH_REASON_STOP_SEQUENCE: "stop",
     common_pb2.FINISH_REASON_TIME_LIMIT: "length",
     common_pb2.FINISH_REASON_CANCELLED: "stop",
+    common_pb2.FINISH_REASON_TOOL_CALLS: "tool_calls",
 }
 # Server field names → this API's, for 400s (``param``).
 _STOPPING = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"}
@@ -39,7 +40,13 @@ _SAMPLING_NUMBERS = (
     "temperature", "top_p", "presence_penalty", "frequency_penalty", "min_p",
     "repetition_penalty",
 )  # fmt: skip
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
 _DATA_URI = "data:"
 
 
@@ -96,6 +103,7 @@ def generate_request(body: dict[str, Any], *, chat: bool) -> generate_pb2.Genera
         best_of = fields.integer(body, "best_of")
         if best_of is not None and best_of != (fields.integer(body, "n") or 1):
             raise InvalidArgument("best_of", "is not supported (other than equal to n)")
+    structured.apply(body, request, chat=chat)
     return request
 
 
@@ -134,14 +142,11 @@ def chat_messages(body: dict[str, Any]) -> common_pb2.ChatMessages:
         if not isinstance(message, dict):
             raise InvalidArgument(where, "must be an object with role and content")
         role = message.get("role")
-        if role in ("tool", "function"):
-            raise InvalidArgument(f"{where}.role", "tool messages are not supported yet")
         if role not in _ROLES:
             raise InvalidArgument(f"{where}.role", f"must be one of {', '.join(_ROLES)}")
-        if message.get("tool_calls"):
-            raise InvalidArgument(f"{where}.tool_calls", "tools are not supported yet")
         turn = out.messages.add(role=_ROLES[role])
         turn.content.extend(_parts(message.get("content"), f"{where}.content"))
+        structured.tool_turn(turn, message, where)
     return out
 
 
@@ -252,6 +257,7 @@ class Choice:
     text: list[str] = field(default_factory=list)
     tokens: list[generate_pb2.Token] = field(default_factory=list)
     finish: str | None = None
+    tool_calls: list[common_pb2.ToolCall] = field(default_factory=list)
 
 
 @dataclass
@@ -286,6 +292,7 @@ async def gather(streams: list[Primed], n: int) -> tuple[dict[int, Choice], Usag
             choice = choices.setdefault(p * n + message.index, Choice())
             choice.text.append(message.text)
             choice.tokens.extend(message.tokens)
+            choice.tool_calls.extend(message.tool_calls)
             if message.finish_reason:
                 choice.finish = FINISH[message.finish_reason]
 
@@ -353,6 +360,11 @@ class Reply:
         out: dict[str, Any] = {"index": index, "logprobs": logprobs, "finish_reason": choice.finish}
         if self.chat:
             out["message"] = {"role": "assistant", "content": text}
+            if choice.tool_calls:
+                out["message"]["content"] = text or None
+                out["message"]["tool_calls"] = structured.tool_calls_json(
+                    choice.tool_calls, streamed=False
+                )
         else:
             out["text"] = text
         return out
@@ -390,6 +402,8 @@ async def chunks(
             if index not in started:
                 delta["role"] = "assistant"
                 started.add(index)
+            if message.tool_calls:
+                delta["tool_calls"] = structured.tool_calls_json(message.tool_calls, streamed=True)
             choice["delta"] = delta
         else:
             choice["text"] = message.text
