@@ -179,6 +179,9 @@ SCALARS: dict[int, st.SearchStrategy[Any]] = {
 
 def _mutate(draw: Callable[[st.SearchStrategy[Any]], Any], msg: Message, depth: int = 0) -> None:
     """Set one field somewhere in ``msg`` to an edge value of its type."""
+    if not msg.DESCRIPTOR.fields:  # a message with no fields (a format's marker): set it
+        msg.SetInParent()
+        return
     field = draw(st.sampled_from(list(msg.DESCRIPTOR.fields)))
     target = getattr(msg, field.name)
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
