@@ -159,6 +159,9 @@ def _scalar(rng: random.Random, kind: int) -> Any:
 
 def mutate(rng: random.Random, msg: Message, depth: int = 0) -> None:
     """Set one field somewhere in ``msg`` to an edge value of its type."""
+    if not msg.DESCRIPTOR.fields:  # a message with no fields (a format's marker): set it
+        msg.SetInParent()
+        return
     field = rng.choice(list(msg.DESCRIPTOR.fields))
     target = getattr(msg, field.name)
     entry = field.message_type
