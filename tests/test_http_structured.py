@@ -4,7 +4,6 @@ engine constraints a gRPC caller gets, in OpenAI's shapes, with the official cli
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,11 +11,10 @@ from typing import Any
 import jsonschema
 import openai
 import pytest
-from transformers import AutoTokenizer
 
 from modelwire import AsyncClient
 from tests.conftest import RunningServer, start_server
-from tests.test_tool_calls import SCHEMAS, TOOLS_TEMPLATE, template_tools
+from tests.test_tool_calls import SCHEMAS, template_tools, tools_model
 
 COLOR = {
     "type": "object",
@@ -29,17 +27,11 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 @pytest.fixture(scope="module")
 def server(preset_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from modelwire_server.config import ModelConfig, ServerConfig
-    from modelwire_server.preset import ensure_model
+    from modelwire_server.config import ServerConfig
     from modelwire_server.server import preset_configs
 
-    path = tmp_path_factory.mktemp("models") / "tiny-gpt2-tools"
-    shutil.copytree(ensure_model("tiny-gpt2"), path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.chat_template = TOOLS_TEMPLATE
-    tokenizer.save_pretrained(path)
     models = [m for m in preset_configs("tiny") if m.name == "tiny-gpt2"]
-    models.append(ModelConfig(name="tools", task="text-generation", source=str(path)))
+    models.append(tools_model(tmp_path_factory))
     running = start_server(ServerConfig(port=0, http_port=0, models=models))
     try:
         yield running

@@ -69,8 +69,8 @@ SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
 ASK = [ChatMessage("user", "What is the weather in Paris?")]
 
 
-@pytest.fixture(scope="module")
-def tools_server(preset_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def tools_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A copy of tiny-gpt2 whose chat template renders tools, as the ModelConfig "tools"."""
     from modelwire_server.config import ModelConfig
     from modelwire_server.preset import ensure_model
 
@@ -79,7 +79,12 @@ def tools_server(preset_cache: Path, tmp_path_factory: pytest.TempPathFactory) -
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.chat_template = TOOLS_TEMPLATE
     tokenizer.save_pretrained(path)
-    extra = [ModelConfig(name="tools", task="text-generation", source=str(path))]
+    return ModelConfig(name="tools", task="text-generation", source=str(path))
+
+
+@pytest.fixture(scope="module")
+def tools_server(preset_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    extra = [tools_model(tmp_path_factory)]
     with preset_server([], extra=extra) as running:
         yield running
 
