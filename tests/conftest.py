@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import logging
 import os
 import threading
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -379,3 +381,35 @@ def server(preset_cache: Path) -> Iterator[RunningServer]:
 
 
 client = client_fixture("server", timeout=60)
+
+
+class AccessLines(logging.Handler):
+    """Collects the access log's records by request id; ``line`` waits for one to
+    arrive. The ``access`` fixture hangs one on the access logger for a test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: dict[str, list[logging.LogRecord]] = defaultdict(list)
+        self._arrived = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._arrived:
+            self.records[record.fields["request_id"]].append(record)  # type: ignore[attr-defined]
+            self._arrived.notify_all()
+
+    def line(self, request_id: str) -> logging.LogRecord:
+        with self._arrived:
+            assert self._arrived.wait_for(lambda: request_id in self.records, timeout=60)
+            [record] = self.records[request_id]  # exactly one line per call
+            return record
+
+
+@pytest.fixture
+def access() -> Iterator[AccessLines]:
+    logger = logging.getLogger("modelwire_server.access")
+    handler, level = AccessLines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)

@@ -11,8 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,41 +25,10 @@ from modelwire_server.access_log import JsonFormatter, key_values
 from modelwire_server.config import ServerConfig
 from modelwire_server.preset import ensure_model
 from modelwire_server.tracing import parse_traceparent
-from tests.conftest import RunningServer, start_server
+from tests.conftest import AccessLines, RunningServer, start_server
 
 TRACE_ID, PARENT_ID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
-
-
-class AccessLines(logging.Handler):
-    """Collects access records by request id; ``line`` waits for one to arrive."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: dict[str, list[logging.LogRecord]] = defaultdict(list)
-        self._arrived = threading.Condition()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with self._arrived:
-            self.records[record.fields["request_id"]].append(record)  # type: ignore[attr-defined]
-            self._arrived.notify_all()
-
-    def line(self, request_id: str) -> logging.LogRecord:
-        with self._arrived:
-            assert self._arrived.wait_for(lambda: request_id in self.records, timeout=60)
-            [record] = self.records[request_id]  # exactly one line per call
-            return record
-
-
-@pytest.fixture
-def access() -> Iterator[AccessLines]:
-    logger = logging.getLogger("modelwire_server.access")
-    handler, level = AccessLines(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def fields(record: logging.LogRecord) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modelwire import AsyncClient, ImagePart
 from tests.conftest import (
+    AccessLines,
     RunningServer,
     encode_image,
     engine_stats_once_idle,
@@ -418,38 +418,6 @@ async def test_image_parts_need_an_image_model(oai: openai.AsyncOpenAI) -> None:
 # -- access log, metrics, capacity and drain ---------------------------------------------
 
 
-class AccessLines(logging.Handler):
-    """Access records by request id; ``line`` waits for one to arrive."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: dict[str, list[logging.LogRecord]] = {}
-        self._arrived = threading.Condition()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with self._arrived:
-            rid = record.fields["request_id"]  # type: ignore[attr-defined]
-            self.records.setdefault(rid, []).append(record)
-            self._arrived.notify_all()
-
-    def line(self, request_id: str) -> dict:
-        with self._arrived:
-            assert self._arrived.wait_for(lambda: request_id in self.records, timeout=60)
-            [record] = self.records[request_id]  # exactly one line per call
-            return record.fields  # type: ignore[attr-defined, no-any-return]
-
-
-@pytest.fixture
-def access() -> Iterator[AccessLines]:
-    logger = logging.getLogger("modelwire_server.access")
-    handler, level = AccessLines(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
 async def test_calls_are_logged_and_counted_like_grpc_calls(
     http_server, oai: openai.AsyncOpenAI, access: AccessLines
 ) -> None:
@@ -458,7 +426,7 @@ async def test_calls_are_logged_and_counted_like_grpc_calls(
         max_tokens=5, extra_body={"ignore_eos": True}, extra_headers={"x-request-id": "http-ok"},
     )  # fmt: skip
     assert reply.headers["x-request-id"] == "http-ok"
-    line = access.line("http-ok")
+    line = access.line("http-ok").fields
     assert (line["rpc"], line["model"], line["code"]) == ("chat.completions", "tiny-llama", "OK")
     assert line["generated_tokens"] == 5 and line["prompt_tokens"] > 0
     assert line["peer"].startswith("ipv4:127.0.0.1:")
@@ -468,7 +436,7 @@ async def test_calls_are_logged_and_counted_like_grpc_calls(
             model="tiny-embed", input="", extra_headers={"x-request-id": "http-bad"},
             extra_body={"dimensions": 3},
         )  # fmt: skip
-    line = access.line("http-bad")
+    line = access.line("http-bad").fields
     assert (line["rpc"], line["code"]) == ("embeddings", "INVALID_ARGUMENT")
     assert line["error"] == "dimensions: is not supported: vectors are full size"
 
@@ -480,7 +448,7 @@ async def test_calls_are_logged_and_counted_like_grpc_calls(
     async for _ in stream:
         break
     await stream.close()
-    assert access.line("http-left")["code"] == "CANCELLED"
+    assert access.line("http-left").fields["code"] == "CANCELLED"
 
     async with httpx.AsyncClient() as http:
         scrape = await http.get(f"http://127.0.0.1:{http_server.server.metrics_port}/metrics")
@@ -604,7 +572,7 @@ async def test_a_client_leaving_a_plain_call_stops_its_generation(
         task.cancel()  # the client goes away: its connection closes
         with pytest.raises(asyncio.CancelledError):
             await task
-        line = access.line("http-plain-left")
+        line = access.line("http-plain-left").fields
     finally:
         gate.set()
     assert line["code"] == "CANCELLED"

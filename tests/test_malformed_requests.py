@@ -18,8 +18,7 @@ from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 
 from modelwire.v1 import inference_service_pb2, model_service_pb2
 from modelwire_server.config import ServerConfig
-from tests.conftest import RunningServer, start_server
-from tests.test_access_log import AccessLines
+from tests.conftest import AccessLines, RunningServer, start_server
 
 METHODS: list[MethodDescriptor] = [
     method
@@ -40,17 +39,6 @@ def bare_server() -> Iterator[RunningServer]:
     running = start_server(ServerConfig(port=0))  # no models: decoding comes first
     yield running
     running.stop()
-
-
-@pytest.fixture
-def access() -> Iterator[AccessLines]:
-    logger = logging.getLogger("modelwire_server.access")
-    handler, level = AccessLines(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def _bodies(method: MethodDescriptor) -> list[bytes]:
