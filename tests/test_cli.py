@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 from pathlib import Path
@@ -68,6 +69,19 @@ def test_a_busy_port_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"modelwire-server: cannot listen on 127.0.0.1:{port}: ")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "[::1]", "localhost"])
+def test_the_port_check_takes_the_host_s_own_address_family(host: str) -> None:
+    from modelwire_server.server import _check_free
+
+    name = host.strip("[]")
+    family = socket.getaddrinfo(name, 0, type=socket.SOCK_STREAM)[0][0]
+    with socket.create_server((name, 0), family=family) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"cannot listen on {re.escape(host)}:{port}: "):
+            _check_free(host, port)
+    _check_free(host, port)  # free again: no refusal
 
 
 def test_no_model_loads_exits_1_saying_why(tmp_path: Path, preset_cache: Path) -> None:

@@ -87,14 +87,17 @@ def _check_free(host: str, port: int) -> None:
     failure is a core log line plus a RuntimeError."""
     if port == 0:
         return
+    name = host.strip("[]")  # "[::1]" as grpc writes it
     try:
-        with socket.create_server((host.strip("[]"), port)):
+        # The address's own family: an IPv6 host ("::", "::1") is no AF_INET address.
+        family = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((name, port), family=family):
             pass
     except OSError as exc:
+        why = os.strerror(exc.errno) if isinstance(exc.errno, int) and exc.errno > 0 else exc
         raise OSError(
-            f"cannot listen on {host}:{port}: {os.strerror(exc.errno) if exc.errno else exc} "
-            "(pick another port "
-            "with --port, or --port 0 for a free one)"
+            f"cannot listen on {host}:{port}: {why} "
+            "(pick another port with --port, or --port 0 for a free one)"
         ) from None
 
 
