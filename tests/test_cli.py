@@ -51,6 +51,9 @@ def test_serve_with_no_config_serves_the_tiny_preset(preset_cache: Path) -> None
             assert noise not in text, noise
         ready = [line for line in log if ": ready on cpu in " in line]
         assert len(ready) == len(preset.all_models()), ready
+        for model in preset.all_models():  # one line each, saying what dtype auto chose
+            [line] = [x for x in log if f"model {model.name}: " in x]
+            assert line.rstrip().endswith(", float32 (dtype auto)"), line
     finally:
         kill_if_running(proc)
 

@@ -167,8 +167,6 @@ class Registry:
                 stored = await asyncio.to_thread(stored_dtype, config.source, config.revision)
             dtype = resolve_dtype(config.dtype, device, stored)
             entry.dtype = str(dtype).removeprefix("torch.")
-            if config.dtype == "auto":
-                log.info("model %s: dtype auto is %s on %s", config.name, entry.dtype, device)
             runner = cls(config, device, dtype, self.workers.get(str(device)))
             await asyncio.to_thread(_locked(runner.load))
             if config.quantization != "none" and runner.quantized_layers == 0:
@@ -345,7 +343,9 @@ class Registry:
 
 def _outcome(entry: ModelEntry) -> str:
     if entry.state is ModelState.READY:
-        return f"ready on {entry.device} in {entry.load_seconds:.1f}s"
+        # The dtype in the one line per model; "auto" says which the rule chose.
+        chosen = " (dtype auto)" if entry.config.dtype == "auto" else ""
+        return f"ready on {entry.device} in {entry.load_seconds:.1f}s, {entry.dtype}{chosen}"
     return f"FAILED: {entry.failure}"
 
 
