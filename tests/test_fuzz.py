@@ -21,17 +21,19 @@ from __future__ import annotations
 
 import io
 import math
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+import yaml
 from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -43,9 +45,8 @@ from modelwire.v1 import inference_service_pb2 as ipb
 from modelwire.v1 import inference_service_pb2_grpc as igrpc
 from modelwire.v1 import model_service_pb2 as mpb
 from modelwire.v1 import model_service_pb2_grpc as mgrpc
-from modelwire_server.config import ServerConfig
-from modelwire_server.server import preset_configs
-from tests.conftest import RunningServer, start_server
+from modelwire_server import preset as preset_models
+from tests.processes import kill_if_running, read_port, spawn_server, wait_serving
 
 BATCHES = 100
 BATCH = 21  # requests per hypothesis example, sent concurrently
@@ -284,19 +285,57 @@ def _model_messages() -> tuple[type[Message], ...]:
     return tuple(_request_type(r) for r in ("ListModels", "GetModel", "LoadModel", "UnloadModel"))
 
 
+@dataclass
+class FuzzServer:
+    """The fuzzed server: a subprocess of its own, so that its memory is measured alone
+    (in the pytest process, a thousand earlier tests move the RSS as much as a leak)."""
+
+    proc: subprocess.Popen[str]
+    target: str
+
+    def rss_bytes(self) -> int:
+        """The server's resident memory, from /proc."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError(f"no VmRSS for the server (pid {self.proc.pid})")
+
+
 @pytest.fixture(scope="module")
-def fuzz_server(preset_cache: Path) -> Iterator[RunningServer]:
+def fuzz_server(
+    preset_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FuzzServer]:
     # Small limits keep giant inputs and long generations cheap: the fuzz is about
-    # statuses, not throughput.
+    # statuses, not throughput. float32 on the CPU, as every in-process test server.
     small = {"max_new_tokens": 8, "default_max_new_tokens": 4, "max_input_chars": 4000}
-    models = [replace(m, **small) for m in preset_configs("tiny") if m.name in MODELS]
-    config = ServerConfig(port=0, models=models, load_allow_list=["preset:tiny-fill-mask"])
-    running = start_server(config)
-    yield running
-    running.stop()
+    models = [
+        {
+            "name": m.name,
+            "task": m.task,
+            "source": str(preset_models.ensure_model(m.name)),
+            "device": "cpu",
+            "dtype": "float32",
+            **m.settings,
+            **small,
+        }
+        for m in preset_models.all_models()
+        if m.name in MODELS
+    ]
+    config = tmp_path_factory.mktemp("fuzz") / "fuzz.yaml"
+    config.write_text(
+        yaml.safe_dump({"models": models, "load_allow_list": ["preset:tiny-fill-mask"]})
+    )
+    proc = spawn_server("--config", str(config), "--log-level", "WARNING", cache=preset_cache)
+    log: list[str] = []
+    try:
+        target = f"127.0.0.1:{read_port(proc, log)}"
+        wait_serving(target, proc, log)
+        yield FuzzServer(proc, target)
+    finally:
+        kill_if_running(proc)
 
 
-def test_random_requests_all_end_with_a_deliberate_status(fuzz_server: RunningServer) -> None:
+def test_random_requests_all_end_with_a_deliberate_status(fuzz_server: FuzzServer) -> None:
     sender = Sender(fuzz_server.target)
     rss: dict[str, int] = {}
     listing = sender.models.ListModels(mpb.ListModelsRequest(), timeout=30)
@@ -315,7 +354,7 @@ def test_random_requests_all_end_with_a_deliberate_status(fuzz_server: RunningSe
     @given(st.lists(probes(), min_size=BATCH, max_size=BATCH))
     def batch(batch_probes: list[Probe]) -> None:
         if codes.total() >= WARMUP_CALLS and not rss:  # each path's one-time allocations
-            rss["before"] = rss_bytes()
+            rss["before"] = fuzz_server.rss_bytes()
         for probe, outcome in zip(batch_probes, pool.map(sender.send, batch_probes), strict=True):
             codes[outcome.code.name] += 1
             samples.setdefault(outcome.code.name, f"{probe.rpc}: {outcome.details[:150]}")
@@ -333,11 +372,13 @@ def test_random_requests_all_end_with_a_deliberate_status(fuzz_server: RunningSe
     assert total >= 2000, codes
     assert codes["OK"] >= 0.3 * total, codes
     _still_healthy(sender)
-    # The server (in this process) keeps no garbage from thousands of bad calls: once
-    # idle it trims its heaps. Polling: the trim runs on the server's own schedule.
+    # The server keeps no garbage from thousands of bad calls: once idle it trims its
+    # heaps. Polling: the trim runs on the server's own schedule.
     deadline = time.monotonic() + 30
-    while (grown := rss_bytes() - rss["before"]) > MAX_GROWTH and time.monotonic() < deadline:
+    grown = fuzz_server.rss_bytes() - rss["before"]
+    while grown > MAX_GROWTH and time.monotonic() < deadline:
         time.sleep(0.5)
+        grown = fuzz_server.rss_bytes() - rss["before"]
     print(f"fuzz memory growth: {grown / 2**20:.0f} MB")
     assert grown <= MAX_GROWTH, f"RSS grew {grown / 2**20:.0f} MB over {total} calls"
 
@@ -350,14 +391,6 @@ def _still_healthy(sender: Sender) -> None:
         ipb.ClassifyTextRequest(model="tiny-sentiment", inputs=["fine"]), timeout=30
     )
     assert len(reply.results) == 1
-
-
-def rss_bytes() -> int:
-    """This process's resident memory (the server runs in it), from /proc."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
 
 
 def _float_fields(msg: Message, value: float, depth: int = 0) -> int:
@@ -386,7 +419,7 @@ def _float_fields(msg: Message, value: float, depth: int = 0) -> int:
     return count
 
 
-def test_extreme_floats_in_every_float_field(fuzz_server: RunningServer) -> None:
+def test_extreme_floats_in_every_float_field(fuzz_server: FuzzServer) -> None:
     sender = Sender(fuzz_server.target)
     probes, fields = [], 0
     for key, (model, values) in sorted(TEMPLATES.items()):
@@ -418,7 +451,7 @@ GARBAGE = st.one_of(
 
 @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(GARBAGE, min_size=len(TEMPLATES), max_size=len(TEMPLATES)))
-def test_garbage_bytes_at_every_method(fuzz_server: RunningServer, bodies: list[bytes]) -> None:
+def test_garbage_bytes_at_every_method(fuzz_server: FuzzServer, bodies: list[bytes]) -> None:
     """Bytes that may or may not parse, at every method: a parse failure is
     INVALID_ARGUMENT, and whatever parses gets a deliberate status like any request."""
     methods = [
