@@ -26,43 +26,43 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from modelwire.v1 import common_pb2 as modelwire_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmodelwire/v1/generate.proto\x12\x0cmodelwire.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x19modelwire/v1/common.proto\"\x8c\x03\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12.\n\x08messages\x18\x03 \x01(\x0b\x32\x1a.modelwire.v1.ChatMessagesH\x00\x12\x32\n\x08sampling\x18\x04 \x01(\x0b\x32 .modelwire.v1.SamplingParameters\x12\x32\n\x08stopping\x18\x05 \x01(\x0b\x32 .modelwire.v1.StoppingParameters\x12.\n\x07options\x18\x06 \x01(\x0b\x32\x1d.modelwire.v1.GenerateOptions\x12\x35\n\x0fresponse_format\x18\n \x01(\x0b\x32\x1c.modelwire.v1.ResponseFormat\x12!\n\x05tools\x18\x0b \x03(\x0b\x32\x12.modelwire.v1.Tool\x12-\n\x0btool_choice\x18\x0c \x01(\x0b\x32\x18.modelwire.v1.ToolChoiceB\x07\n\x05input\"\xda\x01\n\x0eResponseFormat\x12\x35\n\x0bjson_object\x18\x01 \x01(\x0b\x32\x1e.modelwire.v1.JsonObjectFormatH\x00\x12\x35\n\x0bjson_schema\x18\x02 \x01(\x0b\x32\x1e.modelwire.v1.JsonSchemaFormatH\x00\x12\x0f\n\x05regex\x18\x03 \x01(\tH\x00\x12,\n\x06\x63hoice\x18\x04 \x01(\x0b\x32\x1a.modelwire.v1.ChoiceFormatH\x00\x12\x11\n\x07grammar\x18\x05 \x01(\tH\x00\x42\x08\n\x06\x66ormat\"\x12\n\x10JsonObjectFormat\"^\n\x10JsonSchemaFormat\x12\x0e\n\x06schema\x18\x01 \x01(\t\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06strict\x18\x03 \x01(\x08H\x01\x88\x01\x01\x42\x07\n\x05_nameB\t\n\x07_strict\"\x1f\n\x0c\x43hoiceFormat\x12\x0f\n\x07\x63hoices\x18\x01 \x03(\t\"=\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x12\n\nparameters\x18\x03 \x01(\t\"T\n\nToolChoice\x12,\n\x04mode\x18\x01 \x01(\x0e\x32\x1c.modelwire.v1.ToolChoiceModeH\x00\x12\x0e\n\x04name\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x63hoice\"\xe5\x01\n\x0fGenerateOptions\x12\x10\n\x08logprobs\x18\x01 \x01(\x08\x12\x19\n\x0ctop_logprobs\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x1a\n\x12\x65\x63ho_prompt_tokens\x18\x03 \x01(\x08\x12 \n\x13skip_special_tokens\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12#\n\x16truncate_prompt_tokens\x18\x05 \x01(\x05H\x02\x88\x01\x01\x42\x0f\n\r_top_logprobsB\x16\n\x14_skip_special_tokensB\x19\n\x17_truncate_prompt_tokens\"\x84\x01\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x14\n\x07logprob\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12.\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x18.modelwire.v1.TopLogprob\x12\x0f\n\x07special\x18\x05 \x01(\x08\x42\n\n\x08_logprob\"7\n\nTopLogprob\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"\xce\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x02 \x01(\x05\x12-\n\nqueue_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13time_to_first_token\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\ntotal_time\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd7\x02\n\x10GenerateResponse\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12#\n\x06tokens\x18\x03 \x03(\x0b\x32\x13.modelwire.v1.Token\x12\x31\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1a.modelwire.v1.FinishReason\x12\x1f\n\x12prompt_token_count\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12*\n\rprompt_tokens\x18\x06 \x03(\x0b\x32\x13.modelwire.v1.Token\x12\"\n\x05usage\x18\x07 \x01(\x0b\x32\x13.modelwire.v1.Usage\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x01\x88\x01\x01\x12*\n\ntool_calls\x18\t \x03(\x0b\x32\x16.modelwire.v1.ToolCallB\x15\n\x13_prompt_token_countB\x07\n\x05_seed\"\xdf\x01\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12.\n\x08messages\x18\x03 \x01(\x0b\x32\x1a.modelwire.v1.ChatMessagesH\x00\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x05 \x01(\x08H\x02\x88\x01\x01\x42\x07\n\x05inputB\x15\n\x13_add_special_tokensB\x18\n\x16_add_generation_prompt\"$\n\x06Offset\x12\r\n\x05start\x18\x01 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x05\"j\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12%\n\x07offsets\x18\x03 \x03(\x0b\x32\x14.modelwire.v1.Offset\x12\x0c\n\x04text\x18\x04 \x01(\t*\x87\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmodelwire/v1/generate.proto\x12\x0cmodelwire.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x19modelwire/v1/common.proto\"\x9e\x03\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12.\n\x08messages\x18\x03 \x01(\x0b\x32\x1a.modelwire.v1.ChatMessagesH\x00\x12\x32\n\x08sampling\x18\x04 \x01(\x0b\x32 .modelwire.v1.SamplingParameters\x12\x32\n\x08stopping\x18\x05 \x01(\x0b\x32 .modelwire.v1.StoppingParameters\x12.\n\x07options\x18\x06 \x01(\x0b\x32\x1d.modelwire.v1.GenerateOptions\x12\x35\n\x0fresponse_format\x18\n \x01(\x0b\x32\x1c.modelwire.v1.ResponseFormat\x12!\n\x05tools\x18\x0b \x03(\x0b\x32\x12.modelwire.v1.Tool\x12-\n\x0btool_choice\x18\x0c \x01(\x0b\x32\x18.modelwire.v1.ToolChoice\x12\x10\n\x08priority\x18\r \x01(\x05\x42\x07\n\x05input\"\xda\x01\n\x0eResponseFormat\x12\x35\n\x0bjson_object\x18\x01 \x01(\x0b\x32\x1e.modelwire.v1.JsonObjectFormatH\x00\x12\x35\n\x0bjson_schema\x18\x02 \x01(\x0b\x32\x1e.modelwire.v1.JsonSchemaFormatH\x00\x12\x0f\n\x05regex\x18\x03 \x01(\tH\x00\x12,\n\x06\x63hoice\x18\x04 \x01(\x0b\x32\x1a.modelwire.v1.ChoiceFormatH\x00\x12\x11\n\x07grammar\x18\x05 \x01(\tH\x00\x42\x08\n\x06\x66ormat\"\x12\n\x10JsonObjectFormat\"^\n\x10JsonSchemaFormat\x12\x0e\n\x06schema\x18\x01 \x01(\t\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06strict\x18\x03 \x01(\x08H\x01\x88\x01\x01\x42\x07\n\x05_nameB\t\n\x07_strict\"\x1f\n\x0c\x43hoiceFormat\x12\x0f\n\x07\x63hoices\x18\x01 \x03(\t\"=\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x12\n\nparameters\x18\x03 \x01(\t\"T\n\nToolChoice\x12,\n\x04mode\x18\x01 \x01(\x0e\x32\x1c.modelwire.v1.ToolChoiceModeH\x00\x12\x0e\n\x04name\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x63hoice\"\xe5\x01\n\x0fGenerateOptions\x12\x10\n\x08logprobs\x18\x01 \x01(\x08\x12\x19\n\x0ctop_logprobs\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x1a\n\x12\x65\x63ho_prompt_tokens\x18\x03 \x01(\x08\x12 \n\x13skip_special_tokens\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12#\n\x16truncate_prompt_tokens\x18\x05 \x01(\x05H\x02\x88\x01\x01\x42\x0f\n\r_top_logprobsB\x16\n\x14_skip_special_tokensB\x19\n\x17_truncate_prompt_tokens\"\x84\x01\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x14\n\x07logprob\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12.\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x18.modelwire.v1.TopLogprob\x12\x0f\n\x07special\x18\x05 \x01(\x08\x42\n\n\x08_logprob\"7\n\nTopLogprob\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"\xec\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x02 \x01(\x05\x12-\n\nqueue_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13time_to_first_token\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\ntotal_time\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x06 \x01(\x05\"\xd7\x02\n\x10GenerateResponse\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12#\n\x06tokens\x18\x03 \x03(\x0b\x32\x13.modelwire.v1.Token\x12\x31\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1a.modelwire.v1.FinishReason\x12\x1f\n\x12prompt_token_count\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12*\n\rprompt_tokens\x18\x06 \x03(\x0b\x32\x13.modelwire.v1.Token\x12\"\n\x05usage\x18\x07 \x01(\x0b\x32\x13.modelwire.v1.Usage\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x01\x88\x01\x01\x12*\n\ntool_calls\x18\t \x03(\x0b\x32\x16.modelwire.v1.ToolCallB\x15\n\x13_prompt_token_countB\x07\n\x05_seed\"\xdf\x01\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12.\n\x08messages\x18\x03 \x01(\x0b\x32\x1a.modelwire.v1.ChatMessagesH\x00\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x05 \x01(\x08H\x02\x88\x01\x01\x42\x07\n\x05inputB\x15\n\x13_add_special_tokensB\x18\n\x16_add_generation_prompt\"$\n\x06Offset\x12\r\n\x05start\x18\x01 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x05\"j\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12%\n\x07offsets\x18\x03 \x03(\x0b\x32\x14.modelwire.v1.Offset\x12\x0c\n\x04text\x18\x04 \x01(\t*\x87\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelwire.v1.generate_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TOOLCHOICEMODE']._serialized_start=2374
-  _globals['_TOOLCHOICEMODE']._serialized_end=2509
+  _globals['_TOOLCHOICEMODE']._serialized_start=2422
+  _globals['_TOOLCHOICEMODE']._serialized_end=2557
   _globals['_GENERATEREQUEST']._serialized_start=105
-  _globals['_GENERATEREQUEST']._serialized_end=501
-  _globals['_RESPONSEFORMAT']._serialized_start=504
-  _globals['_RESPONSEFORMAT']._serialized_end=722
-  _globals['_JSONOBJECTFORMAT']._serialized_start=724
-  _globals['_JSONOBJECTFORMAT']._serialized_end=742
-  _globals['_JSONSCHEMAFORMAT']._serialized_start=744
-  _globals['_JSONSCHEMAFORMAT']._serialized_end=838
-  _globals['_CHOICEFORMAT']._serialized_start=840
-  _globals['_CHOICEFORMAT']._serialized_end=871
-  _globals['_TOOL']._serialized_start=873
-  _globals['_TOOL']._serialized_end=934
-  _globals['_TOOLCHOICE']._serialized_start=936
-  _globals['_TOOLCHOICE']._serialized_end=1020
-  _globals['_GENERATEOPTIONS']._serialized_start=1023
-  _globals['_GENERATEOPTIONS']._serialized_end=1252
-  _globals['_TOKEN']._serialized_start=1255
-  _globals['_TOKEN']._serialized_end=1387
-  _globals['_TOPLOGPROB']._serialized_start=1389
-  _globals['_TOPLOGPROB']._serialized_end=1444
-  _globals['_USAGE']._serialized_start=1447
-  _globals['_USAGE']._serialized_end=1653
-  _globals['_GENERATERESPONSE']._serialized_start=1656
-  _globals['_GENERATERESPONSE']._serialized_end=1999
-  _globals['_TOKENIZEREQUEST']._serialized_start=2002
-  _globals['_TOKENIZEREQUEST']._serialized_end=2225
-  _globals['_OFFSET']._serialized_start=2227
-  _globals['_OFFSET']._serialized_end=2263
-  _globals['_TOKENIZERESPONSE']._serialized_start=2265
-  _globals['_TOKENIZERESPONSE']._serialized_end=2371
+  _globals['_GENERATEREQUEST']._serialized_end=519
+  _globals['_RESPONSEFORMAT']._serialized_start=522
+  _globals['_RESPONSEFORMAT']._serialized_end=740
+  _globals['_JSONOBJECTFORMAT']._serialized_start=742
+  _globals['_JSONOBJECTFORMAT']._serialized_end=760
+  _globals['_JSONSCHEMAFORMAT']._serialized_start=762
+  _globals['_JSONSCHEMAFORMAT']._serialized_end=856
+  _globals['_CHOICEFORMAT']._serialized_start=858
+  _globals['_CHOICEFORMAT']._serialized_end=889
+  _globals['_TOOL']._serialized_start=891
+  _globals['_TOOL']._serialized_end=952
+  _globals['_TOOLCHOICE']._serialized_start=954
+  _globals['_TOOLCHOICE']._serialized_end=1038
+  _globals['_GENERATEOPTIONS']._serialized_start=1041
+  _globals['_GENERATEOPTIONS']._serialized_end=1270
+  _globals['_TOKEN']._serialized_start=1273
+  _globals['_TOKEN']._serialized_end=1405
+  _globals['_TOPLOGPROB']._serialized_start=1407
+  _globals['_TOPLOGPROB']._serialized_end=1462
+  _globals['_USAGE']._serialized_start=1465
+  _globals['_USAGE']._serialized_end=1701
+  _globals['_GENERATERESPONSE']._serialized_start=1704
+  _globals['_GENERATERESPONSE']._serialized_end=2047
+  _globals['_TOKENIZEREQUEST']._serialized_start=2050
+  _globals['_TOKENIZEREQUEST']._serialized_end=2273
+  _globals['_OFFSET']._serialized_start=2275
+  _globals['_OFFSET']._serialized_end=2311
+  _globals['_TOKENIZERESPONSE']._serialized_start=2313
+  _globals['_TOKENIZERESPONSE']._serialized_end=2419
 # @@protoc_insertion_point(module_scope)
