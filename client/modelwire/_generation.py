@@ -100,6 +100,9 @@ class GenerateParams(TypedDict, total=False):
     tools: Sequence[ToolLike] | None
     #: "auto" (default), "none", "required", or the name of the tool to call.
     tool_choice: ToolChoiceLike | None
+    # -- scheduling --
+    #: Higher is admitted first and preempted last; equal ones first come, first served.
+    priority: int | None
 
 
 _Check = Callable[[str, Any], None]
@@ -142,7 +145,8 @@ def generate_request(
     params: GenerateParams,
 ) -> generate_pb2.GenerateRequest:
     """Check every argument and build the request; unset options stay unset on the wire."""
-    unknown = params.keys() - {*_SAMPLING, *_STOPPING, *_OPTIONS, *_LISTS, *_STRUCTURED}
+    known = {*_SAMPLING, *_STOPPING, *_OPTIONS, *_LISTS, *_STRUCTURED, "priority"}
+    unknown = params.keys() - known
     if unknown:
         raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
     if (prompt is None) == (messages is None):
@@ -163,6 +167,10 @@ def generate_request(
             if value is not None:
                 setattr(target, name, value)
     _check_combinations(params)
+    priority = params.get("priority")
+    check.integer("priority", priority, minimum=-check.INT32_MAX - 1)
+    if priority is not None:
+        request.priority = priority
     request.sampling.logit_bias.update(_logit_bias(params.get("logit_bias")))
     request.stopping.stop.extend(_stop(params.get("stop")))
     request.stopping.stop_token_ids.extend(_token_ids(params.get("stop_token_ids")))
@@ -250,6 +258,7 @@ def _usage(u: generate_pb2.Usage) -> Usage:
         queue_time=seconds("queue_time"),
         time_to_first_token=seconds("time_to_first_token"),
         total_time=seconds("total_time"),
+        cached_prompt_tokens=u.cached_prompt_tokens,
     )
 
 

@@ -94,6 +94,8 @@ class Usage:
     queue_time: float | None = None
     time_to_first_token: float | None = None
     total_time: float | None = None
+    #: Prompt tokens whose KV came from the server's prefix cache (part of prompt_tokens).
+    cached_prompt_tokens: int = 0
 
 
 class FinishReason(enum.StrEnum):

@@ -110,6 +110,13 @@ class ModelConfig:
     max_waiting: int = 256
     max_new_tokens: int = 4096
     default_max_new_tokens: int = 256
+    # Text generation: keep the KV of prompt prefixes after a request ends and reuse it
+    # for any later prompt that starts with the same tokens (chat turns, shared system
+    # prompts), in blocks of tokens, least recently used evicted first.
+    prefix_caching: bool = True
+    # Text generation: a prompt longer than this is prefilled in chunks of it between
+    # decode steps, so running streams wait one chunk, not a whole prompt.
+    prefill_chunk_tokens: int = 512
     # Generate streams: after a message with new tokens, a stream's next message waits
     # this long and carries every token made meanwhile (0: each step's at once). Fewer
     # messages when steps are fast and streams many; first and final messages never wait.
@@ -254,6 +261,7 @@ def validate_model(model: ModelConfig, where: str) -> None:
         "max_image_pixels",
         "max_input_bytes",
         "max_results",
+        "prefill_chunk_tokens",
     ):
         if getattr(model, key) < 1:
             raise ConfigError(f"{where}.{key} must be at least 1")

@@ -197,6 +197,8 @@ class GenerationRequest:
     # The compiled response format (``constraints.Compiled``), or None for free text:
     # each row's tokens are masked to what the format allows next.
     constraint: Any | None = None
+    # Higher is admitted first and preempted last; equal priorities are FIFO.
+    priority: int = 0
 
 
 class FinishReason(enum.Enum):
@@ -226,6 +228,7 @@ class Usage:
     queue_time_s: float
     time_to_first_token_s: float | None
     total_time_s: float
+    cached_prompt_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
 
 
 @dataclass(frozen=True, slots=True)

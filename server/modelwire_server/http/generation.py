@@ -84,6 +84,9 @@ def generate_request(body: dict[str, Any], *, chat: bool) -> generate_pb2.Genera
         _set(stopping, "min_new_tokens", min_tokens, "min_tokens")
     stopping.stop.extend(fields.strings(body, "stop") or [])
     stopping.ignore_eos = bool(fields.boolean(body, "ignore_eos"))
+    priority = fields.integer(body, "priority")  # vLLM's extension: higher goes first
+    if priority is not None:
+        _set(request, "priority", priority, "priority")
     if chat:
         if fields.boolean(body, "logprobs"):
             request.options.logprobs = True
@@ -264,18 +267,24 @@ class Choice:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    _prompts_seen: set[int] = field(default_factory=set)
 
-    def add(self, message: generate_pb2.GenerateResponse) -> None:
+    def add(self, message: generate_pb2.GenerateResponse, stream: int = 0) -> None:
         if message.HasField("prompt_token_count"):
             self.prompt_tokens += message.prompt_token_count
         if message.finish_reason:
             self.completion_tokens += message.usage.generated_tokens
+            if stream not in self._prompts_seen:  # a prompt's cache hit counts once
+                self._prompts_seen.add(stream)
+                self.cached_tokens += message.usage.cached_prompt_tokens
 
-    def json(self) -> dict[str, int]:
+    def json(self) -> dict[str, Any]:
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
         }
 
 
@@ -286,7 +295,7 @@ async def gather(streams: list[Primed], n: int) -> tuple[dict[int, Choice], Usag
 
     async def drain(p: int, stream: Primed) -> None:
         async for message in stream:
-            usage.add(message)
+            usage.add(message, p)
             if message.HasField("prompt_token_count"):
                 continue
             choice = choices.setdefault(p * n + message.index, Choice())

@@ -219,6 +219,7 @@ def usage_pb(usage: et.Usage) -> generate_pb2.Usage:
         queue_time=_duration(usage.queue_time_s),
         time_to_first_token=_duration(usage.time_to_first_token_s),
         total_time=_duration(usage.total_time_s),
+        cached_prompt_tokens=usage.cached_prompt_tokens,
     )
 
 
@@ -335,6 +336,7 @@ async def generate(
         request_id=request_id,
         deadline=deadline_of(context),
         constraint=constraint,
+        priority=request.priority,
     )
     buffer = runner.driver.buffer()
     handle = runner.submit(gen_request, buffer)
