@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
@@ -22,6 +23,7 @@ from modelwire_server.calls import note_usage
 from modelwire_server.engine import errors as engine_errors
 from modelwire_server.engine.engine import GenerationEngine, Handle
 from modelwire_server.engine.types import Event, Failed, Finished, GenerationRequest
+from modelwire_server.engine.validation import Prepared
 from modelwire_server.streams import EventBuffer, WakeBatcher, merge_deltas
 from modelwire_server.worker import DeviceWorker
 
@@ -53,13 +55,15 @@ class RequestStream:
     """
 
     def __init__(
-        self, driver: EngineDriver, handle: Handle, buffer: EventBuffer, interval_s: float
+        self,
+        prepared: Prepared,
+        buffer: EventBuffer,
+        cancel: Callable[[], None],
+        interval_s: float,
     ) -> None:
-        self._driver = driver
-        self._handle = handle
         self._buffer = buffer
+        self._cancel = cancel
         self._interval_s = interval_s
-        prepared = handle.group.prepared
         self.sequences = prepared.sampling.n  # Finished events to expect
         self.beam = prepared.is_beam
         self.finished: set[int] = set()  # sequence indexes that have ended
@@ -84,7 +88,7 @@ class RequestStream:
         """Cancel the request unless it has ended (idempotent)."""
         if not self.done:
             self._failed = True  # nothing more will be read
-            self._driver.cancel(self._handle)
+            self._cancel()
 
     def __aiter__(self) -> AsyncIterator[list[Event]]:
         return self._batches()
@@ -163,7 +167,8 @@ class EngineDriver:
         except engine_errors.EngineError as exc:
             raise domain_error(exc) from None
         self.wake()
-        return RequestStream(self, handle, buffer, interval_s)
+        cancel = functools.partial(self.cancel, handle)
+        return RequestStream(handle.group.prepared, buffer, cancel, interval_s)
 
     def cancel(self, handle: Handle) -> None:
         self.engine.cancel(handle)
