@@ -52,15 +52,15 @@ def prio_server(preset_cache: Path) -> Iterator[RunningServer]:
 @pytest.fixture
 def priorities(prio_server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The priority of each generation request the runner hands its engine."""
-    runner = prio_server.runner(MODEL)
+    engine = prio_server.runner(MODEL).engine
     seen: list[int] = []
-    submit = runner.submit
+    submit = engine.submit
 
     def recording(request: Any, sink: Any) -> Any:
         seen.append(request.priority)
         return submit(request, sink)
 
-    monkeypatch.setattr(runner, "submit", recording)
+    monkeypatch.setattr(engine, "submit", recording)
     return seen
 
 
@@ -176,7 +176,7 @@ async def test_the_http_door_passes_priority(
     async def high(http: httpx.AsyncClient) -> None:
         reply = await http.post(
             "/v1/completions",
-            json=body | {"ignore_eos": True, "priority": 7},
+            json=body | {"ignore_eos": True, "priority": -7},  # vLLM's way: lower is sooner
             headers={"x-request-id": "prio-http-high"},
         )
         assert reply.status_code == 200, reply.text
@@ -227,7 +227,8 @@ async def test_the_http_door_takes_the_int32_range(
             body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 2, "priority": priority}
             reply = await http.post("/v1/completions", json=body)
             assert reply.status_code == 200, reply.text
-    assert priorities == [-(2**31), 2**31 - 1, 0]
+    # Negated, as vLLM's lower-is-sooner becomes GenerateRequest's higher-is-sooner.
+    assert priorities == [2**31 - 1, -(2**31 - 1), 0]
 
 
 def test_the_cli_passes_priority(prio_server: RunningServer, priorities: list[int]) -> None:
