@@ -67,9 +67,7 @@ async def test_every_sequence_ends_the_stream(driver: EngineDriver, gpt2: Bundle
     assert all(e.usage.generated_tokens == 5 for e in ends)
 
 
-async def test_leaving_early_cancels_and_frees_the_rows(
-    driver: EngineDriver, gpt2: Bundle
-) -> None:
+async def test_leaving_early_cancels_and_frees_the_rows(driver: EngineDriver, gpt2: Bundle) -> None:
     async with driver.open(_request(gpt2.encode("A long one"), 150)) as stream:
         async for events in stream:
             if any(isinstance(e, Delta) for e in events):

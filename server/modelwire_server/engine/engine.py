@@ -91,6 +91,8 @@ class EngineStats:
     generated_tokens: int
     # Decode steps run at each batch size (rows), since start: for a metrics histogram.
     decode_batch_sizes: dict[int, int] = field(default_factory=dict)
+    # Waiting requests at each priority that has some: for a metrics gauge.
+    waiting_by_priority: dict[int, int] = field(default_factory=dict)
 
 
 def eos_token_ids(generation_config: Any, model: Any, tokenizer: Any) -> frozenset[int]:
@@ -192,6 +194,7 @@ class GenerationEngine:
             steps=self._steps,
             generated_tokens=self._generated,
             decode_batch_sizes=dict(self._decode_sizes),
+            waiting_by_priority=self._queue.waiting_by_priority(),
         )
 
     # ---- worker thread ----------------------------------------------------------
