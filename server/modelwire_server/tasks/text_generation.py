@@ -31,6 +31,7 @@ from modelwire_server.engine.types import (
     ResponseFormat,
 )
 from modelwire_server.engine_client import EngineDriver, Rename, domain_error
+from modelwire_server.engine_process import EngineInfo, ProcessEngineDriver
 from modelwire_server.tasks.base import TaskRunner
 
 log = logging.getLogger(__name__)
@@ -149,13 +150,36 @@ class TextGenerationTask(TaskRunner):
     # truncating a prompt must not cut any of them off.
     placeholder_ids: frozenset[int] = frozenset()
 
+    # With ``engine_process``: what the device process reported of the model it holds.
+    remote: EngineInfo | None = None
+
     def load(self) -> None:
         source, kwargs = self.config.source, self.pretrained_kwargs()
         self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        if self.config.engine_process:
+            # The model lives in a device process; this one keeps the tokenizer.
+            driver = ProcessEngineDriver(self.config, self.device, self.dtype)
+            driver.notify = self._notify
+            self.remote = driver.launch()
+            self.quantized_layers = self.remote.quantized_layers
+            self.engine, self.driver = driver.engine, driver  # type: ignore[assignment]
+            return
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **self.placement_kwargs())
         self.model = self.place(model)
         self.engine = self.make_engine()
         self.driver = EngineDriver(self.engine, self.worker, self.config.name)
+
+    @property
+    def architecture(self) -> str:
+        return self.remote.architecture if self.remote is not None else super().architecture
+
+    def _notify(self, up: bool, why: str) -> None:
+        if self.availability is not None:
+            self.availability(up, why)
+
+    def discard(self) -> None:
+        if self.remote is not None:
+            self.driver.stop()  # type: ignore[attr-defined]
 
     def make_engine(self, adapter: ModelAdapter | None = None) -> GenerationEngine:
         """The engine over this runner's model (``adapter``: None picks the model's kind)."""
@@ -204,7 +228,19 @@ class TextGenerationTask(TaskRunner):
     def warmup(self) -> None:
         """Generate two tokens for a short and a longer prompt as one batch, end to end
         (on the worker: steps run inline): a padded prefill of a real length and a
-        decode step, so that a model the engine cannot drive fails at load."""
+        decode step, so that a model the engine cannot drive fails at load. (A device
+        process has warmed its engine up before it said it was ready.)"""
+        if self.remote is None:
+            self._warm_engine()
+        # The tokenizer's byte table for response formats: built at load, not by the
+        # first constrained request (a tenth of a second for a 50k vocabulary). A
+        # tokenizer it cannot read fails constrained requests only, not the model.
+        try:
+            self.constraints.warm()
+        except Exception:
+            log.warning("model %s: response formats unavailable", self.config.name, exc_info=True)
+
+    def _warm_engine(self) -> None:
         short = self.encode_prompt("Hello")[-8:] or [0]
         limits = self.engine.limits
         length = min(WARMUP_PROMPT_TOKENS, limits.max_batch_tokens - 2)
@@ -215,13 +251,6 @@ class TextGenerationTask(TaskRunner):
             [GenerationRequest(prompt_ids=short), GenerationRequest(prompt_ids=longer)],
             max_new_tokens=2,
         )
-        # The tokenizer's byte table for response formats: built at load, not by the
-        # first constrained request (a tenth of a second for a 50k vocabulary). A
-        # tokenizer it cannot read fails constrained requests only, not the model.
-        try:
-            self.constraints.warm()
-        except Exception:
-            log.warning("model %s: response formats unavailable", self.config.name, exc_info=True)
 
     def run_inline(
         self, request: GenerationRequest | Sequence[GenerationRequest], *, max_new_tokens: int
