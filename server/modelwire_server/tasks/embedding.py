@@ -183,11 +183,15 @@ class EmbeddingTask(BatchedTask[EmbedItem, EmbedResult]):
 
     @property
     def pass_tokens(self) -> int:
-        """A forward pass's fixed cost, in tokens, for ``length_passes``: on the CPU a
-        pass of MiniLM costs about as much as 30 to 60 tokens (measured: 32 random
-        sentences of 6-40 words cost 1.4x less cut so than in one pass, and within 3%
-        for 32 to 64); on a GPU padded tokens are nearly free until the pass is large."""
-        return 48 if self.device.type == "cpu" else 4096
+        """A forward pass's fixed cost, in tokens, for ``length_passes``. On the CPU a
+        pass of MiniLM costs what about 30 to 60 tokens cost one thread (measured: 32
+        random sentences of 6-40 words took 1.4x less work so cut than in one pass, and
+        within 3% from 24 to 96); the fixed part (Python, one sync per op) does not
+        shrink with threads while the tokens' part does, hence per thread. On a GPU
+        padded tokens are nearly free until a pass is large."""
+        if self.device.type != "cpu":
+            return 4096
+        return 48 * max(1, torch.get_num_threads())
 
     def _row(self, encoded: Any, i: int) -> Row:
         types = encoded["token_type_ids"][i] if self._token_types else None
