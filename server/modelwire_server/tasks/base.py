@@ -218,6 +218,43 @@ def estimated_tokens(chars: int, max_length: int | None) -> int:
     return tokens if max_length is None else min(tokens, max_length)
 
 
+def length_passes(lengths: Sequence[int], pass_tokens: int) -> list[list[int]]:
+    """A batch's inputs (their token ``lengths``) cut into forward passes of similar
+    length: indices sorted by length, in consecutive runs, such that the padded tokens
+    computed (each pass's rows times its longest row) plus ``pass_tokens`` per pass (a
+    pass's fixed cost, in tokens) are the fewest possible.
+
+    Padding costs a forward pass as much as real tokens: 32 sentences of 6 to 40 words
+    in one pass compute about 1.5 times the tokens they hold. Cuts fall only where the
+    length changes (rows of equal length never gain from separate passes), so the
+    search is quadratic in the distinct lengths, not in the rows.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    if not order:
+        return []
+    # Ends (exclusive, in ``order``) of the runs of equal length.
+    ends = [k for k in range(1, len(order)) if lengths[order[k]] != lengths[order[k - 1]]]
+    ends.append(len(order))
+    starts = [0, *ends]  # a pass may start at 0 or where a run ends
+    best = [0] + [-1] * len(ends)  # best[j]: least cost of the rows before starts[j]
+    cut = [0] * len(starts)
+    for j in range(1, len(starts)):
+        end = starts[j]
+        width = lengths[order[end - 1]]
+        for i in range(j):
+            cost = best[i] + pass_tokens + (end - starts[i]) * width
+            if best[j] < 0 or cost < best[j]:
+                best[j], cut[j] = cost, i
+    passes: list[list[int]] = []
+    j = len(starts) - 1
+    while j > 0:
+        i = cut[j]
+        passes.append(order[starts[i] : starts[j]])
+        j = i
+    passes.reverse()
+    return passes
+
+
 def encoder_max_length(tokenizer: Any, model_config: Any) -> int | None:
     """The longest input an encoder takes: the tokenizer's limit or its position table."""
     limits = []
