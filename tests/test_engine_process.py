@@ -130,12 +130,13 @@ async def test_a_killed_device_process_is_replaced(
     ended_s = time.monotonic() - killed
     print(f"stream ended {ended_s * 1000:.0f} ms after the kill")
     assert ended_s < 10, ended_s  # at once, not at a timeout (generous for a busy box)
-    # Until the new process is up the model says why it does not serve...
+    # Until the new process is up (seconds: it imports torch and loads) the model says
+    # why it does not serve...
     info = await client.get_model(REMOTE)
-    if info.state == "loading":
-        assert "engine process exited" in (info.failure_message or ""), info
-        with pytest.raises(UnavailableError):
-            await client.generate("x", model=REMOTE, max_new_tokens=2)
+    assert info.state == "loading", info
+    assert "engine process exited" in (info.failure_message or ""), info
+    with pytest.raises(UnavailableError, match="engine process exited"):
+        await client.generate("x", model=REMOTE, max_new_tokens=2)
     assert (await client.get_model("tiny-gpt2")).state == "ready"  # the others serve on
     assert str(await client.health()) == "SERVING"
     # ...then it serves again, from a new process; the old one is gone.

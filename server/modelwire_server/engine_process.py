@@ -314,13 +314,16 @@ class ProcessEngineDriver:
         while True:
             self._relay()
             self._alive = False
-            self._fail_open()
             if self._closing:
+                self._fail_open()
                 return
             self._process.join(1)
             why = f"its engine process exited (code {self._process.exitcode}); restarting"
             log.error("model %s: %s", self.name, why)
+            # The model reads LOADING before its streams hear why they ended (both reach
+            # the loop in this order).
             self.notify(False, why)
+            self._fail_open()
             while not self._closing:
                 time.sleep(next(backoff, RESTART_BACKOFF_S[-1]))
                 try:
@@ -328,6 +331,9 @@ class ProcessEngineDriver:
                 except Exception:
                     log.exception("model %s: engine process failed to start", self.name)
                     continue
+                if self._closing:  # the server stopped while this one loaded
+                    self.stop()
+                    return
                 self.restarts += 1
                 backoff = iter(RESTART_BACKOFF_S)
                 log.warning("model %s: engine process restarted", self.name)
