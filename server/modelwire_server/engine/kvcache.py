@@ -198,6 +198,17 @@ class PaddedCache:
         self.mask = self.mask[:, kept]
         return kept
 
+    def row_columns(self, row: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Views of row ``row``'s last ``count`` columns, per layer (keys, values
+        ``[1, H, count, D]``): a left-padded row's newest ``count`` tokens."""
+        return [
+            (
+                layer.keys[row : row + 1, ..., -count:, :],
+                layer.values[row : row + 1, ..., -count:, :],
+            )
+            for layer in _layers(self.cache)
+        ]
+
     def merge(self, other: PaddedCache) -> None:
         """Append ``other``'s rows after ours, left-padding whichever is narrower."""
         width = max(self.width, other.width)
