@@ -22,6 +22,7 @@ thread touches a ``PrefixCache``; ``stats`` reads plain counters from any thread
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -33,8 +34,9 @@ ROOT = b""
 
 
 def block_key(parent: bytes, tokens: tuple[int, ...]) -> bytes:
+    """The key of a block: a digest of its parent's key and its own token ids."""
     digest = hashlib.blake2b(parent, digest_size=16)
-    digest.update(b"".join(t.to_bytes(4, "little", signed=True) for t in tokens))
+    digest.update(array("q", tokens).tobytes())
     return digest.digest()
 
 
