@@ -19,10 +19,12 @@ prints raw numbers beside the ratios.
   prompt's length (the whole prompt in one step: the stall). Target: p99 <= 3x median.
 
     python bench/chat.py [--threads 2] [--rounds 3] [--users 8] [--turns 3]
-        [--chunks 512,64] [--quick]
+        [--chunks 512,64,32] [--quick]
 
-``--quick`` (under 3 minutes on 2 CPU threads): 4 users, 2 turns, 1 stall round, 48 new
-tokens per stream.
+``--quick``: 4 users, 2 turns, 1 stall round, 48 new tokens per stream (about 80 s with
+``--threads 1``). On a 2-core box that other jobs share, 2 torch threads wait on each
+other whenever one is descheduled (steps 5-10x slower, and erratic): use ``--threads 1``
+there.
 """
 
 from __future__ import annotations
@@ -165,7 +167,7 @@ async def main() -> None:
     parser = base_parser(__doc__, None)
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--turns", type=int, default=3)
-    parser.add_argument("--chunks", default="512,64", help="prefill_chunk_tokens to compare")
+    parser.add_argument("--chunks", default="512,64,32", help="prefill_chunk_tokens to compare")
     parser.add_argument("--stream-tokens", type=int, default=96)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
