@@ -185,10 +185,6 @@ class PrefixCache:
         self._evict()
         return stored
 
-    def clear(self) -> None:
-        for key in [k for k, b in self._blocks.items() if b.refs == 0]:
-            self._drop(key)
-
     def _touch(self, blocks: list[Block]) -> None:
         for block in reversed(blocks):  # the chain's first block ends most recent
             self._blocks.move_to_end(block.key)
