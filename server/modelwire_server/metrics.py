@@ -11,11 +11,17 @@ Scrapes are answered on the server's event loop, where that state lives.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import generate_latest
 from prometheus_client.utils import floatToGoString
 
@@ -123,6 +129,7 @@ class ModelStateCollector:
             "Inputs per forward pass (kind=oneshot) or rows per decode step (kind=decode)",
             labels=["model", "kind"],
         )
+        prefix = PrefixCacheFamilies()
         engines: set[int] = set()
         for name, entry in list(self.models.entries.items()):
             for s in ModelState:
@@ -144,7 +151,61 @@ class ModelStateCollector:
                     by_priority.add_metric([name, str(priority)], count)
                 cache.add_metric([name], stats.cache_tokens)
                 batches.add_metric([name, "decode"], *_histogram(stats.decode_batch_sizes))
+                prefix.add(name, stats)
         yield from (state, running, waiting, by_priority, cache, queued, batches)
+        yield from prefix.families()
+
+
+class PrefixCacheFamilies:
+    """The prefix cache's series, per model (engines without one export zeros)."""
+
+    def __init__(self) -> None:
+        labels = ["model"]
+        self.hit_rate = GaugeMetricFamily(
+            "modelwire_prefix_cache_hit_rate",
+            "Prompt tokens whose KV came from the prefix cache, over prompt tokens looked up",
+            labels=labels,
+        )
+        self.hit_tokens = CounterMetricFamily(
+            "modelwire_prefix_cache_hit_tokens",
+            "Prompt tokens whose KV came from the prefix cache",
+            labels=labels,
+        )
+        self.prompt_tokens = CounterMetricFamily(
+            "modelwire_prefix_cache_prompt_tokens",
+            "Prompt tokens looked up in the prefix cache",
+            labels=labels,
+        )
+        self.blocks = GaugeMetricFamily(
+            "modelwire_prefix_cache_blocks", "Blocks held in the prefix cache", labels=labels
+        )
+        self.bytes = GaugeMetricFamily(
+            "modelwire_prefix_cache_bytes", "Bytes of KV held in the prefix cache", labels=labels
+        )
+        self.evicted = CounterMetricFamily(
+            "modelwire_prefix_cache_evicted_blocks",
+            "Blocks evicted from the prefix cache",
+            labels=labels,
+        )
+
+    def add(self, name: str, stats: object) -> None:
+        get = functools.partial(getattr, stats)
+        self.hit_rate.add_metric([name], float(get("prefix_hit_rate", 0.0)))
+        self.hit_tokens.add_metric([name], float(get("prefix_hit_tokens", 0)))
+        self.prompt_tokens.add_metric([name], float(get("prefix_prompt_tokens", 0)))
+        self.blocks.add_metric([name], float(get("prefix_blocks", 0)))
+        self.bytes.add_metric([name], float(get("prefix_bytes", 0)))
+        self.evicted.add_metric([name], float(get("prefix_evicted_blocks", 0)))
+
+    def families(self) -> tuple[Metric, ...]:
+        return (
+            self.hit_rate,
+            self.hit_tokens,
+            self.prompt_tokens,
+            self.blocks,
+            self.bytes,
+            self.evicted,
+        )
 
 
 def _histogram(counts: Mapping[int, int]) -> tuple[list[tuple[str, float]], float]:

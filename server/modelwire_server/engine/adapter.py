@@ -13,7 +13,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from modelwire_server.engine.kvcache import PaddedCache, growable_cache
+from modelwire_server.engine.kvcache import GrowableLayer, PaddedCache, growable_cache
 
 
 class BatchState(Protocol):
@@ -183,6 +183,46 @@ class CausalLMAdapter:
         )
         logits = out.logits[:, -1, :].float()
         return PrefillOutput(logits, CausalState(cache, mask), prompt_logits(out.logits, inputs))
+
+    # ---- one-row prefill in parts: prefix-cache hits and chunked prefill ----------
+
+    def state_from_kv(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> CausalState:
+        """A one-row state holding ``kv`` (per layer ``[1, H, L, D]`` keys and values, a
+        prompt's first ``L`` tokens, no padding), for ``extend`` to continue."""
+        cache = growable_cache()
+        for keys, values in kv:
+            layer = GrowableLayer()
+            layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = keys, values
+            cache.layers.append(layer)
+        width = int(kv[0][0].shape[-2])
+        mask = torch.ones((1, width), dtype=torch.long, device=self.device)
+        return CausalState(cache, mask)
+
+    @torch.inference_mode()
+    def extend(self, state: CausalState | None, ids: list[int]) -> tuple[torch.Tensor, CausalState]:
+        """Run the next ``ids`` of one unpadded row's prompt on top of ``state`` (None:
+        from the prompt's start), positions counting on from the tokens it holds;
+        return the logits after the last of them (``[1, V]``, float32) and the state
+        grown by ``len(ids)`` columns. Chunked prefill and prefix-cache hits both call
+        it, so a prompt's KV is the same whichever way it was put together."""
+        if state is None:
+            state = CausalState(growable_cache(), torch.ones((1, 0), dtype=torch.long))
+            state.mask = state.mask.to(self.device)
+        assert state.rows == 1
+        start, count = state.width, len(ids)
+        mask = torch.ones((1, start + count), dtype=torch.long, device=self.device)
+        positions = torch.arange(start, start + count, device=self.device).view(1, -1)
+        out = self.model(
+            input_ids=torch.tensor([ids], dtype=torch.long, device=self.device),
+            attention_mask=mask,
+            position_ids=positions,
+            cache=state.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        state.mask = mask
+        return out.logits[:, -1, :].float(), state
 
     def _extras(self, inputs: list[PrefillInput]) -> dict[str, torch.Tensor]:
         """The rows' extras concatenated in row order, on the model's device and dtype."""

@@ -15,6 +15,18 @@ rows leave the batch and their cache is freed then). A passed ``deadline`` ends 
 request with ``Failed(DeadlineExceeded)``; ``time_limit_ms`` (counted from submit)
 ends each open sequence with ``Finished(TIME_LIMIT)`` and the text it has so far.
 
+Prefix caching and chunked prefill (causal LMs): at admission a prompt's leading
+full blocks are looked up in the ``PrefixCache``; a request with a hit, or a prompt
+longer than ``prefill_chunk_tokens``, is prefilled alone as one row in parts: its
+row's cache starts from the cached blocks and grows by at most
+``prefill_chunk_tokens`` prompt tokens per step (shared by all such requests, first
+come first served), between the running rows' decode steps; after its last part it
+joins the running batch like any other prefilled request. Every prefilled prompt's
+full blocks are stored. Left out (whole prompt at once, never cached): other model
+kinds (encoder-decoders, Reformer, image-to-text), requests with ``extras`` (image
+chat: its placeholder tokens do not say which image), and prompt logprobs (they need
+every prompt position's logits).
+
 Failures stay with the request that caused them: when a batched prefill, decode step
 or token selection raises, each request in it is tried alone (prefill again; decode
 on a copy of its rows; selection with its rows' random draws undone) and only those
@@ -39,6 +51,7 @@ from modelwire_server.engine import sampler
 from modelwire_server.engine.adapter import (
     BatchState,
     CausalLMAdapter,
+    CausalState,
     ModelAdapter,
     PrefillInput,
 )
@@ -46,6 +59,7 @@ from modelwire_server.engine.beam import BeamSearch
 from modelwire_server.engine.beam_rows import advance_beams, finish_beams
 from modelwire_server.engine.detokenizer import byte_fallback_ids, fast_decode
 from modelwire_server.engine.errors import DeadlineExceeded, ResourceExhausted
+from modelwire_server.engine.prefix_cache import Hit, PrefixCache
 from modelwire_server.engine.reformer import ReformerAdapter, is_reformer
 from modelwire_server.engine.scheduler import Scheduler
 from modelwire_server.engine.seq2seq import Seq2SeqAdapter
@@ -67,6 +81,20 @@ from modelwire_server.engine.types import (
 from modelwire_server.engine.validation import Limits, prepare
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False, slots=True)
+class Partial:
+    """A request prefilled in parts: its one row's state so far and its pinned hit."""
+
+    group: RequestGroup
+    state: CausalState | None
+    hit: Hit | None
+
+
+# The prefix cache's default bound: the KV of this share of max_batch_tokens tokens.
+PREFIX_CACHE_SHARE = 0.5
+PREFIX_BLOCK_TOKENS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +121,21 @@ class EngineStats:
     decode_batch_sizes: dict[int, int] = field(default_factory=dict)
     # Waiting requests at each priority that has some: for a metrics gauge.
     waiting_by_priority: dict[int, int] = field(default_factory=dict)
+    prefilling: int = 0  # requests prefilled in parts (chunks, prefix hits), not yet joined
+    # The prefix cache (zeros when off): prompt tokens looked up and those whose KV came
+    # from it, blocks and bytes held now, blocks stored and evicted since start.
+    prefix_prompt_tokens: int = 0
+    prefix_hit_tokens: int = 0
+    prefix_blocks: int = 0
+    prefix_bytes: int = 0
+    prefix_stored_blocks: int = 0
+    prefix_evicted_blocks: int = 0
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        return (
+            self.prefix_hit_tokens / self.prefix_prompt_tokens if self.prefix_prompt_tokens else 0.0
+        )
 
 
 def eos_token_ids(generation_config: Any, model: Any, tokenizer: Any) -> frozenset[int]:
@@ -126,6 +169,10 @@ class GenerationEngine:
         default_max_new_tokens: int,
         adapter: ModelAdapter | None = None,
         clock: Callable[[], float] = time.monotonic,
+        prefix_caching: bool = True,
+        prefill_chunk_tokens: int = 512,
+        prefix_block_tokens: int = PREFIX_BLOCK_TOKENS,
+        prefix_cache_bytes: int | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.clock = clock  # injectable so tests can drive time limits and deadlines
@@ -154,6 +201,17 @@ class GenerationEngine:
         self._prefilling: list[RequestGroup] = []
         self._steps = self._generated = self._last_rows = self._max_rows = 0
         self._decode_sizes: Counter[int] = Counter()
+        # Prefill in parts (causal LMs only; see the module's notes).
+        self._parts = isinstance(self.adapter, CausalLMAdapter)
+        self._chunk = max(1, prefill_chunk_tokens)
+        self._partials: list[Partial] = []
+        self.prefix_cache: PrefixCache | None = None
+        if self._parts and prefix_caching:
+            self.prefix_cache = PrefixCache(
+                prefix_block_tokens,
+                max_bytes=prefix_cache_bytes,
+                max_tokens=int(max_batch_tokens * PREFIX_CACHE_SHARE),
+            )
 
     # ---- any thread -------------------------------------------------------------
 
@@ -172,16 +230,17 @@ class GenerationEngine:
         self._queue.cancel(handle.group)
 
     def has_work(self) -> bool:
-        return bool(self._rows) or self._queue.pending()
+        return bool(self._rows) or bool(self._partials) or self._queue.pending()
 
     def wait_for_work(self, timeout: float | None = None) -> bool:
         """Block until there is something for ``step`` to do (or ``timeout``)."""
-        return self._queue.wait(lambda: bool(self._rows), timeout)
+        return self._queue.wait(lambda: bool(self._rows or self._partials), timeout)
 
     def stats(self) -> EngineStats:
         state = self._state
         waiting = self._queue.waiting()
         rows = list(self._rows)
+        prefix = self.prefix_cache.stats() if self.prefix_cache is not None else None
         return EngineStats(
             running_rows=len(rows),
             running_requests=len({id(r.group) for r in rows}),
@@ -195,19 +254,30 @@ class GenerationEngine:
             generated_tokens=self._generated,
             decode_batch_sizes=dict(self._decode_sizes),
             waiting_by_priority=self._queue.waiting_by_priority(),
+            prefilling=len(self._partials),
+            prefix_prompt_tokens=prefix.prompt_tokens if prefix else 0,
+            prefix_hit_tokens=prefix.hit_tokens if prefix else 0,
+            prefix_blocks=prefix.blocks if prefix else 0,
+            prefix_bytes=prefix.bytes if prefix else 0,
+            prefix_stored_blocks=prefix.stored_blocks if prefix else 0,
+            prefix_evicted_blocks=prefix.evicted_blocks if prefix else 0,
         )
 
     # ---- worker thread ----------------------------------------------------------
 
     def step(self) -> None:
-        """One iteration: reap, admit + prefill, one decode step for every row."""
+        """One iteration: reap, admit + prefill, a prompt chunk, one decode step for
+        every row."""
         self._steps += 1
         try:
             self._reap_waiting()
             self._reap_running()
+            self._reap_partials()
             groups = self._queue.admit()
             if groups:
                 self._prefill(groups)
+            if self._partials:
+                self._prefill_parts()
             if self._rows:
                 self._decode()
         except Exception as exc:  # a bug must not wedge the server: fail what is in flight
@@ -228,13 +298,26 @@ class GenerationEngine:
         now = self.clock()
         ended = self._queue.reap(lambda group: self._verdict(group, now))
         for group, verdict in ended:
-            if isinstance(verdict, Exception):
-                group.emit(Failed(verdict))
-                continue
-            group.emit(prompt_info(group, None))
-            for index in range(group.prepared.sampling.n):
-                seed = None if group.prepared.is_beam else group.seed + index
-                group.emit(Finished(index, verdict, "", [], group.usage(0), seed))
+            self._end_unstarted(group, verdict)
+
+    def _end_unstarted(self, group: RequestGroup, verdict: FinishReason | Exception) -> None:
+        """End a request that has no rows yet (waiting, or prefilling in parts)."""
+        if isinstance(verdict, Exception):
+            group.emit(Failed(verdict))
+            return
+        group.emit(prompt_info(group, None))
+        for index in range(group.prepared.sampling.n):
+            seed = None if group.prepared.is_beam else group.seed + index
+            group.emit(Finished(index, verdict, "", [], group.usage(0), seed))
+
+    def _reap_partials(self) -> None:
+        now = self.clock()
+        for partial in list(self._partials):
+            verdict = self._verdict(partial.group, now)
+            if verdict is not None:
+                self._drop_partial(partial)
+                self._end_unstarted(partial.group, verdict)
+                self._release(partial.group)
 
     def _reap_running(self) -> None:
         now = self.clock()
@@ -268,8 +351,101 @@ class GenerationEngine:
 
     def _prefill(self, groups: list[RequestGroup]) -> None:
         self._prefilling = groups
-        self._prefill_and_join(groups)
+        whole = [group for group in groups if not self._start_parts(group)]
+        if whole:
+            self._prefill_and_join(whole)
         self._prefilling = []
+
+    def _start_parts(self, group: RequestGroup) -> bool:
+        """Look the prompt up in the prefix cache; queue it for prefill in parts (True)
+        when it hit or is longer than a chunk, else leave it to the batched prefill."""
+        request = group.prepared.request
+        options = request.options
+        if not self._parts or request.extras or (options.echo_prompt_tokens and options.logprobs):
+            return False
+        prompt = group.prompt_ids
+        hit = self.prefix_cache.lookup(prompt) if self.prefix_cache is not None else None
+        if hit is not None and not hit.blocks:
+            hit = None
+        if hit is None and len(prompt) <= self._chunk:
+            return False
+        group.admitted_at = self.clock()
+        partial = Partial(group, None, hit)
+        self._partials.append(partial)
+        try:
+            group.prepare_tensors(self.device)
+            if hit is not None:
+                assert isinstance(self.adapter, CausalLMAdapter)
+                partial.state = self.adapter.state_from_kv(hit.kv())
+                group.cached_tokens = hit.tokens
+        except Exception as exc:
+            self._drop_partial(partial)
+            self._fail_one(group, exc, "prefill")
+        return True
+
+    def _prefill_parts(self) -> None:
+        """Run up to one chunk of prompt tokens of the requests prefilling in parts, in
+        order; a request whose prompt is done joins the running batch."""
+        adapter = self.adapter
+        assert isinstance(adapter, CausalLMAdapter)
+        budget = self._chunk
+        for partial in list(self._partials):
+            if budget <= 0:
+                break
+            group, prompt = partial.group, partial.group.prompt_ids
+            done = partial.state.width if partial.state is not None else 0
+            take = min(budget, len(prompt) - done)
+            budget -= take
+            try:
+                logits, partial.state = adapter.extend(partial.state, prompt[done : done + take])
+            except torch.OutOfMemoryError:
+                self._drop_partial(partial)
+                self._free_device_memory()
+                self._fail(group, ResourceExhausted("out of device memory during prefill"))
+                continue
+            except Exception as exc:
+                self._drop_partial(partial)
+                self._fail_one(group, exc, "prefill")
+                continue
+            if done + take == len(prompt):
+                self._drop_partial(partial)
+                self._join_parts(group, partial.state, logits)
+
+    def _join_parts(self, group: RequestGroup, state: CausalState, logits: torch.Tensor) -> None:
+        """A request whose prompt was prefilled in parts: store its blocks, make its
+        rows, choose their first tokens and join the running batch."""
+        if self.prefix_cache is not None:
+            try:
+                self.prefix_cache.store(group.prompt_ids, state.row_columns(0, state.width))
+            except Exception:  # the cache is an optimisation: never fail requests for it
+                log.exception("storing prompt prefixes failed")
+        try:
+            self._send_prompt_info(group, None)
+            rows = self._make_rows(group)
+        except Exception as exc:
+            self._fail_one(group, exc, "prefill")
+            return
+        order = torch.zeros(len(rows), dtype=torch.long, device=self.device)
+        state.select(order)
+        kept, sources = self._advance(rows, logits.index_select(0, order))
+        if kept:
+            self._join(state, kept, sources)
+
+    def _drop_partial(self, partial: Partial) -> None:
+        """Take ``partial`` off the list and unpin its prefix-cache blocks."""
+        if partial in self._partials:
+            self._partials.remove(partial)
+        if partial.hit is not None and self.prefix_cache is not None:
+            self.prefix_cache.release(partial.hit)
+
+    def _store_prefixes(self, groups: list[RequestGroup], state: BatchState) -> None:
+        """Keep the full blocks of a batched prefill's prompts (row i: groups[i])."""
+        cache = self.prefix_cache
+        if cache is None or not isinstance(state, CausalState):
+            return
+        for i, group in enumerate(groups):
+            if not group.prepared.request.extras and len(group.prompt_ids) >= cache.block_tokens:
+                cache.store(group.prompt_ids, state.row_columns(i, len(group.prompt_ids)))
 
     def _prefill_and_join(self, groups: list[RequestGroup]) -> None:
         now = self.clock()
@@ -304,6 +480,10 @@ class GenerationEngine:
                 return
             self._fail_one(groups[0], exc, "prefill")
             return
+        try:
+            self._store_prefixes(groups, out.state)
+        except Exception:  # the cache is an optimisation: never fail requests for it
+            log.exception("storing prompt prefixes failed")
         rows: list[Row] = []
         index: list[int] = []
         for i, group in enumerate(groups):
@@ -532,7 +712,10 @@ class GenerationEngine:
             self._state = None
 
     def _fail_rows(self, error: Exception) -> None:
-        for group in {r.group for r in self._rows} | set(self._prefilling):
+        partials = {p.group for p in self._partials}
+        for partial in list(self._partials):
+            self._drop_partial(partial)
+        for group in {r.group for r in self._rows} | set(self._prefilling) | partials:
             self._fail(group, error)
         self._rows = []
         self._state = None

@@ -64,6 +64,18 @@ class GrowableLayer(DynamicLayer):
         assert keys is not None and values is not None
         return keys, values
 
+    def join_rows(self, other: DynamicLayer, width: int) -> bool:
+        """Become our rows then ``other``'s, each left-padded with zeros to ``width``
+        columns, written once into buffers with room for the next appends (where
+        padding and concatenating would copy everything twice, and the next decode
+        step a third time). False, changing nothing, when a layer is still empty."""
+        mine, theirs = (self.keys, self.values), (other.keys, other.values)
+        if any(t is None or t.dim() != 4 for t in (*mine, *theirs)):
+            return False
+        self._kbuf, self._kn = _joined(mine[0], theirs[0], width, self.MIN_ROOM)
+        self._vbuf, self._vn = _joined(mine[1], theirs[1], width, self.MIN_ROOM)
+        return True
+
 
 def _width(t: torch.Tensor | None) -> int:
     return int(t.shape[-2]) if t is not None and t.dim() >= 2 else 0
@@ -96,6 +108,22 @@ def _append(
     assert buffer is not None
     buffer[..., n : n + add, :] = new
     return buffer, n + add
+
+
+def _joined(
+    a: torch.Tensor | None, b: torch.Tensor | None, width: int, min_room: int
+) -> tuple[torch.Tensor, int]:
+    """``a``'s rows then ``b``'s, right-aligned at column ``width`` of a new buffer with
+    spare columns after it; the padding is zeroed, the spare room left as it is."""
+    assert a is not None and b is not None
+    rows = a.shape[0]
+    shape = (rows + b.shape[0], *a.shape[1:-2], width + max(min_room, width // 4), a.shape[-1])
+    out = a.new_empty(shape)
+    for part, top, bottom in ((a, 0, rows), (b, rows, shape[0])):
+        start = width - part.shape[-2]
+        out[top:bottom, ..., :start, :].zero_()
+        out[top:bottom, ..., start:width, :] = part
+    return out, width
 
 
 def growable_cache() -> DynamicCache:
@@ -198,6 +226,17 @@ class PaddedCache:
         self.mask = self.mask[:, kept]
         return kept
 
+    def row_columns(self, row: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Views of row ``row``'s last ``count`` columns, per layer (keys, values
+        ``[1, H, count, D]``): a left-padded row's newest ``count`` tokens."""
+        return [
+            (
+                layer.keys[row : row + 1, ..., -count:, :],
+                layer.values[row : row + 1, ..., -count:, :],
+            )
+            for layer in _layers(self.cache)
+        ]
+
     def merge(self, other: PaddedCache) -> None:
         """Append ``other``'s rows after ours, left-padding whichever is narrower."""
         width = max(self.width, other.width)
@@ -205,6 +244,8 @@ class PaddedCache:
         if len(mine) != len(theirs):
             raise ValueError("caches have different numbers of layers")
         for a, b in zip(mine, theirs, strict=True):
+            if isinstance(a, GrowableLayer) and a.join_rows(b, width):
+                continue
             a.keys = torch.cat([_pad_left(a.keys, width), _pad_left(b.keys, width)], dim=0)
             a.values = torch.cat([_pad_left(a.values, width), _pad_left(b.values, width)], dim=0)
         self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(other.mask, width)], dim=0)

@@ -60,6 +60,7 @@ class RequestGroup:
         self.beam: BeamSearch | None = None
         self.prompt_seen: torch.Tensor | None = None
         self.bias: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.cached_tokens = 0  # prompt tokens whose KV came from the prefix cache
 
     @property
     def prompt_ids(self) -> list[int]:
@@ -93,6 +94,7 @@ class RequestGroup:
                 self.first_token_at - self.submitted_at if self.first_token_at else None
             ),
             total_time_s=now - self.submitted_at,
+            cached_prompt_tokens=self.cached_tokens,
         )
 
     def prepare_tensors(self, device: torch.device) -> None:

@@ -193,6 +193,8 @@ class TextGenerationTask(TaskRunner):
             max_new_tokens_cap=self.config.max_new_tokens,
             default_max_new_tokens=self.config.default_max_new_tokens,
             adapter=adapter,
+            prefix_caching=self.config.prefix_caching,
+            prefill_chunk_tokens=self.config.prefill_chunk_tokens,
         )
 
     @functools.cached_property
