@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from modelwire import AsyncClient
 from modelwire_server.config import ServerConfig
@@ -120,3 +121,21 @@ async def test_metrics_show_the_prefix_cache(
     assert value(scraped, "modelwire_prefix_cache_bytes", **labels) == stats.prefix_bytes > 0
     off = {"model": "tiny-gpt2-nocache"}
     assert value(scraped, "modelwire_prefix_cache_blocks", **off) == 0
+
+
+def test_the_chunk_defaults_to_the_device(cached_server: RunningServer) -> None:
+    """Unset, a prompt is prefilled 64 tokens a step on the CPU (512 on a GPU); a set
+    value is used as it is, and is what the engine prefills by."""
+    assert cached_server.runner("tiny-gpt2-nocache").engine._chunk == 7
+    from modelwire_server.tasks.text_generation import TextGenerationTask
+    from modelwire_server.worker import DeviceWorker
+
+    [gpt2] = [m for m in preset_configs("tiny") if m.name == "tiny-gpt2"]
+    worker = DeviceWorker("test-chunk")
+    try:
+        for device, chunk, expected in (("cpu", None, 64), ("cuda", None, 512), ("cpu", 9, 9)):
+            config = dataclasses.replace(gpt2, prefill_chunk_tokens=chunk)
+            runner = TextGenerationTask(config, torch.device(device), torch.float32, worker)
+            assert runner.prefill_chunk_tokens == expected
+    finally:
+        worker.close()

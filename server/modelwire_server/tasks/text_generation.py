@@ -194,8 +194,14 @@ class TextGenerationTask(TaskRunner):
             default_max_new_tokens=self.config.default_max_new_tokens,
             adapter=adapter,
             prefix_caching=self.config.prefix_caching,
-            prefill_chunk_tokens=self.config.prefill_chunk_tokens,
+            prefill_chunk_tokens=self.prefill_chunk_tokens,
         )
+
+    @property
+    def prefill_chunk_tokens(self) -> int:
+        """The configured chunk, else 512 on a GPU and 64 on the CPU."""
+        chunk = self.config.prefill_chunk_tokens
+        return chunk if chunk is not None else 512 if self.device.type == "cuda" else 64
 
     @functools.cached_property
     def constraints(self) -> ConstraintCompiler:
