@@ -10,7 +10,9 @@ median of ``--rounds``:
 - ``generate``: ``model.generate`` (greedy, use_cache) on the prompts as one static batch;
 - ``engine``: the server's engine in this process, the requests submitted together and
   stepped until done (no gRPC, no event loop);
-- ``server``: the same requests as concurrent streams through the SDK.
+- ``server``: the same requests as concurrent streams through the SDK;
+- ``server-proc``: the same, to a model with ``engine_process: true`` (its engine in a
+  device process of its own, the server's process only relaying).
 
     python bench/generate_host.py [--streams 16] [--new-tokens 256] [--rounds 5] [--threads 1]
                                   [--stream-interval-ms 0]
@@ -121,7 +123,9 @@ class InProcess:
         return len(prompts) * new_tokens / elapsed
 
 
-async def server_run(client: Any, prompts: list[str], new_tokens: int) -> tuple[float, int]:
+async def server_run(
+    client: Any, prompts: list[str], new_tokens: int, model: str = "host"
+) -> tuple[float, int]:
     """(tokens/s through the server, messages received)."""
     messages = 0
 
@@ -129,7 +133,7 @@ async def server_run(client: Any, prompts: list[str], new_tokens: int) -> tuple[
         nonlocal messages
         tokens = 0
         async with client.generate_stream(
-            prompt, model="host", temperature=0, max_new_tokens=new_tokens, ignore_eos=True
+            prompt, model=model, temperature=0, max_new_tokens=new_tokens, ignore_eos=True
         ) as stream:
             async for chunk in stream:
                 tokens += len(chunk.tokens)
@@ -161,19 +165,24 @@ async def main() -> None:
         local = InProcess(path)
         texts = make_prompts(args.streams)
         ids = [list(local.tokenizer(t)["input_ids"]) for t in texts]
-        entry = model_entry(
-            "host",
-            "text-generation",
-            path,
-            max_batch_tokens=1 << 20,
-            stream_interval_ms=args.stream_interval_ms,
-        )
-        with serve(Path(tmp) / "host.yaml", [entry], args.threads) as server:
+        entries = [
+            model_entry(
+                name,
+                "text-generation",
+                path,
+                max_batch_tokens=1 << 20,
+                stream_interval_ms=args.stream_interval_ms,
+                engine_process=remote,
+            )
+            for name, remote in (("host", "false"), ("host-proc", "true"))
+        ]
+        with serve(Path(tmp) / "host.yaml", entries, args.threads) as server:
             async with AsyncClient(server.target, timeout=600) as client:
                 await client.wait_until_ready(timeout=300)
                 local.generate(ids[:2], 8)  # warm-up, all three
                 local.engine_run(ids[:2], 8)
                 await server_run(client, texts[:2], 8)
+                await server_run(client, texts[:2], 8, "host-proc")
                 for _ in range(args.rounds):
                     n = args.new_tokens
                     # Pauses let the other process's idle torch threads stop spinning.
@@ -185,6 +194,9 @@ async def main() -> None:
                     tps, sent = await server_run(client, texts, n)
                     results.setdefault("server", []).append(tps)
                     messages.append(sent)
+                    await asyncio.sleep(SETTLE_S)
+                    tps, sent = await server_run(client, texts, n, "host-proc")
+                    results.setdefault("server-proc", []).append(tps)
     med = medians(results)
     lengths = sorted(map(len, ids))
     print(
@@ -198,7 +210,9 @@ async def main() -> None:
     total = args.streams * args.new_tokens
     print(f"  messages per round: {', '.join(map(str, messages))} for {total} tokens")
     print("ratios, median of the rounds' own (each round's runs):")
-    for a, b in (("engine", "generate"), ("server", "generate"), ("server", "engine")):
+    pairs = [("engine", "generate"), ("server", "generate"), ("server", "engine")]
+    pairs += [("server-proc", "generate"), ("server-proc", "engine"), ("server-proc", "server")]
+    for a, b in pairs:
         ratios = [x / y for x, y in zip(results[a], results[b], strict=True)]
         runs = ", ".join(f"{r:.2f}" for r in ratios)
         print(f"  {a} vs {b:<10} {statistics.median(ratios):.2f}x  ({runs})")

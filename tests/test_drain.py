@@ -27,12 +27,44 @@ TOKENS = 240  # tiny-gpt2's context is 256
 SEQUENCES = 4
 
 
+@pytest.fixture(params=[False, True], ids=["in-process", "engine-process"])
+def engine_process(request: pytest.FixtureRequest) -> bool:
+    """Each drain runs with the engine in the server's process and in a device process."""
+    return bool(request.param)
+
+
+def _children(pid: int) -> set[int]:
+    """The live child processes of ``pid`` (its device processes, and multiprocessing's
+    resource tracker beside them)."""
+    found: set[int] = set()
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        found |= {int(c) for c in children.read_text().split()}
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+async def _no_orphans(pids: set[int]) -> None:
+    """Every one of ``pids`` ends once the server has exited (polled: other processes)."""
+    deadline = time.monotonic() + 30
+    while alive := {p for p in pids if _running(p)}:
+        assert time.monotonic() < deadline, f"still running after the server exited: {alive}"
+        await asyncio.sleep(0.1)
+
+
 @pytest.fixture
-def drain_config(preset_cache: Path, tmp_path: Path) -> Path:
+def drain_config(preset_cache: Path, tmp_path: Path, engine_process: bool) -> Path:
     from modelwire_server import preset
 
     source = str(preset.ensure_model("tiny-gpt2"))
     model = {"name": "gpt", "task": "text-generation", "source": source, "device": "cpu"}
+    model["engine_process"] = engine_process
     config = {"grace_period_s": GRACE_S, "models": [model]}
     path = tmp_path / "drain.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -48,13 +80,15 @@ async def _inference_health(client: AsyncClient) -> str:
 
 
 async def test_sigterm_drains_running_streams_and_exits_0(
-    drain_config: Path, preset_cache: Path
+    drain_config: Path, preset_cache: Path, engine_process: bool
 ) -> None:
     proc = spawn_server("--config", str(drain_config), cache=preset_cache)
     log: list[str] = []
     try:
         target = f"127.0.0.1:{read_port(proc, log)}"
         await asyncio.to_thread(wait_serving, target, proc, log)
+        children = _children(proc.pid)
+        assert bool(children) == engine_process, children
         # No BDP probing: the stream window stays at 64 KiB, so streams larger than that
         # which the test has not read yet are still running in the server at SIGTERM.
         options = [("grpc.http2.bdp_probe", 0)]
@@ -63,6 +97,7 @@ async def test_sigterm_drains_running_streams_and_exits_0(
         ) as client:
             await _drain(client, proc, log)
         assert await asyncio.to_thread(proc.wait, GRACE_S + 30) == 0, "".join(log)
+        await _no_orphans(children)
     finally:
         kill_if_running(proc)
 
@@ -107,7 +142,7 @@ QUEUED = 24  # streams of TOKENS tokens that the engine runs one at a time
 
 
 @pytest.fixture
-def short_grace_config(preset_cache: Path, tmp_path: Path) -> Path:
+def short_grace_config(preset_cache: Path, tmp_path: Path, engine_process: bool) -> Path:
     from modelwire_server import preset
 
     source = str(preset.ensure_model("tiny-gpt2"))
@@ -115,6 +150,7 @@ def short_grace_config(preset_cache: Path, tmp_path: Path) -> Path:
     # steps in a row, far more than any machine makes in the grace period.
     model = {"name": "gpt", "task": "text-generation", "source": source, "device": "cpu"}
     model["max_batch_tokens"] = 256
+    model["engine_process"] = engine_process
     config = {"grace_period_s": SHORT_GRACE_S, "metrics_port": 0, "models": [model]}
     path = tmp_path / "short.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -155,6 +191,7 @@ async def test_sigterm_past_the_grace_period_ends_streams_unavailable_and_exits_
         metrics = re.search(r"metrics on (http://\S+)", "".join(log))
         assert metrics, log
         await asyncio.to_thread(wait_serving, target, proc, log)
+        children = _children(proc.pid)
         async with AsyncClient(target, timeout=120, max_retries=0) as client:
             streams = [
                 asyncio.create_task(_read_to_the_end(client, f"stream {i}")) for i in range(QUEUED)
@@ -166,6 +203,7 @@ async def test_sigterm_past_the_grace_period_ends_streams_unavailable_and_exits_
             proc.send_signal(signal.SIGTERM)
             endings = await asyncio.gather(*streams)
         assert await asyncio.to_thread(proc.wait, 60) == 0, "".join(log)
+        await _no_orphans(children)
     finally:
         kill_if_running(proc)
     # Streams that were not in the server at SIGTERM are refused, those that finished

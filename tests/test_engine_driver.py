@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from modelwire_server.tasks.text_generation import EngineDriver
+from modelwire_server.engine_client import EngineDriver
 from modelwire_server.worker import DeviceWorker
 
 

@@ -93,6 +93,19 @@ async def test_load_from_an_allowed_directory(admin: AsyncClient) -> None:
     await admin.unload_model("minilm-rt")
 
 
+async def test_load_model_quantized(admin: AsyncClient) -> None:
+    """LoadModel's quantization reaches the loader: the model serves and reports it."""
+    info = await admin.load_model(
+        "gpt2-int8", task="text-generation", source="preset:tiny-gpt2", quantization="int8"
+    )
+    assert (info.state, info.quantization) == ("ready", "int8"), info.failure_message
+    result = await admin.generate("Hello", model="gpt2-int8", max_new_tokens=3)
+    assert result.sequences[0].usage.generated_tokens == 3
+    plain = await admin.get_model("tiny-sentiment")
+    assert plain.quantization == "none"
+    await admin.unload_model("gpt2-int8")
+
+
 async def test_load_model_new_default_takes_over_once_ready(admin: AsyncClient) -> None:
     await admin.load_model(
         "sentiment-2",
@@ -123,6 +136,8 @@ async def test_sources_outside_the_allow_list_are_refused(admin: AsyncClient, so
         ({"task": "no-such-task"}, "task"),
         ({"device": "gpu7"}, "device"),
         ({"dtype": "int3"}, "dtype"),
+        ({"quantization": "int3"}, "quantization"),
+        ({"quantization": "int8\x00"}, "quantization"),
         ({"name": " "}, "model"),
         ({"name": "n" * 129}, "model"),
         ({"name": "\x00"}, "model"),

@@ -80,11 +80,11 @@ def test_unknown_kind_fails_with_the_tasks(tmp_path: Path, capsys) -> None:
 def test_model_flags_describe_the_model_before_them(tmp_path: Path) -> None:
     args = build_parser().parse_args(
         ["serve", "--model", "a/b", "--task", "ner", "--name", "x", "--model", "/m/c", "--dtype",
-         "float16", "--http-port", "8080"]
+         "float16", "--quantization", "int8", "--http-port", "8080"]
     )  # fmt: skip
     assert args.model == [
         {"source": "a/b", "task": "ner", "name": "x"},
-        {"source": "/m/c", "dtype": "float16"},
+        {"source": "/m/c", "dtype": "float16", "quantization": "int8"},
     ]
     assert args.http_port == 8080
     with pytest.raises(SystemExit) as caught:
@@ -103,18 +103,21 @@ def test_flag_models_join_the_config_file(preset_cache: Path, tmp_path: Path) ->
     resolved = resolve(
         config_file=str(config),
         environ={},
-        models=[flag_model(gpt2, dtype="float32", device="cpu")],
+        models=[flag_model(gpt2, dtype="float32", device="cpu", quantization="int8")],
     )
     assert [(m.name, m.task) for m in resolved.models] == [
         ("s", "sentiment-analysis"),
         ("tiny-gpt2", "text-generation"),
     ]
     assert resolved.models[1].dtype == "float32" and resolved.models[1].device == "cpu"
+    assert resolved.models[1].quantization == "int8"
     assert resolved.preset is None and resolved.http_port == 0
     with pytest.raises(ConfigError, match="used more than once"):
         resolve(config_file=str(config), environ={}, models=[flag_model(gpt2, name="s")])
     with pytest.raises(ConfigError, match="dtype"):
         flag_model(gpt2, dtype="float8")
+    with pytest.raises(ConfigError, match="quantization"):
+        flag_model(gpt2, quantization="int3")
 
 
 async def test_serve_model_dirs_over_grpc_and_http(preset_cache: Path) -> None:

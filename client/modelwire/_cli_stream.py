@@ -62,6 +62,7 @@ def generation_params(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "stop": args.stop or None,
         "ignore_eos": args.ignore_eos or None,
+        "priority": args.priority,
     }
     return {k: v for k, v in given.items() if v is not None}
 
@@ -204,3 +205,6 @@ def _generation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--stop", action="append", help="a stop string (repeatable)")
     parser.add_argument("--ignore-eos", action="store_true")
+    parser.add_argument(
+        "--priority", type=int, help="higher is admitted first when the model is busy (default 0)"
+    )

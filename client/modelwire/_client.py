@@ -328,6 +328,7 @@ class AsyncClient(TextTaskMethods, MediaTaskMethods, Seq2SeqTaskMethods):
         revision: str | None = None,
         device: str | None = None,
         dtype: str | None = None,
+        quantization: str | None = None,
         default_for_task: bool = False,
         timeout: float | None = None,
         request_id: str | None = None,
@@ -341,7 +342,12 @@ class AsyncClient(TextTaskMethods, MediaTaskMethods, Seq2SeqTaskMethods):
             if not isinstance(value, str) or not value:
                 raise ValueError(f"`{key}` must be a non-empty string")
         # Proto3 optional fields: only the ones given are set (unset = server default).
-        options = {"revision": revision, "device": device, "dtype": dtype}
+        options = {
+            "revision": revision,
+            "device": device,
+            "dtype": dtype,
+            "quantization": quantization,
+        }
         given = {k: check.optional_str(k, v) for k, v in options.items() if v is not None}
         request = model_service_pb2.LoadModelRequest(
             model=name, task=task, source=source, default_for_task=bool(default_for_task), **given

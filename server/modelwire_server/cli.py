@@ -69,8 +69,8 @@ def _version() -> str:
 
 
 class _ModelFlag(argparse.Action):
-    """``--model SOURCE`` starts an entry; ``--task/--name/--dtype/--device`` describe
-    the ``--model`` before them."""
+    """``--model SOURCE`` starts an entry; ``--task/--name/--dtype/--device/--quantization``
+    describe the ``--model`` before them."""
 
     def __call__(self, parser: Any, namespace: Any, value: Any, option: Any = None) -> None:
         entries: list[dict[str, str]] = getattr(namespace, "model", None) or []
@@ -98,6 +98,11 @@ def add_model_flags(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--dtype", action=_ModelFlag, help="the --model's dtype (default auto)")
     serve.add_argument("--device", action=_ModelFlag, help="the --model's device (default auto)")
+    serve.add_argument(
+        "--quantization",
+        action=_ModelFlag,
+        help="the --model's weight-only quantization: none, int8, int4 or fp8 (default none)",
+    )
     serve.add_argument(
         "--http-port",
         type=int,

@@ -114,6 +114,9 @@ class ModelConfig:
     # for any later prompt that starts with the same tokens (chat turns, shared system
     # prompts), in blocks of tokens, least recently used evicted first.
     prefix_caching: bool = True
+    # Text generation: run the engine (and the model) in a device process of its own, so
+    # that its steps and this process's gRPC relay do not take turns on one GIL.
+    engine_process: bool = False
     # Text generation: a prompt longer than this is prefilled in chunks of it between
     # decode steps, so running streams wait one chunk, not a whole prompt.
     prefill_chunk_tokens: int = 512
@@ -243,6 +246,8 @@ def validate_model(model: ModelConfig, where: str) -> None:
         raise ConfigError(
             f"{where}.quantization {model.quantization!r} must be one of {', '.join(QUANTIZATIONS)}"
         )
+    if model.engine_process and (model.task != "text-generation" or model.device_map):
+        raise ConfigError(f"{where}.engine_process applies to text-generation models on one device")
     if model.device_map is not None:
         _check_device_map(model, where)
         if model.quantization != "none":

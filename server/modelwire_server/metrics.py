@@ -4,6 +4,7 @@ Per-call series (requests, durations, queue time, time to first token, inter-tok
 latency) are observed from each call's record as it ends. Gauges of state (models,
 running and waiting sequences, KV cache, queued inputs) and the batch-size histograms
 are read from the model registry at scrape time, so serving pays nothing for them.
+Waiting generation requests are also counted by priority.
 Scrapes are answered on the server's event loop, where that state lives.
 """
 
@@ -112,6 +113,11 @@ class ModelStateCollector:
         waiting = GaugeMetricFamily(
             "modelwire_waiting_sequences", "Generation requests waiting", labels=["model"]
         )
+        by_priority = GaugeMetricFamily(
+            "modelwire_waiting_requests",
+            "Generation requests waiting, by priority (the priorities some wait at, and 0)",
+            labels=["model", "priority"],
+        )
         cache = GaugeMetricFamily(
             "modelwire_kv_cache_tokens", "Tokens held in the KV cache", labels=["model"]
         )
@@ -139,10 +145,14 @@ class ModelStateCollector:
                 stats = engine.stats()
                 running.add_metric([name], stats.running_rows)
                 waiting.add_metric([name], stats.waiting)
+                # Priorities are the clients' numbers, but only those waiting now are
+                # series (at most max_waiting of them); 0 always, so idle reads 0.
+                for priority, count in sorted({0: 0, **stats.waiting_by_priority}.items()):
+                    by_priority.add_metric([name, str(priority)], count)
                 cache.add_metric([name], stats.cache_tokens)
                 batches.add_metric([name, "decode"], *_histogram(stats.decode_batch_sizes))
                 prefix.add(name, stats)
-        yield from (state, running, waiting, cache, queued, batches)
+        yield from (state, running, waiting, by_priority, cache, queued, batches)
         yield from prefix.families()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
 import logging
@@ -122,6 +123,7 @@ class Registry:
         *,
         prepare_source: Callable[[ModelConfig], None] | None = None,
         preset: str | None = None,
+        readiness_changed: Callable[[], None] | None = None,
     ) -> None:
         self.entries: dict[str, ModelEntry] = {c.name: ModelEntry(c) for c in configs}
         self.workers = workers
@@ -132,6 +134,8 @@ class Registry:
         self._evicted: weakref.WeakSet[asyncio.Task[object]] = weakref.WeakSet()
         self._loads: set[asyncio.Task[None]] = set()
         self.draining = False
+        # Called on the loop when a served model stops or starts serving by itself.
+        self.readiness_changed = readiness_changed
 
     # -- loading ---------------------------------------------------------------------
 
@@ -152,6 +156,7 @@ class Registry:
     async def load(self, entry: ModelEntry) -> None:
         config, started = entry.config, time.monotonic()
         entry.state, entry.rpcs = ModelState.LOADING, tasks.rpcs_of(config.task)
+        loaded: TaskRunner | None = None
         try:
             cls = tasks.runner_class(config.task)
             if cls is None:
@@ -168,6 +173,7 @@ class Registry:
             dtype = resolve_dtype(config.dtype, device, stored)
             entry.dtype = str(dtype).removeprefix("torch.")
             runner = cls(config, device, dtype, self.workers.get(str(device)))
+            loaded = runner
             await asyncio.to_thread(_locked(runner.load))
             if config.quantization != "none" and runner.quantized_layers == 0:
                 raise QuantizationError(
@@ -185,11 +191,33 @@ class Registry:
                 ) from exc
         except Exception as exc:
             entry.state, entry.failure = ModelState.FAILED, _describe(exc)
+            if loaded is not None:
+                await asyncio.to_thread(loaded.discard)
             return
         entry.runner, entry.state = runner, ModelState.READY
+        runner.availability = self._availability(entry)
         if config.device_map is not None:  # GetModel says where it was spread
             entry.device = ",".join(spread_over(runner.model))
         entry.load_seconds = time.monotonic() - started
+
+    def _availability(self, entry: ModelEntry) -> Callable[[bool, str], None]:
+        """The hook a served runner calls, from any thread, when it stops serving by
+        itself (LOADING, saying why) or serves again (READY)."""
+        loop = asyncio.get_running_loop()
+
+        def changed(up: bool, why: str) -> None:
+            if entry.state not in (ModelState.READY, ModelState.LOADING):
+                return  # unloading: the unload decides
+            entry.state = ModelState.READY if up else ModelState.LOADING
+            entry.failure = "" if up else why
+            if self.readiness_changed is not None:
+                self.readiness_changed()
+
+        def hook(up: bool, why: str) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the server too
+                loop.call_soon_threadsafe(changed, up, why)
+
+        return hook
 
     async def _load_logged(self, entry: ModelEntry) -> None:
         await self.load(entry)
@@ -329,7 +357,8 @@ class Registry:
     def _ready_runner(entry: ModelEntry, rpc: str) -> TaskRunner:
         name = entry.config.name
         if entry.state is ModelState.LOADING:
-            raise Unavailable(f"model {name!r} is still loading")
+            why = f" ({entry.failure})" if entry.failure else ""
+            raise Unavailable(f"model {name!r} is still loading{why}")
         if entry.state is ModelState.UNLOADING:
             raise Unavailable(f"model {name!r} is being unloaded")
         if entry.state is ModelState.FAILED or entry.runner is None:

@@ -121,8 +121,10 @@ class ModelwireServer:
             self.workers,
             prepare_source=prepare_source,
             preset=config.preset,
+            readiness_changed=self._readiness_changed,
         )
         self.health = health.aio.HealthServicer()
+        self._health_updates: set[asyncio.Future[None]] = set()
         # Read before binding, so a bad key or certificate file stops the start.
         self.keys = Keys.from_config(config)
         self.credentials = server_credentials(config)
@@ -284,6 +286,16 @@ class ModelwireServer:
         self.exit_code = 1
         # Its own task: stop() cancels this loading task.
         self._stopping = asyncio.create_task(self.stop(grace=0))
+
+    def _readiness_changed(self) -> None:
+        """A model stopped or started serving by itself: health follows (not while
+        draining, when it says NOT_SERVING for good)."""
+        if not self.registry.draining and self.registry.loading_done.is_set():
+            task = asyncio.ensure_future(
+                self._set_inference_health(serving=self.registry.any_ready)
+            )
+            self._health_updates.add(task)
+            task.add_done_callback(self._health_updates.discard)
 
     async def _set_inference_health(self, *, serving: bool) -> None:
         status = (

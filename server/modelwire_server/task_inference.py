@@ -204,10 +204,11 @@ def flag_model(
     name: str | None = None,
     dtype: str | None = None,
     device: str | None = None,
+    quantization: str | None = None,
 ) -> ModelConfig:
-    """The ModelConfig of one ``--model SOURCE`` with its ``--task/--name/--dtype/--device``
-    (checked as a config file entry is); the task is inferred when not given, and the
-    name is the source's last path segment."""
+    """The ModelConfig of one ``--model SOURCE`` with its ``--task/--name/--dtype/--device/
+    --quantization`` (checked as a config file entry is); the task is inferred when not
+    given, and the name is the source's last path segment."""
     name = name or source.rstrip("/").rsplit("/", 1)[-1]
     model = ModelConfig(
         name=name,
@@ -215,6 +216,7 @@ def flag_model(
         source=source,
         dtype=dtype or "auto",
         device=device or "auto",
+        quantization=quantization or "none",
     )
     validate_model(model, f"--model {source}")
     return model

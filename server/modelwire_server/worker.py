@@ -56,11 +56,13 @@ class DeviceWorker:
                 return
             fn, loop, future = job
             try:
-                result = fn()
+                result, error = fn(), None
             except BaseException as exc:  # delivered to the awaiting coroutine
-                loop.call_soon_threadsafe(_settle, future, None, exc)
-            else:
-                loop.call_soon_threadsafe(_settle, future, result, None)
+                result, error = None, exc
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:  # the caller's loop has closed: nobody waits for it
+                pass
 
 
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n modelwire/v1/model_service.proto\x12\x0cmodelwire.v1\"\xac\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\'\n\x05state\x18\x07 \x01(\x0e\x32\x18.modelwire.v1.ModelState\x12\x17\n\x0f\x66\x61ilure_message\x18\x08 \x01(\t\x12\x1b\n\x0e\x63ontext_length\x18\t \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x10\x64\x65\x66\x61ult_for_task\x18\n \x01(\x08\x12\x0c\n\x04rpcs\x18\x0b \x03(\t\x12\x0e\n\x06preset\x18\x0c \x01(\x08\x12\x14\n\x0cquantization\x18\r \x01(\tB\x11\n\x0f_context_length\"!\n\x11ListModelsRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\"M\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.modelwire.v1.ModelInfo\x12\x0e\n\x06preset\x18\x02 \x01(\t\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"9\n\x10GetModelResponse\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x17.modelwire.v1.ModelInfo\"\xbb\x01\n\x10LoadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x15\n\x08revision\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06\x64\x65vice\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x12\n\x05\x64type\x18\x06 \x01(\tH\x02\x88\x01\x01\x12\x18\n\x10\x64\x65\x66\x61ult_for_task\x18\x07 \x01(\x08\x42\x0b\n\t_revisionB\t\n\x07_deviceB\x08\n\x06_dtype\":\n\x11LoadModelResponse\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x17.modelwire.v1.ModelInfo\"#\n\x12UnloadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"<\n\x13UnloadModelResponse\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x17.modelwire.v1.ModelInfo*\x8c\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03\x12\x19\n\x15MODEL_STATE_UNLOADING\x10\x04\x32\xcc\x02\n\x0cModelService\x12O\n\nListModels\x12\x1f.modelwire.v1.ListModelsRequest\x1a .modelwire.v1.ListModelsResponse\x12I\n\x08GetModel\x12\x1d.modelwire.v1.GetModelRequest\x1a\x1e.modelwire.v1.GetModelResponse\x12L\n\tLoadModel\x12\x1e.modelwire.v1.LoadModelRequest\x1a\x1f.modelwire.v1.LoadModelResponse\x12R\n\x0bUnloadModel\x12 .modelwire.v1.UnloadModelRequest\x1a!.modelwire.v1.UnloadModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n modelwire/v1/model_service.proto\x12\x0cmodelwire.v1\"\xac\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\'\n\x05state\x18\x07 \x01(\x0e\x32\x18.modelwire.v1.ModelState\x12\x17\n\x0f\x66\x61ilure_message\x18\x08 \x01(\t\x12\x1b\n\x0e\x63ontext_length\x18\t \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x10\x64\x65\x66\x61ult_for_task\x18\n \x01(\x08\x12\x0c\n\x04rpcs\x18\x0b \x03(\t\x12\x0e\n\x06preset\x18\x0c \x01(\x08\x12\x14\n\x0cquantization\x18\r \x01(\tB\x11\n\x0f_context_length\"!\n\x11ListModelsRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\"M\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.modelwire.v1.ModelInfo\x12\x0e\n\x06preset\x18\x02 \x01(\t\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"9\n\x10GetModelResponse\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x17.modelwire.v1.ModelInfo\"\xe7\x01\n\x10LoadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x15\n\x08revision\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06\x64\x65vice\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x12\n\x05\x64type\x18\x06 \x01(\tH\x02\x88\x01\x01\x12\x18\n\x10\x64\x65\x66\x61ult_for_task\x18\x07 \x01(\x08\x12\x19\n\x0cquantization\x18\x08 \x01(\tH\x03\x88\x01\x01\x42\x0b\n\t_revisionB\t\n\x07_deviceB\x08\n\x06_dtypeB\x0f\n\r_quantization\":\n\x11LoadModelResponse\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x17.modelwire.v1.ModelInfo\"#\n\x12UnloadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"<\n\x13UnloadModelResponse\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x17.modelwire.v1.ModelInfo*\x8c\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03\x12\x19\n\x15MODEL_STATE_UNLOADING\x10\x04\x32\xcc\x02\n\x0cModelService\x12O\n\nListModels\x12\x1f.modelwire.v1.ListModelsRequest\x1a .modelwire.v1.ListModelsResponse\x12I\n\x08GetModel\x12\x1d.modelwire.v1.GetModelRequest\x1a\x1e.modelwire.v1.GetModelResponse\x12L\n\tLoadModel\x12\x1e.modelwire.v1.LoadModelRequest\x1a\x1f.modelwire.v1.LoadModelResponse\x12R\n\x0bUnloadModel\x12 .modelwire.v1.UnloadModelRequest\x1a!.modelwire.v1.UnloadModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelwire.v1.model_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELSTATE']._serialized_start=910
-  _globals['_MODELSTATE']._serialized_end=1050
+  _globals['_MODELSTATE']._serialized_start=954
+  _globals['_MODELSTATE']._serialized_end=1094
   _globals['_MODELINFO']._serialized_start=51
   _globals['_MODELINFO']._serialized_end=351
   _globals['_LISTMODELSREQUEST']._serialized_start=353
@@ -44,13 +44,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELRESPONSE']._serialized_start=501
   _globals['_GETMODELRESPONSE']._serialized_end=558
   _globals['_LOADMODELREQUEST']._serialized_start=561
-  _globals['_LOADMODELREQUEST']._serialized_end=748
-  _globals['_LOADMODELRESPONSE']._serialized_start=750
-  _globals['_LOADMODELRESPONSE']._serialized_end=808
-  _globals['_UNLOADMODELREQUEST']._serialized_start=810
-  _globals['_UNLOADMODELREQUEST']._serialized_end=845
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=847
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=907
-  _globals['_MODELSERVICE']._serialized_start=1053
-  _globals['_MODELSERVICE']._serialized_end=1385
+  _globals['_LOADMODELREQUEST']._serialized_end=792
+  _globals['_LOADMODELRESPONSE']._serialized_start=794
+  _globals['_LOADMODELRESPONSE']._serialized_end=852
+  _globals['_UNLOADMODELREQUEST']._serialized_start=854
+  _globals['_UNLOADMODELREQUEST']._serialized_end=889
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=891
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=951
+  _globals['_MODELSERVICE']._serialized_start=1097
+  _globals['_MODELSERVICE']._serialized_end=1429
 # @@protoc_insertion_point(module_scope)

@@ -77,7 +77,7 @@ class GetModelResponse(_message.Message):
     def __init__(self, info: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
-    __slots__ = ("model", "task", "source", "revision", "device", "dtype", "default_for_task")
+    __slots__ = ("model", "task", "source", "revision", "device", "dtype", "default_for_task", "quantization")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +85,7 @@ class LoadModelRequest(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_FOR_TASK_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     model: str
     task: str
     source: str
@@ -92,7 +93,8 @@ class LoadModelRequest(_message.Message):
     device: str
     dtype: str
     default_for_task: bool
-    def __init__(self, model: _Optional[str] = ..., task: _Optional[str] = ..., source: _Optional[str] = ..., revision: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., default_for_task: _Optional[bool] = ...) -> None: ...
+    quantization: str
+    def __init__(self, model: _Optional[str] = ..., task: _Optional[str] = ..., source: _Optional[str] = ..., revision: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., default_for_task: _Optional[bool] = ..., quantization: _Optional[str] = ...) -> None: ...
 
 class LoadModelResponse(_message.Message):
     __slots__ = ("info",)

@@ -119,6 +119,8 @@ class EngineStats:
     generated_tokens: int
     # Decode steps run at each batch size (rows), since start: for a metrics histogram.
     decode_batch_sizes: dict[int, int] = field(default_factory=dict)
+    # Waiting requests at each priority that has some: for a metrics gauge.
+    waiting_by_priority: dict[int, int] = field(default_factory=dict)
     prefilling: int = 0  # requests prefilled in parts (chunks, prefix hits), not yet joined
     # The prefix cache (zeros when off): prompt tokens looked up and those whose KV came
     # from it, blocks and bytes held now, blocks stored and evicted since start.
@@ -251,6 +253,7 @@ class GenerationEngine:
             steps=self._steps,
             generated_tokens=self._generated,
             decode_batch_sizes=dict(self._decode_sizes),
+            waiting_by_priority=self._queue.waiting_by_priority(),
             prefilling=len(self._partials),
             prefix_prompt_tokens=prefix.prompt_tokens if prefix else 0,
             prefix_hit_tokens=prefix.hit_tokens if prefix else 0,

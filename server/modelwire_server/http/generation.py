@@ -84,9 +84,12 @@ def generate_request(body: dict[str, Any], *, chat: bool) -> generate_pb2.Genera
         _set(stopping, "min_new_tokens", min_tokens, "min_tokens")
     stopping.stop.extend(fields.strings(body, "stop") or [])
     stopping.ignore_eos = bool(fields.boolean(body, "ignore_eos"))
-    priority = fields.integer(body, "priority")  # vLLM's extension: higher goes first
+    priority = fields.integer(body, "priority")
     if priority is not None:
+        # vLLM's extension reads lower as sooner; GenerateRequest.priority higher as
+        # sooner: negated (an int32's -2**31 becomes the highest one, 2**31 - 1).
         _set(request, "priority", priority, "priority")
+        request.priority = min(-priority, INT32_MAX)
     if chat:
         if fields.boolean(body, "logprobs"):
             request.options.logprobs = True
@@ -108,6 +111,9 @@ def generate_request(body: dict[str, Any], *, chat: bool) -> generate_pb2.Genera
             raise InvalidArgument("best_of", "is not supported (other than equal to n)")
     structured.apply(body, request, chat=chat)
     return request
+
+
+INT32_MAX = 2**31 - 1
 
 
 def _set(message: Any, name: str, value: int, param: str) -> None:

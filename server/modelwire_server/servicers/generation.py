@@ -21,12 +21,9 @@ from google.protobuf import duration_pb2
 from modelwire.v1 import common_pb2, generate_pb2
 from modelwire.v1 import inference_service_pb2 as pb
 from modelwire_server import errors
-from modelwire_server.calls import note_usage
 from modelwire_server.engine import types as et
-from modelwire_server.engine.errors import EngineError
 from modelwire_server.interceptors import current_request_id
 from modelwire_server.servicers.common import RpcGroup, deadline_of, optional
-from modelwire_server.streams import merge_deltas
 from modelwire_server.tasks import tool_calls
 from modelwire_server.tasks.seq2seq import SummarizationTask, TranslationTask
 from modelwire_server.tasks.text_generation import (
@@ -34,7 +31,6 @@ from modelwire_server.tasks.text_generation import (
     TextGenerationTask,
     TextResult,
     ToolCallTurn,
-    domain_error,
 )
 
 _FINISH = {
@@ -338,36 +334,16 @@ async def generate(
         constraint=constraint,
         priority=request.priority,
     )
-    buffer = runner.driver.buffer()
-    handle = runner.submit(gen_request, buffer)
-    prepared = handle.group.prepared
-    expected, beam = prepared.sampling.n, prepared.is_beam
-    finished: set[int] = set()
-    loop = asyncio.get_running_loop()
-    interval = runner.config.stream_interval_ms / 1000
-    not_before: float | None = None  # deltas wait until then (stream_interval_ms)
-    try:
-        while len(finished) < expected:
-            events = merge_deltas(await buffer.take(not_before))
-            if interval and any(isinstance(e, et.Delta) and e.tokens for e in events):
-                not_before = loop.time() + interval
-            for event in events:
-                if isinstance(event, et.Failed):
-                    raise _as_domain(event.error)
-                if isinstance(event, et.Finished):
-                    finished.add(event.index)
-                    # Every sequence of a request shares its prompt: count it once.
-                    note_usage(event.usage, count_prompt=len(finished) == 1)
-            messages = [event_pb(e, beam=beam) for e in events]
+    interval_s = runner.config.stream_interval_ms / 1000
+    # Leaving early (the client went away, an error) cancels the request in the engine.
+    async with runner.driver.open(gen_request, interval_s=interval_s) as stream:
+        async for events in stream:
+            messages = [event_pb(e, beam=stream.beam) for e in events]
             if tools is not None and tools.offered:
                 for event, message in zip(events, messages, strict=True):
                     add_tool_calls(event, message, tools)
             for message in fold_finish(messages):
                 yield message
-    finally:
-        if len(finished) < expected:
-            # The client went away (or an error ended the call): stop computing for it.
-            runner.cancel(handle)
 
 
 def add_tool_calls(event: et.Event, message: generate_pb2.GenerateResponse, tools: ToolUse) -> None:
@@ -380,10 +356,6 @@ def add_tool_calls(event: et.Event, message: generate_pb2.GenerateResponse, tool
             common_pb2.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in calls
         )
         message.finish_reason = common_pb2.FINISH_REASON_TOOL_CALLS
-
-
-def _as_domain(error: Exception) -> Exception:
-    return domain_error(error) if isinstance(error, EngineError) else error
 
 
 class GenerationRpcs(RpcGroup):

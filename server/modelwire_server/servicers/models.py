@@ -25,7 +25,7 @@ from modelwire_server.registry import ModelEntry, ModelState, Registry
 MAX_SOURCE_CHARS = 4096
 # validate_model's messages name "request.<key>": the request field behind each key.
 _FIELDS = {"name": "model", "default": "default_for_task"}
-_TEXT_FIELDS = ("model", "task", "source", "revision", "device", "dtype")
+_TEXT_FIELDS = ("model", "task", "source", "revision", "device", "dtype", "quantization")
 
 _STATES = {
     ModelState.LOADING: pb.MODEL_STATE_LOADING,
@@ -87,6 +87,7 @@ def requested_config(request: pb.LoadModelRequest) -> ModelConfig:
         revision=request.revision if request.HasField("revision") else None,
         device=request.device if request.HasField("device") else "auto",
         dtype=request.dtype if request.HasField("dtype") else "auto",
+        quantization=request.quantization if request.HasField("quantization") else "none",
         default=request.default_for_task,
         preset=request.source.startswith("preset:"),
     )

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -49,6 +49,10 @@ class TaskRunner(ABC):
         # Linear layers that ``place`` quantized (the registry refuses a model asked to
         # be quantized that has none).
         self.quantized_layers = 0
+        # Set by the registry: called (from any thread) with False and why when the
+        # runner stops serving by itself (its device process died), True when it serves
+        # again.
+        self.availability: Callable[[bool, str], None] | None = None
 
     @abstractmethod
     def load(self) -> None:
@@ -63,6 +67,10 @@ class TaskRunner(ABC):
 
     async def close(self) -> None:  # noqa: B027 - an optional hook
         """Stop loop-side machinery; in-flight calls end."""
+
+    def discard(self) -> None:  # noqa: B027 - an optional hook
+        """Free what ``load`` took outside this process (blocking), for a model that
+        loaded but will not be served (its warm-up or a check failed)."""
 
     @property
     def architecture(self) -> str:

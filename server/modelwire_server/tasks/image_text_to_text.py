@@ -24,13 +24,9 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from modelwire_server import errors
 from modelwire_server.engine.types import GenerationRequest
+from modelwire_server.engine_client import EngineDriver
 from modelwire_server.media import MediaLimits, _reason, decode_named_images
-from modelwire_server.tasks.text_generation import (
-    ChatTurn,
-    EngineDriver,
-    TextGenerationTask,
-    Tokenized,
-)
+from modelwire_server.tasks.text_generation import ChatTurn, TextGenerationTask, Tokenized
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -48,8 +48,9 @@ from modelwire_server.engine.types import (
     StoppingParams,
 )
 from modelwire_server.engine.vision_seq2seq import VisionSeq2SeqAdapter
+from modelwire_server.engine_client import EngineDriver
 from modelwire_server.media import MediaLimits, decode_images, image_features
-from modelwire_server.tasks.text_generation import EngineDriver, TextGenerationTask, TextResult
+from modelwire_server.tasks.text_generation import TextGenerationTask, TextResult
 
 _MODEL_CLASSES: dict[str, Any] = {
     "blip": BlipForConditionalGeneration,

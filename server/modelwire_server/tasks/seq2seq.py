@@ -29,8 +29,9 @@ from modelwire_server.engine.types import (
     SamplingParams,
     StoppingParams,
 )
+from modelwire_server.engine_client import EngineDriver
 from modelwire_server.tasks.base import check_input_tokens, check_text_inputs, input_token_limit
-from modelwire_server.tasks.text_generation import EngineDriver, TextGenerationTask, TextResult
+from modelwire_server.tasks.text_generation import TextGenerationTask, TextResult
 from modelwire_server.tasks.translation_languages import (
     Languages,
     LanguageTokens,

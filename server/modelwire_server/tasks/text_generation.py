@@ -13,7 +13,6 @@ import contextlib
 import functools
 import json
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,22 +20,19 @@ from typing import Any
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modelwire_server import errors
-from modelwire_server.calls import note_usage
 from modelwire_server.engine import errors as engine_errors
 from modelwire_server.engine.adapter import ModelAdapter
 from modelwire_server.engine.constraints import Compiled, ConstraintCompiler
-from modelwire_server.engine.engine import GenerationEngine, Handle
+from modelwire_server.engine.engine import GenerationEngine
 from modelwire_server.engine.types import (
     Failed,
-    Finished,
     FinishReason,
     GenerationRequest,
     ResponseFormat,
-    Sink,
 )
-from modelwire_server.streams import EventBuffer, WakeBatcher
+from modelwire_server.engine_client import EngineDriver, Rename, domain_error
+from modelwire_server.engine_process import EngineInfo, ProcessEngineDriver
 from modelwire_server.tasks.base import TaskRunner
-from modelwire_server.worker import DeviceWorker
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +74,6 @@ class Tokenized:
     text: str
 
 
-def domain_error(exc: engine_errors.EngineError) -> errors.ModelwireError:
-    """The engine's errors as the interceptor knows them."""
-    if isinstance(exc, engine_errors.InvalidRequest):
-        return errors.InvalidArgument(exc.field, exc.message)
-    if isinstance(exc, engine_errors.QueueFull):
-        return errors.ResourceExhausted(f"generation queue is full: {exc}", retry_after_s=1.0)
-    if isinstance(exc, engine_errors.ResourceExhausted):
-        return errors.ResourceExhausted(str(exc))
-    if isinstance(exc, engine_errors.DeadlineExceeded):
-        return errors.DeadlineExceeded(str(exc))
-    return errors.ModelwireError(str(exc))
-
-
 def run_inline(
     engine: GenerationEngine,
     request: GenerationRequest | Sequence[GenerationRequest],
@@ -121,15 +104,16 @@ def run_inline(
         raise failed[0].error
 
 
-async def _final_text(buffer: EventBuffer) -> TextResult:
-    while True:
-        for event in await buffer.take():
-            if isinstance(event, Failed):
-                error = event.error
-                raise domain_error(error) if isinstance(error, engine_errors.EngineError) else error
-            if isinstance(event, Finished):
-                note_usage(event.usage)
-                return TextResult(event.text, event.reason, event.usage.generated_tokens)
+def _input_named(input_field: str | None, i: int) -> Rename | None:
+    """Names an invalid prompt ``{input_field}[i]`` (None: the engine's own field name)."""
+    if input_field is None:
+        return None
+
+    def rename(exc: engine_errors.InvalidRequest) -> errors.InvalidArgument:
+        field = f"{input_field}[{i}]" if exc.field == "prompt" else exc.field
+        return errors.InvalidArgument(field, exc.message)
+
+    return rename
 
 
 def _template_message(i: int, turn: ChatTurn) -> dict[str, Any]:
@@ -153,86 +137,6 @@ def _template_message(i: int, turn: ChatTurn) -> dict[str, Any]:
     return message
 
 
-class EngineDriver:
-    """Steps one engine on its device worker while it has work.
-
-    A worker job runs steps back to back for as long as the engine has work and
-    nothing else waits for the worker (one-shot batches, other models' engines), up to
-    ``burst_s``: the next step starts at once instead of after a round trip through
-    the event loop, which is busy relaying the step's tokens to the streams; and any
-    other job still gets the device after the current step.
-
-    Runners that share an engine share its driver: it runs from the first ``start``
-    to the last ``close``.
-    """
-
-    def __init__(
-        self, engine: GenerationEngine, worker: DeviceWorker, name: str, burst_s: float = 0.25
-    ) -> None:
-        self.engine = engine
-        self.worker = worker
-        self.name = name
-        self.burst_s = burst_s
-        self._users = 0
-        self._task: asyncio.Task[None] | None = None
-        self._wake: asyncio.Event | None = None
-        self.wakes = WakeBatcher()  # the step's stream wake-ups, flushed after it
-
-    def buffer(self) -> EventBuffer:
-        """A sink for a request to this driver's engine, read on the running loop."""
-        return EventBuffer(asyncio.get_running_loop(), self.wakes)
-
-    async def start(self) -> None:
-        self._users += 1
-        if self._task is None:
-            self._wake = asyncio.Event()
-            self._task = asyncio.create_task(self._drive(), name=f"engine-{self.name}")
-
-    async def close(self) -> None:
-        self._users -= 1
-        if self._users > 0 or self._task is None:
-            return
-        task, self._task = self._task, None
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None
-
-    def wake(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
-
-    async def _drive(self) -> None:
-        assert self._wake is not None
-        while True:
-            if not self.engine.has_work():
-                self._wake.clear()
-                if not self.engine.has_work():
-                    await self._wake.wait()
-            await self.worker.run(self._steps)
-
-    def _steps(self) -> None:
-        """On the worker: steps while there is work, nobody else waits, and time is left."""
-        until = time.monotonic() + self.burst_s
-        while True:
-            try:
-                self.engine.step()
-            finally:
-                if self.wakes.flush():
-                    # Let the woken loop take the GIL now, once per step, and relay the
-                    # step's tokens before the next step makes more (else they merge).
-                    time.sleep(0)
-            if (
-                not self.engine.has_work()
-                or self.worker.has_waiting_jobs()
-                or time.monotonic() >= until
-            ):
-                return
-
-
 # The longer warm-up prompt: past the chunk and window sizes where attention changes
 # its path (Reformer's chunks, sliding windows), and a prime, so no multiple of a chunk
 # size (a multiple would skip Reformer's own padding); short enough to cost little.
@@ -246,13 +150,36 @@ class TextGenerationTask(TaskRunner):
     # truncating a prompt must not cut any of them off.
     placeholder_ids: frozenset[int] = frozenset()
 
+    # With ``engine_process``: what the device process reported of the model it holds.
+    remote: EngineInfo | None = None
+
     def load(self) -> None:
         source, kwargs = self.config.source, self.pretrained_kwargs()
         self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        if self.config.engine_process:
+            # The model lives in a device process; this one keeps the tokenizer.
+            driver = ProcessEngineDriver(self.config, self.device, self.dtype)
+            driver.notify = self._notify
+            self.remote = driver.launch()
+            self.quantized_layers = self.remote.quantized_layers
+            self.engine, self.driver = driver.engine, driver  # type: ignore[assignment]
+            return
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **self.placement_kwargs())
         self.model = self.place(model)
         self.engine = self.make_engine()
         self.driver = EngineDriver(self.engine, self.worker, self.config.name)
+
+    @property
+    def architecture(self) -> str:
+        return self.remote.architecture if self.remote is not None else super().architecture
+
+    def _notify(self, up: bool, why: str) -> None:
+        if self.availability is not None:
+            self.availability(up, why)
+
+    def discard(self) -> None:
+        if self.remote is not None:
+            self.driver.stop()  # type: ignore[attr-defined]
 
     def make_engine(self, adapter: ModelAdapter | None = None) -> GenerationEngine:
         """The engine over this runner's model (``adapter``: None picks the model's kind)."""
@@ -300,22 +227,22 @@ class TextGenerationTask(TaskRunner):
     async def close(self) -> None:
         await self.driver.close()
 
-    def submit(self, request: GenerationRequest, sink: Sink) -> Handle:
-        try:
-            handle = self.engine.submit(request, sink)
-        except engine_errors.EngineError as exc:
-            raise domain_error(exc) from None
-        self.driver.wake()
-        return handle
-
-    def cancel(self, handle: Handle) -> None:
-        self.engine.cancel(handle)
-        self.driver.wake()
-
     def warmup(self) -> None:
         """Generate two tokens for a short and a longer prompt as one batch, end to end
         (on the worker: steps run inline): a padded prefill of a real length and a
-        decode step, so that a model the engine cannot drive fails at load."""
+        decode step, so that a model the engine cannot drive fails at load. (A device
+        process has warmed its engine up before it said it was ready.)"""
+        if self.remote is None:
+            self._warm_engine()
+        # The tokenizer's byte table for response formats: built at load, not by the
+        # first constrained request (a tenth of a second for a 50k vocabulary). A
+        # tokenizer it cannot read fails constrained requests only, not the model.
+        try:
+            self.constraints.warm()
+        except Exception:
+            log.warning("model %s: response formats unavailable", self.config.name, exc_info=True)
+
+    def _warm_engine(self) -> None:
         short = self.encode_prompt("Hello")[-8:] or [0]
         limits = self.engine.limits
         length = min(WARMUP_PROMPT_TOKENS, limits.max_batch_tokens - 2)
@@ -326,13 +253,6 @@ class TextGenerationTask(TaskRunner):
             [GenerationRequest(prompt_ids=short), GenerationRequest(prompt_ids=longer)],
             max_new_tokens=2,
         )
-        # The tokenizer's byte table for response formats: built at load, not by the
-        # first constrained request (a tenth of a second for a 50k vocabulary). A
-        # tokenizer it cannot read fails constrained requests only, not the model.
-        try:
-            self.constraints.warm()
-        except Exception:
-            log.warning("model %s: response formats unavailable", self.config.name, exc_info=True)
 
     def run_inline(
         self, request: GenerationRequest | Sequence[GenerationRequest], *, max_new_tokens: int
@@ -346,33 +266,15 @@ class TextGenerationTask(TaskRunner):
         and return each one's final text, in order. An error, or a caller that goes away,
         cancels them all. A request the engine refuses for its prompt is INVALID_ARGUMENT
         naming ``{input_field}[i]`` (None: the engine's own field name)."""
-        handles: list[Handle] = []
-        results: list[TextResult] = []
-        try:
-            buffers = []
-            for i, request in enumerate(requests):
-                buffers.append(self.driver.buffer())
-                handles.append(self._submit_one(request, buffers[-1], input_field, i))
-            results = list(await asyncio.gather(*(_final_text(b) for b in buffers)))
-            return results
-        finally:
-            if len(results) < len(handles):
-                for handle in handles:
-                    self.cancel(handle)
-
-    def _submit_one(
-        self, request: GenerationRequest, sink: Sink, input_field: str | None, i: int
-    ) -> Handle:
-        try:
-            handle = self.engine.submit(request, sink)
-        except engine_errors.InvalidRequest as exc:
-            prompt = input_field is not None and exc.field == "prompt"
-            field = f"{input_field}[{i}]" if prompt else exc.field
-            raise errors.InvalidArgument(field, exc.message) from None
-        except engine_errors.EngineError as exc:
-            raise domain_error(exc) from None
-        self.driver.wake()
-        return handle
+        async with contextlib.AsyncExitStack() as streams:
+            opened = [
+                await streams.enter_async_context(
+                    self.driver.open(request, rename=_input_named(input_field, i))
+                )
+                for i, request in enumerate(requests)
+            ]
+            ends = await asyncio.gather(*(stream.final() for stream in opened))
+        return [TextResult(e.text, e.reason, e.usage.generated_tokens) for [e] in ends]
 
     # -- prompts -----------------------------------------------------------------------
 

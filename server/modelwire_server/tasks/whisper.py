@@ -60,17 +60,16 @@ from transformers.generation.logits_process import WhisperTimeStampLogitsProcess
 from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
 
 from modelwire_server import errors
-from modelwire_server.calls import current_call, note_usage
+from modelwire_server.calls import current_call
 from modelwire_server.engine import errors as engine_errors
-from modelwire_server.engine.engine import GenerationEngine, Handle
+from modelwire_server.engine.engine import GenerationEngine
 from modelwire_server.engine.types import (
     Delta,
-    Failed,
-    Finished,
     GenerationRequest,
     SamplingParams,
     StoppingParams,
 )
+from modelwire_server.engine_client import EngineDriver
 from modelwire_server.media import (
     AudioChunk,
     AudioInput,
@@ -78,7 +77,7 @@ from modelwire_server.media import (
     audio_chunks,
     decode_clips,
 )
-from modelwire_server.tasks.text_generation import EngineDriver, domain_error, run_inline
+from modelwire_server.tasks.text_generation import run_inline
 
 WINDOW_S = 30.0  # Whisper's window (the feature extractor's chunk_length) if unsaid
 MIN_CHUNK_S = 1.0
@@ -452,37 +451,12 @@ class WhisperSpeech:
 
     async def _run(self, request: GenerationRequest) -> list[int]:
         """Submit one request and collect its token ids."""
-        buffer = self.driver.buffer()
-        try:
-            handle: Handle = self.engine.submit(request, buffer)
-        except engine_errors.InvalidRequest as exc:
-            # The engine's fields are Generate's; here a window is what does not fit
-            # (e.g. a batch-token budget below one encoder window).
-            raise errors.InvalidArgument("clips", f"{exc.field}: {exc.message}") from None
-        except engine_errors.EngineError as exc:
-            raise domain_error(exc) from None
-        self.driver.wake()
         ids: list[int] = []
-        finished = False
-        try:
-            while True:
-                for event in await buffer.take():
-                    if isinstance(event, Failed):
-                        finished = True
-                        error = event.error
-                        if isinstance(error, engine_errors.EngineError):
-                            raise domain_error(error)
-                        raise error
-                    if isinstance(event, Delta):
-                        ids += [t.id for t in event.tokens]
-                    elif isinstance(event, Finished):
-                        finished = True
-                        note_usage(event.usage)
-                        return ids
-        finally:
-            if not finished:  # the caller went away, or another window failed
-                self.engine.cancel(handle)
-                self.driver.wake()
+        # The caller going away, or another window failing, cancels it on the way out.
+        async with self.driver.open(request, rename=_window_error) as stream:
+            async for events in stream:
+                ids += [t.id for e in events if isinstance(e, Delta) for t in e.tokens]
+        return ids
 
     # -- merging ----------------------------------------------------------------------
 
@@ -535,6 +509,12 @@ class _Outputs(dict):  # type: ignore[type-arg]
 
     def __getattr__(self, name: str) -> Any:
         return self[name]
+
+
+def _window_error(exc: engine_errors.InvalidRequest) -> errors.InvalidArgument:
+    """The engine's fields are Generate's; here a window is what does not fit (e.g. a
+    batch-token budget below one encoder window)."""
+    return errors.InvalidArgument("clips", f"{exc.field}: {exc.message}")
 
 
 async def _gather_or_cancel(jobs: list[Any]) -> list[Any]:
