@@ -120,6 +120,12 @@ class ModelConfig:
     # Text generation: a prompt longer than this is prefilled in chunks of it between
     # decode steps, so running streams wait one chunk, not a whole prompt.
     prefill_chunk_tokens: int = 512
+    # Text generation: the KV cache's budget, in bytes (an int), or a share in (0, 1] of
+    # the device's free memory after load (on the CPU: of the machine's total memory).
+    # Admission then reserves nothing for max_new_tokens, and a batch about to outgrow
+    # it preempts requests and resumes them later, outputs unchanged. None: each
+    # admitted request reserves prompt + max_new_tokens in max_batch_tokens instead.
+    kv_cache_memory: int | float | None = None
     # Generate streams: after a message with new tokens, a stream's next message waits
     # this long and carries every token made meanwhile (0: each step's at once). Fewer
     # messages when steps are fast and streams many; first and final messages never wait.
@@ -212,6 +218,7 @@ def _model_from_dict(index: int, raw: Any) -> ModelConfig:
         "float": float,
         "str | None": str,
         "int | None": int,
+        "int | float | None": (int, float),
     }
     for key, value in raw.items():
         if key == "device_map":  # a string or a mapping: validate_model checks it
@@ -273,6 +280,14 @@ def validate_model(model: ModelConfig, where: str) -> None:
     for key in ("max_input_tokens", "max_audio_samples"):
         if getattr(model, key) is not None and getattr(model, key) < 1:
             raise ConfigError(f"{where}.{key} must be at least 1")
+    budget = model.kv_cache_memory
+    if budget is not None and not (
+        (isinstance(budget, int) and budget >= 1) or (isinstance(budget, float) and 0 < budget <= 1)
+    ):
+        raise ConfigError(
+            f"{where}.kv_cache_memory must be bytes (an integer >= 1) or a share of memory "
+            f"(a number in (0, 1]), not {budget!r}"
+        )
     if not model.max_audio_seconds > 0:
         raise ConfigError(f"{where}.max_audio_seconds must be positive")
     if model.max_wait_ms < 0:

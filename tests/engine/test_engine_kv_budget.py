@@ -1,0 +1,193 @@
+"""The KV budget in bytes: under a budget too small for every stream at once, requests
+are preempted and resumed by recomputation, and every output is what it would have
+been without interruption (greedy: transformers' ``generate``; seeded: the same
+request run alone); a request that cannot fit even alone is refused at submit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from engine_helpers import (
+    CORPUS,
+    Bundle,
+    Collector,
+    make_engine,
+    reference_greedy,
+    run_until_idle,
+    submit,
+)
+
+from modelwire_server.engine import (
+    FinishReason,
+    GenerationEngine,
+    GenerationRequest,
+    InvalidRequest,
+    SamplingParams,
+    StoppingParams,
+)
+from modelwire_server.engine.kvbudget import column_bytes
+
+NEW = 40
+
+
+def fixed(new: int = NEW, **sampling: Any) -> dict[str, Any]:
+    return {
+        "sampling": SamplingParams(**{"temperature": 0, **sampling}),
+        "stopping": StoppingParams(max_new_tokens=new, min_new_tokens=new),
+    }
+
+
+def prompts(bundle: Bundle, count: int) -> list[list[int]]:
+    """``count`` different prompts of 8 to 23 tokens (no shared prefix blocks)."""
+    return [[*bundle.encode(CORPUS[i % len(CORPUS)])[: 8 + i], i + 3] for i in range(count)]
+
+
+def budget_for(bundle: Bundle, rows: int, width: int) -> int:
+    """Bytes for ``rows`` rows of ``width`` columns plus a growable buffer's slack."""
+    column = column_bytes(bundle.model)
+    assert column is not None
+    return rows * (width + max(32, width // 4)) * column
+
+
+def run_watching(engine: GenerationEngine, max_steps: int = 3000) -> int:
+    """Run to idle; return the most KV bytes the engine held after any step."""
+    most = steps = 0
+    while engine.has_work():
+        engine.step()
+        most = max(most, engine.stats().kv_bytes)
+        steps += 1
+        assert steps <= max_steps, "the engine did not finish"
+    return most
+
+
+def test_column_bytes_read_from_the_config(gpt2: Bundle, llama: Bundle) -> None:
+    # GPT-2: 2 layers x 4 heads x 16 dims; Llama: 2 layers x 2 KV heads x 16 dims;
+    # keys and values, float32.
+    assert column_bytes(gpt2.model) == 2 * 2 * 4 * 16 * 4
+    assert column_bytes(llama.model) == 2 * 2 * 2 * 16 * 4
+
+
+def test_sixteen_long_streams_under_a_small_budget_all_complete(bundle: Bundle) -> None:
+    budget = budget_for(bundle, 4, 24 + NEW)
+    engine = make_engine(bundle, kv_cache_memory=budget)
+    items = prompts(bundle, 16)
+    sinks = [submit(engine, p, **fixed()) for p in items]
+    most = run_watching(engine)
+
+    stats = engine.stats()
+    assert stats.kv_budget == budget
+    assert stats.preemptions > 0  # the budget holds about 4 of the 16 at full length
+    assert most <= budget
+    assert stats.kv_bytes == 0  # all finished: nothing held
+    for prompt, sink in zip(items, sinks, strict=True):
+        assert sink.failed is None
+        assert sink.finished().reason is FinishReason.LENGTH
+        assert sink.tokens() == reference_greedy(bundle, prompt, NEW)
+        assert sink.finished().usage.generated_tokens == NEW
+        # Nothing was emitted twice: the deltas hold each token once, the text matches.
+        assert sink.finished().text == sink.text()
+
+
+def test_without_a_budget_nothing_is_preempted(gpt2: Bundle) -> None:
+    engine = make_engine(gpt2)
+    sinks = [submit(engine, p, **fixed()) for p in prompts(gpt2, 16)]
+    run_until_idle(engine)
+    assert engine.stats().preemptions == 0
+    assert engine.stats().kv_budget == 0
+    assert all(s.finished().reason is FinishReason.LENGTH for s in sinks)
+
+
+def test_seeded_n_and_beams_resume_unchanged(llama: Bundle) -> None:
+    """Each row of an n > 1 request keeps its own generator and ids; a beam search its
+    hypotheses: preempted or not, the outputs are those of the request run alone."""
+    kinds = [
+        fixed(temperature=1.0, top_k=0, seed=11, n=2, repetition_penalty=1.3),
+        fixed(num_beams=3, n=2),
+        fixed(temperature=0.8, top_p=0.9, seed=5, presence_penalty=0.5),
+    ]
+    items = prompts(llama, 12)
+
+    def tokens(sink: Collector, index: int) -> tuple[str, list[int]]:
+        return sink.finished(index).text, sink.tokens(index)
+
+    alone = []
+    for i, prompt in enumerate(items):
+        engine = make_engine(llama)
+        sink = submit(engine, prompt, **kinds[i % 3])
+        run_until_idle(engine)
+        alone.append([tokens(sink, k) for k in range(2 if i % 3 < 2 else 1)])
+
+    engine = make_engine(llama, kv_cache_memory=budget_for(llama, 6, 24 + NEW))
+    handles = []
+    sinks = []
+    for i, prompt in enumerate(items):
+        sink = Collector()
+        handles.append(engine.submit(_request(prompt, kinds[i % 3]), sink))
+        sinks.append(sink)
+    run_until_idle(engine, 5000)
+    assert engine.stats().preemptions > 0
+    preempted = {i % 3 for i, h in enumerate(handles) if h.group.preemptions}
+    assert preempted == {0, 1, 2}, "each kind must have been preempted at least once"
+    for i, sink in enumerate(sinks):
+        assert sink.failed is None
+        got = [tokens(sink, k) for k in range(2 if i % 3 < 2 else 1)]
+        assert got == alone[i], f"request {i} changed by preemption"
+
+
+def _request(prompt: list[int], fields: dict[str, Any]) -> GenerationRequest:
+    return GenerationRequest(prompt_ids=prompt, **fields)
+
+
+def test_lowest_priority_then_youngest_is_preempted(gpt2: Bundle) -> None:
+    engine = make_engine(gpt2, kv_cache_memory=budget_for(gpt2, 3, 24 + NEW))
+    items = prompts(gpt2, 6)
+    handles = []
+    for i, prompt in enumerate(items):
+        priority = 5 if i < 3 else 0  # the first three matter more
+        request = GenerationRequest(prompt_ids=prompt, priority=priority, **fixed())
+        handles.append(engine.submit(request, Collector()))
+    run_until_idle(engine)
+    high = [h.group.preemptions for h in handles[:3]]
+    low = [h.group.preemptions for h in handles[3:]]
+    assert sum(low) > 0
+    assert sum(high) == 0  # room was always made from the low-priority requests
+
+
+def test_a_request_that_cannot_fit_alone_is_refused_naming_the_limit(gpt2: Bundle) -> None:
+    engine = make_engine(gpt2, kv_cache_memory=budget_for(gpt2, 1, 30))
+    with pytest.raises(InvalidRequest) as caught:
+        submit(engine, prompts(gpt2, 1)[0], **fixed(100))
+    assert caught.value.field == "stopping.max_new_tokens"
+    assert "kv_cache_memory" in caught.value.message
+    # n rows count: two rows of what one fits are refused too.
+    with pytest.raises(InvalidRequest):
+        submit(engine, [5] * 10, **fixed(12, temperature=1.0, n=2))
+    sink = submit(engine, [5] * 10, **fixed(12))
+    run_until_idle(engine)
+    assert sink.finished().reason is FinishReason.LENGTH
+
+
+def test_cancelling_a_preempted_request_ends_it_with_its_text_so_far(gpt2: Bundle) -> None:
+    engine = make_engine(gpt2, kv_cache_memory=budget_for(gpt2, 2, 24 + NEW))
+    items = prompts(gpt2, 4)
+    sinks = [Collector() for _ in items]
+    handles = [engine.submit(_request(p, fixed()), s) for p, s in zip(items, sinks, strict=True)]
+    victim = None
+    for _ in range(500):
+        engine.step()
+        victim = next((h for h in handles if h.group.preempted_rows is not None), None)
+        if victim is not None:
+            break
+    assert victim is not None, "nothing was preempted"
+    sink = next(s for h, s in zip(handles, sinks, strict=True) if h is victim)
+    so_far = sink.text()
+    assert so_far
+    engine.cancel(victim)
+    run_until_idle(engine)
+    finished = sink.finished()
+    assert finished.reason is FinishReason.CANCELLED
+    assert finished.text == so_far
+    for other, s in zip(handles, sinks, strict=True):
+        if other is not victim:
+            assert s.finished().reason is FinishReason.LENGTH
