@@ -281,9 +281,9 @@ def validate_model(model: ModelConfig, where: str) -> None:
         if getattr(model, key) is not None and getattr(model, key) < 1:
             raise ConfigError(f"{where}.{key} must be at least 1")
     budget = model.kv_cache_memory
-    if budget is not None and not (
-        (isinstance(budget, int) and budget >= 1) or (isinstance(budget, float) and 0 < budget <= 1)
-    ):
+    share = isinstance(budget, float) and 0 < budget <= 1
+    size = isinstance(budget, int) and not isinstance(budget, bool) and budget >= 1
+    if budget is not None and not (share or size):
         raise ConfigError(
             f"{where}.kv_cache_memory must be bytes (an integer >= 1) or a share of memory "
             f"(a number in (0, 1]), not {budget!r}"
