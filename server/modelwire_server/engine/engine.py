@@ -98,11 +98,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(eq=False, slots=True)
 class Partial:
-    """A request prefilled in parts: its one row's state so far and its pinned hit."""
+    """A request prefilled in parts: its one row's state so far and its pinned hit;
+    ``ids`` what it prefills (its prompt; a resumed row, its tokens but the pending one),
+    ``resumed`` that preempted row, to join the batch as it is."""
 
     group: RequestGroup
     state: CausalState | None
     hit: Hit | None
+    ids: list[int] = field(default_factory=list)
+    resumed: Row | None = None
 
 
 # The prefix cache's default bound: the KV of this share of max_batch_tokens tokens.
@@ -409,28 +413,31 @@ class GenerationEngine:
             self._prefill_and_join(whole)
         self._prefilling = []
 
-    def _start_parts(self, group: RequestGroup) -> bool:
-        """Look the prompt up in the prefix cache; queue it for prefill in parts (True)
-        when it hit or is longer than a chunk, else leave it to the batched prefill."""
+    def _start_parts(self, group: RequestGroup, resumed: Row | None = None) -> bool:
+        """Look the prompt (or a resumed row's tokens) up in the prefix cache; queue it
+        for prefill in parts (True) when it hit or is longer than a chunk, else leave it
+        to the batched prefill."""
         request = group.prepared.request
         options = request.options
         if not self._parts or request.extras or (options.echo_prompt_tokens and options.logprobs):
             return False
-        prompt = group.prompt_ids
+        prompt = group.prompt_ids if resumed is None else resumed.history()[:-1]
         hit = self.prefix_cache.lookup(prompt) if self.prefix_cache is not None else None
         if hit is not None and not hit.blocks:
             hit = None
         if hit is None and len(prompt) <= self._chunk:
             return False
-        group.admitted_at = self.clock()
-        partial = Partial(group, None, hit)
+        partial = Partial(group, None, hit, prompt, resumed)
         self._partials.append(partial)
         try:
-            group.prepare_tensors(self.device)
+            if resumed is None:  # a resumed request keeps its first admission's numbers
+                group.admitted_at = self.clock()
+                group.prepare_tensors(self.device)
             if hit is not None:
                 assert isinstance(self.adapter, CausalLMAdapter)
                 partial.state = self.adapter.state_from_kv(hit.kv())
-                group.cached_tokens = hit.tokens
+                if resumed is None:
+                    group.cached_tokens = hit.tokens
         except Exception as exc:
             self._drop_partial(partial)
             self._fail_one(group, exc, "prefill")
@@ -445,7 +452,7 @@ class GenerationEngine:
         for partial in list(self._partials):
             if budget <= 0:
                 break
-            group, prompt = partial.group, partial.group.prompt_ids
+            group, prompt = partial.group, partial.ids
             done = partial.state.width if partial.state is not None else 0
             take = min(budget, len(prompt) - done)
             budget -= take
@@ -462,16 +469,23 @@ class GenerationEngine:
                 continue
             if done + take == len(prompt):
                 self._drop_partial(partial)
-                self._join_parts(group, partial.state, logits)
+                self._join_parts(partial, logits)
 
-    def _join_parts(self, group: RequestGroup, state: CausalState, logits: torch.Tensor) -> None:
+    def _join_parts(self, partial: Partial, logits: torch.Tensor) -> None:
         """A request whose prompt was prefilled in parts: store its blocks, make its
-        rows, choose their first tokens and join the running batch."""
+        rows, choose their first tokens and join the running batch (a resumed row
+        joins as it was: its pending token is already chosen)."""
+        group, state = partial.group, partial.state
+        assert state is not None
         if self.prefix_cache is not None:
             try:
-                self.prefix_cache.store(group.prompt_ids, state.row_columns(0, state.width))
+                self.prefix_cache.store(partial.ids, state.row_columns(0, state.width))
             except Exception:  # the cache is an optimisation: never fail requests for it
                 log.exception("storing prompt prefixes failed")
+        if partial.resumed is not None:
+            group.preempted_rows = None
+            self._join(state, [partial.resumed], [0])
+            return
         try:
             self._send_prompt_info(group, None)
             rows = self._make_rows(group)
@@ -676,7 +690,7 @@ class GenerationEngine:
             return True
         enc, dec = _state_widths(self._state) if self._rows else (0, 0)
         for partial in self._partials:
-            widths.append((0, len(partial.group.prompt_ids)))
+            widths.append((0, len(partial.ids)))
             rows.append(partial.group.prepared.rows)
         enc = max([enc] + [e for e, _ in widths])
         dec = max([dec] + [d for _, d in widths])
@@ -710,7 +724,18 @@ class GenerationEngine:
 
     def _resume(self, groups: list[RequestGroup]) -> None:
         """Prefill preempted requests' rows again (each its context and tokens but the
-        pending one), throw the logits away and join the batch where they left off."""
+        pending one), throw the logits away and join the batch where they left off.
+        A one-row request of a causal LM goes through the prefix cache and prefills in
+        parts like a prompt: its prompt's blocks are mostly still cached."""
+        parted = [
+            group
+            for group in groups
+            if len(group.preempted_rows or []) == 1
+            and self._start_parts(group, (group.preempted_rows or [])[0])
+        ]
+        groups = [group for group in groups if group not in parted]
+        if not groups:
+            return
         inputs: list[PrefillInput] = []
         rows: list[Row] = []
         for group in groups:
