@@ -229,3 +229,28 @@ def test_encoder_decoders_resume_from_their_decoder_ids(seq2seq: Bundle) -> None
     for prompt, sink in zip(items, sinks, strict=True):
         assert sink.failed is None
         assert sink.tokens() == reference(seq2seq, prompt, 24, **forced)
+
+
+def test_held_bytes_count_padding_and_spare_columns_and_predict_the_next_step(
+    gpt2: Bundle,
+) -> None:
+    import torch
+
+    from modelwire_server.engine.adapter import CausalLMAdapter, PrefillInput
+    from modelwire_server.engine.kvbudget import bytes_after_step, held_bytes
+    from modelwire_server.engine.kvcache import grown_columns
+
+    adapter = CausalLMAdapter(gpt2.model, torch.device("cpu"))
+    column = column_bytes(gpt2.model)
+    assert column is not None
+    long, short = prompts(gpt2, 2)[1], [5, 6, 7]
+    state = adapter.prefill([PrefillInput(long), PrefillInput(short)]).state
+    # Two rows, both as wide as the long prompt (the short one padded), plus the room
+    # a growable buffer keeps.
+    width = len(long)
+    assert held_bytes(state) == 2 * grown_columns(width) * column
+    for _ in range(40):  # past the first buffer's room: it is reallocated a quarter wider
+        predicted = bytes_after_step(state)
+        adapter.decode(state, torch.tensor([1, 2]))
+        assert held_bytes(state) == predicted
+    assert held_bytes(state) > 2 * grown_columns(width) * column
