@@ -37,7 +37,10 @@ their KV freed, and keep everything else (tokens, detokenizer, stop matcher, ran
 generator, penalties, beams); the request goes back to the queue in its first place.
 Re-admitted, each row's prompt and tokens but the pending one are prefilled again, the
 logits thrown away, and decoding goes on from the pending token: nothing is emitted
-twice, and greedy and seeded outputs are those of an uninterrupted run.
+twice, and greedy and seeded outputs are those of an uninterrupted run. A one-row
+request of a causal LM resumes like a prompt prefilled in parts (its prompt's blocks
+mostly still in the prefix cache, the rest in chunks between decode steps); other rows
+(n > 1, beams, encoder-decoders, image chat) are prefilled again in one batch.
 
 Failures stay with the request that caused them: when a batched prefill, decode step
 or token selection raises, each request in it is tried alone (prefill again; decode
@@ -318,7 +321,10 @@ class GenerationEngine:
         except Exception as exc:  # a bug must not wedge the server: fail what is in flight
             log.exception("generation step failed")
             self._fail_rows(exc)
-        self._kv_bytes = self._held_bytes()
+        try:
+            self._kv_bytes = self._held_bytes()
+        except Exception:  # a gauge: never let it fail a step
+            log.exception("counting the KV bytes held failed")
 
     def _verdict(self, group: RequestGroup, now: float) -> FinishReason | Exception | None:
         deadline = group.prepared.request.deadline
