@@ -122,6 +122,12 @@ class ModelConfig:
     # a GPU, 64 on the CPU (where a 512-token chunk costs many decode steps:
     # bench/chat.py measured p99 inter-token latency 2.5x lower with 64).
     prefill_chunk_tokens: int | None = None
+    # Text generation: the KV cache's budget, in bytes (an int), or a share in (0, 1] of
+    # the device's free memory after load (on the CPU: of the machine's total memory).
+    # Admission then reserves nothing for max_new_tokens, and a batch about to outgrow
+    # it preempts requests and resumes them later, outputs unchanged. None: each
+    # admitted request reserves prompt + max_new_tokens in max_batch_tokens instead.
+    kv_cache_memory: int | float | None = None
     # Generate streams: after a message with new tokens, a stream's next message waits
     # this long and carries every token made meanwhile (0: each step's at once). Fewer
     # messages when steps are fast and streams many; first and final messages never wait.
@@ -214,6 +220,7 @@ def _model_from_dict(index: int, raw: Any) -> ModelConfig:
         "float": float,
         "str | None": str,
         "int | None": int,
+        "int | float | None": (int, float),
     }
     for key, value in raw.items():
         if key == "device_map":  # a string or a mapping: validate_model checks it
@@ -274,6 +281,14 @@ def validate_model(model: ModelConfig, where: str) -> None:
     for key in ("max_input_tokens", "max_audio_samples", "prefill_chunk_tokens"):
         if getattr(model, key) is not None and getattr(model, key) < 1:
             raise ConfigError(f"{where}.{key} must be at least 1")
+    budget = model.kv_cache_memory
+    share = isinstance(budget, float) and 0 < budget <= 1
+    size = isinstance(budget, int) and not isinstance(budget, bool) and budget >= 1
+    if budget is not None and not (share or size):
+        raise ConfigError(
+            f"{where}.kv_cache_memory must be bytes (an integer >= 1) or a share of memory "
+            f"(a number in (0, 1]), not {budget!r}"
+        )
     if not model.max_audio_seconds > 0:
         raise ConfigError(f"{where}.max_audio_seconds must be positive")
     if model.max_wait_ms < 0:

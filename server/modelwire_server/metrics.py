@@ -130,6 +130,7 @@ class ModelStateCollector:
             labels=["model", "kind"],
         )
         prefix = PrefixCacheFamilies()
+        budget = KVBudgetFamilies()
         engines: set[int] = set()
         for name, entry in list(self.models.entries.items()):
             for s in ModelState:
@@ -152,8 +153,42 @@ class ModelStateCollector:
                 cache.add_metric([name], stats.cache_tokens)
                 batches.add_metric([name, "decode"], *_histogram(stats.decode_batch_sizes))
                 prefix.add(name, stats)
+                budget.add(name, stats)
         yield from (state, running, waiting, by_priority, cache, queued, batches)
         yield from prefix.families()
+        yield from budget.families()
+
+
+class KVBudgetFamilies:
+    """The KV budget's series, per model: bytes held (padding and spare columns
+    included), the budget (0: none, admission reserves max_new_tokens instead), and the
+    requests preempted to stay within it."""
+
+    def __init__(self) -> None:
+        labels = ["model"]
+        self.held = GaugeMetricFamily(
+            "modelwire_kv_cache_bytes",
+            "Bytes of KV held by the running batch and the prompts prefilling in parts",
+            labels=labels,
+        )
+        self.budget = GaugeMetricFamily(
+            "modelwire_kv_cache_budget_bytes",
+            "The KV budget, kv_cache_memory (0: none)",
+            labels=labels,
+        )
+        self.preemptions = CounterMetricFamily(
+            "modelwire_preemptions",
+            "Requests preempted to stay within the KV budget (resumed by recomputation)",
+            labels=labels,
+        )
+
+    def add(self, name: str, stats: object) -> None:
+        self.held.add_metric([name], float(getattr(stats, "kv_bytes", 0)))
+        self.budget.add_metric([name], float(getattr(stats, "kv_budget", 0)))
+        self.preemptions.add_metric([name], float(getattr(stats, "preemptions", 0)))
+
+    def families(self) -> tuple[Metric, ...]:
+        return (self.held, self.budget, self.preemptions)
 
 
 class PrefixCacheFamilies:

@@ -27,6 +27,21 @@ kinds (encoder-decoders, Reformer, image-to-text), requests with ``extras`` (ima
 chat: its placeholder tokens do not say which image), and prompt logprobs (they need
 every prompt position's logits).
 
+The KV budget (``kv_cache_memory``, bytes; None: admission reserves every request's
+worst case in ``max_batch_tokens`` as before): admission reserves nothing for
+``max_new_tokens``; a request is admitted when the batch it would make (every row padded
+to the widest, plus a growable buffer's spare columns, see ``kvbudget``) fits. Before a
+decode step whose cache would outgrow the budget, the engine preempts (lowest priority,
+then the latest admitted; never the only request running): its rows leave the batch,
+their KV freed, and keep everything else (tokens, detokenizer, stop matcher, random
+generator, penalties, beams); the request goes back to the queue in its first place.
+Re-admitted, each row's prompt and tokens but the pending one are prefilled again, the
+logits thrown away, and decoding goes on from the pending token: nothing is emitted
+twice, and greedy and seeded outputs are those of an uninterrupted run. A one-row
+request of a causal LM resumes like a prompt prefilled in parts (its prompt's blocks
+mostly still in the prefix cache, the rest in chunks between decode steps); other rows
+(n > 1, beams, encoder-decoders, image chat) are prefilled again in one batch.
+
 Failures stay with the request that caused them: when a batched prefill, decode step
 or token selection raises, each request in it is tried alone (prefill again; decode
 on a copy of its rows; selection with its rows' random draws undone) and only those
@@ -37,6 +52,7 @@ failure no single request reproduces fails everything in flight.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import secrets
 import time
@@ -47,7 +63,7 @@ from typing import Any
 
 import torch
 
-from modelwire_server.engine import sampler
+from modelwire_server.engine import kvbudget, sampler
 from modelwire_server.engine.adapter import (
     BatchState,
     CausalLMAdapter,
@@ -85,11 +101,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(eq=False, slots=True)
 class Partial:
-    """A request prefilled in parts: its one row's state so far and its pinned hit."""
+    """A request prefilled in parts: its one row's state so far and its pinned hit;
+    ``ids`` what it prefills (its prompt; a resumed row, its tokens but the pending one),
+    ``resumed`` that preempted row, to join the batch as it is."""
 
     group: RequestGroup
     state: CausalState | None
     hit: Hit | None
+    ids: list[int] = field(default_factory=list)
+    resumed: Row | None = None
 
 
 # The prefix cache's default bound: the KV of this share of max_batch_tokens tokens.
@@ -130,6 +150,11 @@ class EngineStats:
     prefix_bytes: int = 0
     prefix_stored_blocks: int = 0
     prefix_evicted_blocks: int = 0
+    # The KV budget: bytes the running batch and the prompts prefilling in parts hold
+    # (padding and spare columns included), the budget (0: none), preemptions so far.
+    kv_bytes: int = 0
+    kv_budget: int = 0
+    preemptions: int = 0
 
     @property
     def prefix_hit_rate(self) -> float:
@@ -173,6 +198,7 @@ class GenerationEngine:
         prefill_chunk_tokens: int = 512,
         prefix_block_tokens: int = PREFIX_BLOCK_TOKENS,
         prefix_cache_bytes: int | None = None,
+        kv_cache_memory: int | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.clock = clock  # injectable so tests can drive time limits and deadlines
@@ -190,7 +216,15 @@ class GenerationEngine:
             decoder_prefix=tuple(prefix) if prefix is not None else None,
             max_prompt=self.adapter.max_prompt,
             encoder_tokens=getattr(self.adapter, "encoder_tokens", None) or 0,
+            kv_budget=kv_cache_memory,
+            kv_column_bytes=kvbudget.column_bytes(model) if kv_cache_memory else None,
         )
+        self._budget = kv_cache_memory
+        # One token's KV bytes: from the config, else measured at the first prefill.
+        self._column_bytes = self.limits.kv_column_bytes
+        self._admits = itertools.count(1)
+        self._preemptions = 0
+        self._kv_bytes = 0
         self._texts = TokenTexts(tokenizer)
         self._byte_ids = byte_fallback_ids(tokenizer)
         self._decode_text = fast_decode(tokenizer)
@@ -261,6 +295,9 @@ class GenerationEngine:
             prefix_bytes=prefix.bytes if prefix else 0,
             prefix_stored_blocks=prefix.stored_blocks if prefix else 0,
             prefix_evicted_blocks=prefix.evicted_blocks if prefix else 0,
+            kv_bytes=self._kv_bytes,
+            kv_budget=self._budget or 0,
+            preemptions=self._preemptions,
         )
 
     # ---- worker thread ----------------------------------------------------------
@@ -273,16 +310,21 @@ class GenerationEngine:
             self._reap_waiting()
             self._reap_running()
             self._reap_partials()
-            groups = self._queue.admit()
+            groups = self._queue.admit(self._fits if self._budget is not None else None)
             if groups:
                 self._prefill(groups)
             if self._partials:
                 self._prefill_parts()
             if self._rows:
+                self._make_room()
                 self._decode()
         except Exception as exc:  # a bug must not wedge the server: fail what is in flight
             log.exception("generation step failed")
             self._fail_rows(exc)
+        try:
+            self._kv_bytes = self._held_bytes()
+        except Exception:  # a gauge: never let it fail a step
+            log.exception("counting the KV bytes held failed")
 
     def _verdict(self, group: RequestGroup, now: float) -> FinishReason | Exception | None:
         deadline = group.prepared.request.deadline
@@ -301,14 +343,29 @@ class GenerationEngine:
             self._end_unstarted(group, verdict)
 
     def _end_unstarted(self, group: RequestGroup, verdict: FinishReason | Exception) -> None:
-        """End a request that has no rows yet (waiting, or prefilling in parts)."""
+        """End a request that has no rows in the batch (waiting, preempted, or
+        prefilling in parts)."""
         if isinstance(verdict, Exception):
+            group.preempted_rows = None
             group.emit(Failed(verdict))
+            return
+        if group.preempted_rows is not None:
+            self._end_preempted(group, verdict)
             return
         group.emit(prompt_info(group, None))
         for index in range(group.prepared.sampling.n):
             seed = None if group.prepared.is_beam else group.seed + index
             group.emit(Finished(index, verdict, "", [], group.usage(0), seed))
+
+    def _end_preempted(self, group: RequestGroup, reason: FinishReason) -> None:
+        """End a preempted request's open sequences with what they have so far."""
+        rows, group.preempted_rows = group.preempted_rows or [], None
+        if group.beam is not None:
+            finish_beams(group, reason, self.tokenizer)
+            return
+        for row in rows:
+            if isinstance(row, StreamRow):
+                row.finish(reason)
 
     def _reap_partials(self) -> None:
         now = self.clock()
@@ -351,33 +408,42 @@ class GenerationEngine:
 
     def _prefill(self, groups: list[RequestGroup]) -> None:
         self._prefilling = groups
-        whole = [group for group in groups if not self._start_parts(group)]
+        for group in groups:
+            group.admit_order = next(self._admits)
+        resumed = [group for group in groups if group.preempted_rows is not None]
+        if resumed:
+            self._resume(resumed)
+        fresh = [group for group in groups if group not in resumed]
+        whole = [group for group in fresh if not self._start_parts(group)]
         if whole:
             self._prefill_and_join(whole)
         self._prefilling = []
 
-    def _start_parts(self, group: RequestGroup) -> bool:
-        """Look the prompt up in the prefix cache; queue it for prefill in parts (True)
-        when it hit or is longer than a chunk, else leave it to the batched prefill."""
+    def _start_parts(self, group: RequestGroup, resumed: Row | None = None) -> bool:
+        """Look the prompt (or a resumed row's tokens) up in the prefix cache; queue it
+        for prefill in parts (True) when it hit or is longer than a chunk, else leave it
+        to the batched prefill."""
         request = group.prepared.request
         options = request.options
         if not self._parts or request.extras or (options.echo_prompt_tokens and options.logprobs):
             return False
-        prompt = group.prompt_ids
+        prompt = group.prompt_ids if resumed is None else resumed.history()[:-1]
         hit = self.prefix_cache.lookup(prompt) if self.prefix_cache is not None else None
         if hit is not None and not hit.blocks:
             hit = None
         if hit is None and len(prompt) <= self._chunk:
             return False
-        group.admitted_at = self.clock()
-        partial = Partial(group, None, hit)
+        partial = Partial(group, None, hit, prompt, resumed)
         self._partials.append(partial)
         try:
-            group.prepare_tensors(self.device)
+            if resumed is None:  # a resumed request keeps its first admission's numbers
+                group.admitted_at = self.clock()
+                group.prepare_tensors(self.device)
             if hit is not None:
                 assert isinstance(self.adapter, CausalLMAdapter)
                 partial.state = self.adapter.state_from_kv(hit.kv())
-                group.cached_tokens = hit.tokens
+                if resumed is None:
+                    group.cached_tokens = hit.tokens
         except Exception as exc:
             self._drop_partial(partial)
             self._fail_one(group, exc, "prefill")
@@ -392,7 +458,7 @@ class GenerationEngine:
         for partial in list(self._partials):
             if budget <= 0:
                 break
-            group, prompt = partial.group, partial.group.prompt_ids
+            group, prompt = partial.group, partial.ids
             done = partial.state.width if partial.state is not None else 0
             take = min(budget, len(prompt) - done)
             budget -= take
@@ -409,16 +475,23 @@ class GenerationEngine:
                 continue
             if done + take == len(prompt):
                 self._drop_partial(partial)
-                self._join_parts(group, partial.state, logits)
+                self._join_parts(partial, logits)
 
-    def _join_parts(self, group: RequestGroup, state: CausalState, logits: torch.Tensor) -> None:
+    def _join_parts(self, partial: Partial, logits: torch.Tensor) -> None:
         """A request whose prompt was prefilled in parts: store its blocks, make its
-        rows, choose their first tokens and join the running batch."""
+        rows, choose their first tokens and join the running batch (a resumed row
+        joins as it was: its pending token is already chosen)."""
+        group, state = partial.group, partial.state
+        assert state is not None
         if self.prefix_cache is not None:
             try:
-                self.prefix_cache.store(group.prompt_ids, state.row_columns(0, state.width))
+                self.prefix_cache.store(partial.ids, state.row_columns(0, state.width))
             except Exception:  # the cache is an optimisation: never fail requests for it
                 log.exception("storing prompt prefixes failed")
+        if partial.resumed is not None:
+            group.preempted_rows = None
+            self._join(state, [partial.resumed], [0])
+            return
         try:
             self._send_prompt_info(group, None)
             rows = self._make_rows(group)
@@ -480,6 +553,7 @@ class GenerationEngine:
                 return
             self._fail_one(groups[0], exc, "prefill")
             return
+        self._measure(out.state)
         try:
             self._store_prefixes(groups, out.state)
         except Exception:  # the cache is an optimisation: never fail requests for it
@@ -601,6 +675,135 @@ class GenerationEngine:
         if not culprits:
             raise error
         return culprits
+
+    # ---- the KV budget: admission, preemption, resumption --------------------------
+
+    def _fits(self, admitted: list[RequestGroup], head: RequestGroup) -> bool:
+        """Whether ``head`` may join the batch now, beside what runs, what prefills in
+        parts and ``admitted`` (this step's): the batch they make, at its widest, with a
+        growable buffer's slack, within the budget; this step's prefill within
+        ``max_batch_tokens``. Alone, a request always fits (validation saw to that)."""
+        if not admitted and not self._rows and not self._partials:
+            return True
+        groups = [*admitted, head]
+        widths = [_widths_now(group) for group in groups]
+        rows = [group.prepared.rows for group in groups]
+        prefill = sum(rows) * max(e + d for e, d in widths)
+        if admitted and prefill > self.limits.max_batch_tokens:
+            return False
+        column = self._column_bytes
+        if column is None or self._budget is None:
+            return True
+        enc, dec = _state_widths(self._state) if self._rows else (0, 0)
+        for partial in self._partials:
+            widths.append((0, len(partial.ids)))
+            rows.append(partial.group.prepared.rows)
+        enc = max([enc] + [e for e, _ in widths])
+        dec = max([dec] + [d for _, d in widths])
+        need = (len(self._rows) + sum(rows)) * (enc + kvbudget.grown_columns(dec + 1)) * column
+        return need <= self._budget
+
+    def _make_room(self) -> None:
+        """Preempt requests until the next decode step's cache fits the budget: lowest
+        priority first, then the latest admitted; never the last one running."""
+        if self._budget is None:
+            return
+        while True:
+            groups = {row.group for row in self._rows}
+            if len(groups) < 2 or self._step_bytes() <= self._budget:
+                return
+            victim = min(groups, key=lambda g: (g.prepared.request.priority, -g.admit_order))
+            self._preempt(victim)
+
+    def _preempt(self, group: RequestGroup) -> None:
+        """Take ``group``'s rows out of the batch (freeing their KV) and queue it again."""
+        group.preempted_rows = [row for row in self._rows if row.group is group]
+        group.preemptions += 1
+        self._preemptions += 1
+        log.info(
+            "KV budget: preempted request %s (%d rows)",
+            group.prepared.request.request_id,
+            len(group.preempted_rows),
+        )
+        self._remove_groups({group})
+        self._queue.requeue(group)
+
+    def _resume(self, groups: list[RequestGroup]) -> None:
+        """Prefill preempted requests' rows again (each its context and tokens but the
+        pending one), throw the logits away and join the batch where they left off.
+        A one-row request of a causal LM goes through the prefix cache and prefills in
+        parts like a prompt: its prompt's blocks are mostly still cached."""
+        parted = [
+            group
+            for group in groups
+            if len(group.preempted_rows or []) == 1
+            and self._start_parts(group, (group.preempted_rows or [])[0])
+        ]
+        groups = [group for group in groups if group not in parted]
+        if not groups:
+            return
+        inputs: list[PrefillInput] = []
+        rows: list[Row] = []
+        for group in groups:
+            request = group.prepared.request
+            for row in group.preempted_rows or []:
+                ids = row.history()[:-1]  # the pending token is not in the cache yet
+                if self.limits.decoder_prefix is not None:
+                    item = PrefillInput(group.prompt_ids, extras=request.extras, decoder_ids=ids)
+                else:
+                    item = PrefillInput(ids, extras=request.extras)
+                inputs.append(item)
+                rows.append(row)
+        try:
+            out = self.adapter.prefill(inputs)
+        except torch.OutOfMemoryError:
+            self._free_device_memory()
+            for group in groups:
+                group.preempted_rows = None
+                self._fail(group, ResourceExhausted("out of device memory resuming the request"))
+            return
+        except Exception as exc:
+            if len(groups) > 1:
+                for group in groups:
+                    self._resume([group])
+                return
+            groups[0].preempted_rows = None
+            self._fail_one(groups[0], exc, "resumption")
+            return
+        for group in groups:
+            group.preempted_rows = None
+        self._measure(out.state)
+        self._join(out.state, rows, list(range(len(rows))))
+
+    def _measure(self, state: BatchState) -> None:
+        """Learn one token's KV bytes from a state, when the config did not say."""
+        if self._column_bytes is not None or self._budget is None:
+            return
+        held = kvbudget.held_bytes(state)
+        slots = sum(c.rows * c.width for c in kvbudget.padded_caches(state))
+        if held and slots:
+            self._column_bytes = max(1, held // slots)
+
+    def _held_bytes(self) -> int:
+        """KV bytes held now: the running batch and the prompts prefilling in parts."""
+        states: list[Any] = [p.state for p in self._partials if p.state is not None]
+        if self._rows and self._state is not None:
+            states.append(self._state)
+        return sum(self._bytes_of(state, kvbudget.held_bytes) for state in states)
+
+    def _step_bytes(self) -> int:
+        """KV bytes held after the next decode step (the prompts in parts as now)."""
+        partials = [p.state for p in self._partials if p.state is not None]
+        held = sum(self._bytes_of(state, kvbudget.held_bytes) for state in partials)
+        return held + self._bytes_of(self._state, kvbudget.bytes_after_step)
+
+    def _bytes_of(self, state: Any, count: Callable[[Any], int | None]) -> int:
+        if state is None:
+            return 0
+        value = count(state)
+        if value is None:  # a state of another kind: its token slots at the config's rate
+            value = state.slots() * (self._column_bytes or 0)
+        return value
 
     # ---- token selection and bookkeeping ----------------------------------------
 
@@ -724,6 +927,24 @@ class GenerationEngine:
     def _free_device_memory(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _widths_now(group: RequestGroup) -> tuple[int, int]:
+    """The cache columns (encoder side, growing side) ``group``'s rows need now: its
+    prompt, or for a preempted request the longest row it resumes."""
+    prepared = group.prepared
+    grown = max((len(row.history()) for row in group.preempted_rows or []), default=0)
+    if prepared.encoder_width:
+        return prepared.encoder_width, max(grown, len(prepared.context_ids))
+    return 0, max(grown, len(group.prompt_ids))
+
+
+def _state_widths(state: BatchState | None) -> tuple[int, int]:
+    """The running batch's (encoder side, growing side) widths."""
+    caches = kvbudget.padded_caches(state)
+    if not caches:
+        return 0, state.slots() // max(state.rows, 1) if state is not None else 0
+    return (caches[1].width if len(caches) > 1 else 0), caches[0].width
 
 
 def _positions_by_group(rows: list[Row]) -> dict[RequestGroup, list[int]]:

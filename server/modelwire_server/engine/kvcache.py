@@ -77,6 +77,12 @@ class GrowableLayer(DynamicLayer):
         return True
 
 
+def grown_columns(columns: int, min_room: int = GrowableLayer.MIN_ROOM) -> int:
+    """Columns a ``GrowableLayer`` buffer gets when it must hold ``columns``: a quarter
+    more, at least ``min_room`` more."""
+    return columns + max(min_room, columns // 4)
+
+
 def _width(t: torch.Tensor | None) -> int:
     return int(t.shape[-2]) if t is not None and t.dim() >= 2 else 0
 
@@ -100,7 +106,7 @@ def _append(
     )
     if not fits:
         total = n + add
-        grown = new.new_empty(*new.shape[:-2], total + max(min_room, total // 4), new.shape[-1])
+        grown = new.new_empty(*new.shape[:-2], grown_columns(total, min_room), new.shape[-1])
         if n:
             assert buffer is not None
             grown[..., :n, :] = buffer[..., :n, :]
@@ -117,7 +123,7 @@ def _joined(
     spare columns after it; the padding is zeroed, the spare room left as it is."""
     assert a is not None and b is not None
     rows = a.shape[0]
-    shape = (rows + b.shape[0], *a.shape[1:-2], width + max(min_room, width // 4), a.shape[-1])
+    shape = (rows + b.shape[0], *a.shape[1:-2], grown_columns(width, min_room), a.shape[-1])
     out = a.new_empty(shape)
     for part, top, bottom in ((a, 0, rows), (b, rows, shape[0])):
         start = width - part.shape[-2]

@@ -17,9 +17,13 @@ it came (each ends within its own bounded length), those of a higher priority, a
 earlier ones of its own: never behind a stream of lower-priority arrivals. The cost is
 budget left idle while the head waits for room, as under plain FIFO. vLLM's V1 scheduler
 chooses the same (it stops at the first waiting request it cannot place; its priority
-policy orders the queue, and also preempts running requests, which this engine does
-not). A lower priority waits as long as higher ones keep coming: that is what it asks
-for. Seq2seq and Whisper requests never set one: priority 0.
+policy orders the queue). A lower priority waits as long as higher ones keep coming:
+that is what it asks for. Seq2seq and Whisper requests never set one: priority 0.
+
+Under a KV budget in bytes (``kv_cache_memory``) the engine passes ``admit`` its own
+test of room instead: nothing is reserved for ``max_new_tokens``, and a request the
+engine preempts comes back with ``requeue`` under its first arrival number, so it is
+ahead of every later arrival of its priority.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from modelwire_server.engine.errors import QueueFull
 from modelwire_server.engine.sequence import RequestGroup
 
 Verdict = Callable[[RequestGroup], object | None]
+# Whether ``head`` has room beside the running batch and the requests admitted with it.
+Fits = Callable[[list[RequestGroup], RequestGroup], bool]
 # A waiting request in the heap: (-priority, arrival number, group). Arrival numbers are
 # unique, so the heap never compares two groups.
 _Entry = tuple[int, int, RequestGroup]
@@ -65,10 +71,21 @@ class Scheduler:
         with self._lock:
             if len(self._waiting) >= self.max_waiting:
                 raise QueueFull(f"{len(self._waiting)} requests are already waiting")
-            priority = priority_of(group)
-            heapq.heappush(self._waiting, (-priority, next(self._arrivals), group))
-            self._by_priority[priority] += 1
-            self._work.notify_all()
+            group.arrival = next(self._arrivals)
+            self._enqueue(group)
+
+    def requeue(self, group: RequestGroup) -> None:
+        """Put a preempted request back, in its first place (past ``max_waiting``: it
+        was admitted once)."""
+        with self._lock:
+            self._admitted.pop(group, None)
+            self._enqueue(group)
+
+    def _enqueue(self, group: RequestGroup) -> None:
+        priority = priority_of(group)
+        heapq.heappush(self._waiting, (-priority, group.arrival, group))
+        self._by_priority[priority] += 1
+        self._work.notify_all()
 
     def cancel(self, group: RequestGroup) -> None:
         with self._lock:
@@ -116,13 +133,17 @@ class Scheduler:
         ended.sort(key=lambda item: item[0][:2])
         return [(entry[2], outcome) for entry, outcome in ended]
 
-    def admit(self) -> list[RequestGroup]:
-        """Take requests off the head of the queue while their cost fits the budget."""
-        admitted = []
+    def admit(self, fits: Fits | None = None) -> list[RequestGroup]:
+        """Take requests off the head of the queue while they fit: in the batch-token
+        budget with their worst case reserved, or where ``fits`` says."""
+        admitted: list[RequestGroup] = []
         with self._lock:
             while self._waiting:
                 neg_priority, _, head = self._waiting[0]
-                if padded_cost([*self._admitted, head]) > self.max_batch_tokens:
+                if fits is not None:
+                    if not fits(admitted, head):
+                        break
+                elif padded_cost([*self._admitted, head]) > self.max_batch_tokens:
                     break
                 heapq.heappop(self._waiting)
                 self._forget(-neg_priority)

@@ -61,6 +61,11 @@ class RequestGroup:
         self.prompt_seen: torch.Tensor | None = None
         self.bias: tuple[torch.Tensor, torch.Tensor] | None = None
         self.cached_tokens = 0  # prompt tokens whose KV came from the prefix cache
+        self.arrival = 0  # the scheduler's arrival number (kept when requeued)
+        self.admit_order = 0  # larger: admitted (or resumed) later
+        # Preempted: its rows, out of the batch with their KV freed, to resume from.
+        self.preempted_rows: list[Row] | None = None
+        self.preemptions = 0
 
     @property
     def prompt_ids(self) -> list[int]:

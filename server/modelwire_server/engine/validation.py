@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelwire_server.engine.errors import InvalidRequest
+from modelwire_server.engine.kvcache import grown_columns
 from modelwire_server.engine.types import GenerationRequest, ResolvedSampling
 
 MAX_TOP_LOGPROBS = 20
@@ -31,6 +32,10 @@ class Limits:
     # The encoder width of an encoder-decoder whose encoder reads features (pixel values,
     # audio) rather than tokens: what a request's cross-attention cache holds per row.
     encoder_tokens: int = 0
+    # The KV budget (kv_cache_memory, bytes) and one token's KV bytes: a request whose
+    # rows cannot fit in it even alone is refused. None: no byte budget.
+    kv_budget: int | None = None
+    kv_column_bytes: int | None = None
 
     def context_ids(self, request: GenerationRequest) -> list[int]:
         """The tokens the generated ones follow: the request's decoder start, else the
@@ -241,6 +246,27 @@ def _begin_banned(
     return tuple(sorted(set(ids))), 1 if after_bos else 0
 
 
+def alone_kv_bytes(rows: int, encoder_width: int, decoder_width: int, column_bytes: int) -> int:
+    """The most KV bytes a request's rows hold running alone: the growing side with a
+    growable buffer's slack, the encoder side as it is."""
+    return rows * (encoder_width + grown_columns(decoder_width)) * column_bytes
+
+
+def _check_kv_budget(
+    rows: int, prompt: int, max_new: int, encoder_width: int, limits: Limits
+) -> None:
+    budget, column = limits.kv_budget, limits.kv_column_bytes
+    if budget is None or column is None:
+        return
+    need = alone_kv_bytes(rows, encoder_width, prompt + max_new - encoder_width, column)
+    _require(
+        need <= budget,
+        "stopping.max_new_tokens",
+        f"{rows} x (prompt {prompt} + max_new_tokens {max_new}) tokens need {need} bytes of "
+        f"KV cache even alone, more than this model's kv_cache_memory of {budget} bytes",
+    )
+
+
 def _check_constrained(request: GenerationRequest, beam: bool) -> None:
     """What a response format cannot go with: beams (they would need a matcher per
     hypothesis, forked at every step), and anything that keeps EOS from ending a
@@ -310,6 +336,7 @@ def prepare(request: GenerationRequest, limits: Limits, generation_config: Any) 
         f"{rows} x (prompt {prompt_cost} + max_new_tokens {max_new}) tokens exceed this server's "
         f"batch budget of {limits.max_batch_tokens}",
     )
+    _check_kv_budget(rows, prompt_cost, max_new, encoder_width, limits)
     begin_banned, begin_index = _begin_banned(request, limits, generation_config)
     return Prepared(
         request=request,

@@ -77,7 +77,14 @@ class Seq2SeqTask(TextGenerationTask):
 
     def _load_key(self) -> tuple[Any, ...]:
         c = self.config
-        settings = (c.max_batch_tokens, c.max_waiting, c.max_new_tokens, c.default_max_new_tokens)
+        settings = (
+            c.max_batch_tokens,
+            c.max_waiting,
+            c.max_new_tokens,
+            c.default_max_new_tokens,
+            c.kv_cache_memory,
+            c.quantization,
+        )
         return (c.source, c.revision, c.trust_remote_code, str(self.device), self.dtype, settings)
 
     def _load_model(self) -> _Loaded:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modelwire_server import errors
@@ -24,6 +25,7 @@ from modelwire_server.engine import errors as engine_errors
 from modelwire_server.engine.adapter import ModelAdapter
 from modelwire_server.engine.constraints import Compiled, ConstraintCompiler
 from modelwire_server.engine.engine import GenerationEngine
+from modelwire_server.engine.kvbudget import resolve_budget
 from modelwire_server.engine.types import (
     Failed,
     FinishReason,
@@ -195,6 +197,7 @@ class TextGenerationTask(TaskRunner):
             adapter=adapter,
             prefix_caching=self.config.prefix_caching,
             prefill_chunk_tokens=self.prefill_chunk_tokens,
+            kv_cache_memory=resolve_budget(self.config.kv_cache_memory, torch.device(self.device)),
         )
 
     @property
