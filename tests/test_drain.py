@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from modelwire import APIError, AsyncClient, FinishReason, UnavailableError
-from tests.processes import kill_if_running, read_port, spawn_server, wait_serving
+from tests.processes import kill_if_running, read_port, running, spawn_server, wait_serving
 
 GRACE_S = 60.0  # generous: the streams must finish inside it even on a loaded CI box
 STREAMS = 3
@@ -42,18 +42,10 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
-
-
 async def _no_orphans(pids: set[int]) -> None:
     """Every one of ``pids`` ends once the server has exited (polled: other processes)."""
     deadline = time.monotonic() + 30
-    while alive := {p for p in pids if _running(p)}:
+    while alive := {p for p in pids if running(p)}:
         assert time.monotonic() < deadline, f"still running after the server exited: {alive}"
         await asyncio.sleep(0.1)
 
