@@ -24,7 +24,7 @@ from modelwire_server.engine_process import ProcessEngineDriver
 from modelwire_server.server import preset_configs
 from tests.conftest import RunningServer, cancel_after_first_token, engine_stats_once_idle
 from tests.conftest import start_server as start
-from tests.processes import running
+from tests.processes import running as process_running
 from tests.test_generate import PROMPTS, ids, reference_greedy
 
 REMOTE = "gpt2-proc"
@@ -57,7 +57,7 @@ async def test_greedy_matches_generate_and_the_in_process_engine(
     proc_server: RunningServer, client: AsyncClient
 ) -> None:
     driver = _driver(proc_server)
-    assert driver.pid is not None and driver.pid != os.getpid() and running(driver.pid)
+    assert driver.pid is not None and driver.pid != os.getpid() and process_running(driver.pid)
     path = proc_server.runner(REMOTE).config.source
     lengths = [30, 24, 20, 16, 12]
     results = await asyncio.gather(
@@ -137,7 +137,7 @@ async def test_a_killed_device_process_is_replaced(
         assert time.monotonic() < deadline, info
         await asyncio.sleep(0.2)  # an external process: no event to wait on
     assert driver.restarts == 1 and driver.pid not in (None, old)
-    assert not running(old)
+    assert not process_running(old)
     again = await client.generate(PROMPTS[3], model=REMOTE, temperature=0, max_new_tokens=6)
     assert again.sequences[0].usage is not None
     assert again.sequences[0].usage.generated_tokens == 6
@@ -149,9 +149,9 @@ async def test_stopping_the_server_ends_the_device_process(preset_cache: Path) -
     [gpt2] = [m for m in preset_configs("tiny") if m.name == "tiny-gpt2"]
     running = start(ServerConfig(port=0, models=[dataclasses.replace(gpt2, engine_process=True)]))
     pid = _driver_of(running)
-    assert running(pid)
+    assert process_running(pid)
     running.stop()
-    assert not running(pid)
+    assert not process_running(pid)
 
 
 def _driver_of(running: RunningServer) -> int:
