@@ -126,14 +126,20 @@ def serve_engine(config: ModelConfig, device: str, dtype: str, conn: Any) -> Non
     outbox: list[tuple[int, Event]] = []
     handles: dict[int, Any] = {}
 
-    def sink(key: int, sequences: int) -> Callable[[Event], None]:
-        left = [sequences]
+    def sink(key: int) -> Callable[[Event], None]:
+        """Queues ``key``'s events for the step's message; forgets its handle once the
+        request has ended (a failure, or its last sequence's end)."""
+
+        finished = 0
 
         def put(event: Event) -> None:
+            nonlocal finished
             outbox.append((key, event))
-            if isinstance(event, Finished):
-                left[0] -= 1
-            if isinstance(event, Failed) or left[0] == 0:
+            handle = handles.get(key)
+            if handle is None:
+                return
+            finished += isinstance(event, Finished)
+            if isinstance(event, Failed) or finished == handle.group.prepared.sampling.n:
                 handles.pop(key, None)
 
         return put
@@ -146,11 +152,10 @@ def serve_engine(config: ModelConfig, device: str, dtype: str, conn: Any) -> Non
                 message = conn.recv()
                 if message[0] == "submit":
                     _, key, request = message
-                    if request.constraint is not None:
-                        request.constraint = runner.constraints.compile(request.constraint)
                     try:
-                        n = prepare(request, engine.limits, engine.generation_config).sampling.n
-                        handles[key] = engine.submit(request, sink(key, n))
+                        if request.constraint is not None:
+                            request.constraint = runner.constraints.compile(request.constraint)
+                        handles[key] = engine.submit(request, sink(key))
                     except engine_errors.EngineError as exc:
                         outbox.append((key, Failed(exc)))
                 elif message[0] == "cancel":
